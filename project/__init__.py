@@ -1,0 +1,1 @@
+"""Train, stop, and continue PyTorch runs configured with Hydra."""

@@ -1,0 +1,93 @@
+"""Checkpoint files: atomic writes, safe loads, and the keys every file of ours carries.
+
+A checkpoint is a plain dict of tensors and Python values, so `torch.load(path)` (weights_only=True, torch's
+default) opens it; nothing in it can run code on load.
+"""
+import hashlib
+import io
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from project.errors import UserError
+
+FORMAT = "project-checkpoint-v1"
+REQUIRED_KEYS = ("format", "epoch", "global_step", "phase", "model_state_dict", "optimizer_state_dict",
+                 "scheduler_state_dict", "best_epoch", "config", "rng", "early_stopping", "lineage")
+
+
+def to_bytes(state: dict) -> bytes:
+    """Serialise once; the same bytes go to last.pth, best_model.pth, ... ."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename over `path`, fsync the folder.
+
+    A process killed at any instant leaves either the old complete file or the new complete file, never a
+    partial one; a leftover `.tmp` is ignored by every reader and replaced by the next write.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load(path: Path, map_location="cpu") -> dict:
+    """Load and check one of our checkpoints; every failure is a UserError that names the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Checkpoint {str(path)!r} does not exist. Pass resume.checkpoint=<a .pth file or a run "
+                        "directory>, or resume.checkpoint=latest for the newest run under outputs/ and multirun/.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"Refused to load {str(path)!r}: it contains Python objects that safe loading does not allow, so it "
+            f"was not opened and none of its code ran ({str(e).splitlines()[0][:200]}). Checkpoints written by this "
+            "framework hold only tensors and plain values; use one of those, or re-save your weights as a plain "
+            "state dict from code you trust.") from None
+    except Exception as e:  # zip reader errors, EOF, bad magic: the bytes are broken
+        raise UserError(
+            f"Checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}). Point resume.checkpoint at an intact file, "
+            "e.g. an earlier checkpoint_epoch_N.pth or best_model.pth of the same run.") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise UserError(
+            f"{str(path)!r} is not a checkpoint of this framework (expected a dict with format={FORMAT!r}; found "
+            f"{found}). Resume from a .pth written by run.py (checkpoints/last.pth, best_model.pth, ...).")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise UserError(f"Checkpoint {str(path)!r} lacks the keys {missing}; it is incomplete or from an "
+                        "incompatible version. Resume from another checkpoint of the run.")
+    return state
+
+
+def prune_periodic(ckpt_dir: Path, keep_last: int | None) -> None:
+    """Keep the newest `keep_last` checkpoint_epoch_N.pth; last/best/final are never touched."""
+    if keep_last is None:
+        return
+    periodic = sorted(ckpt_dir.glob("checkpoint_epoch_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    for old in periodic[:-keep_last]:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,39 @@
+"""Batches in a fixed order per (seed, epoch), so a run can resume at any batch by index.
+
+Resuming mid-epoch slices the epoch's batch list instead of replaying the loader, and the order never draws
+from the global RNG, so restoring the RNG state is enough to make a resumed run match an uninterrupted one.
+"""
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class TensorPairs(Dataset):
+    """An in-memory dataset of (input, target) tensors, indexed a whole batch at a time."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor):
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def __getitem__(self, i):
+        return self.inputs[i], self.targets[i]
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[torch.Tensor]:
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    else:
+        order = torch.arange(n)
+    return list(order.split(batch_size))
+
+
+def epoch_batches(dataset, batch_size: int, *, seed: int, epoch: int, start: int = 0, shuffle: bool = True,
+                  num_workers: int = 0, pin_memory: bool = False):
+    """Yield (inputs, targets) for batches start, start+1, ... of this epoch's order."""
+    batches = batch_order(len(dataset), batch_size, seed, epoch, shuffle)[start:]
+    if isinstance(dataset, TensorPairs):
+        return ((dataset.inputs[b], dataset.targets[b]) for b in batches)
+    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=num_workers,
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed + epoch),
+                      persistent_workers=False)

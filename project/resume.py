@@ -1,0 +1,163 @@
+"""Where a run continues from, and what it takes from there.
+
+resume=full            the checkpoint's weights, optimizer, scheduler, counters, best score, early stopping and
+                       RNG; the run goes on as if it had never stopped. New config values are applied and shown.
+resume=reset_optimizer weights only; optimizer, scheduler, epochs, best score and early stopping start fresh
+                       from the current config.
+"""
+import logging
+from pathlib import Path
+
+from project import checkpoint
+from project.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FILE_FOR_MODE = {"full": "last.pth", "reset_optimizer": "best_model.pth"}
+# In a full resume these may change; any other model.* value would change the network the weights belong to.
+MODEL_KEYS_SAFE_TO_CHANGE = {"model.dropout"}
+
+
+def find_checkpoint(spec: str, mode: str, search_dirs: list[Path], exclude: Path) -> Path:
+    """Resolve resume.checkpoint (latest | a .pth file | a run directory) to one file."""
+    name = FILE_FOR_MODE[mode]
+    if spec == "latest":
+        candidates = [p for d in search_dirs if d.is_dir() for p in d.rglob(f"checkpoints/{name}")
+                      if exclude not in p.parents]
+        if not candidates:
+            where = " or ".join(str(d) for d in search_dirs)
+            raise UserError(
+                f"resume.checkpoint=latest found no run with checkpoints/{name} under {where}. Train one first "
+                "(python run.py), or name the checkpoint: resume.checkpoint=/path/to/run_dir or /path/to/file.pth.")
+        return max(candidates, key=lambda p: p.stat().st_mtime)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / name, path / name):
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"resume.checkpoint={spec!r} is a directory without checkpoints/{name}, which "
+                        f"resume={mode} starts from. Pass the run directory that holds it, or a .pth file.")
+    if not path.exists():
+        raise UserError(f"resume.checkpoint={spec!r} does not exist. Pass a .pth file, a run directory "
+                        "(outputs/<date>/<time>), or latest.")
+    return path
+
+
+def flatten(tree, prefix="") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_changes(old: dict, new: dict) -> dict:
+    """{dotted key: (checkpoint value, current value)} for every value that differs, resume.* excluded."""
+    a, b = flatten(old), flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not k.startswith("resume.")}
+
+
+def effect(key: str, mode: str) -> str:
+    if mode == "reset_optimizer":
+        return "applied"
+    if key.startswith("optimizer."):
+        return "applied over the restored optimizer state"
+    if key == "trainer.max_epochs":
+        return "applied: the schedule is recomputed for the new length"
+    return "applied"
+
+
+def changes_table(changes: dict, mode: str) -> str:
+    rows = [("parameter", "checkpoint", "now", "effect")]
+    rows += [(k, repr(old), repr(new), effect(k, mode)) for k, (old, new) in changes.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path]) -> dict | None:
+    """Pick, load and check the checkpoint this run continues from; None for resume=none.
+
+    Returns {"path", "state", "mode", "changes", "lineage_entry"}; raises UserError on anything wrong,
+    before a file is written.
+    """
+    mode = cfg.resume.mode
+    if mode == "none":
+        return None
+    if mode not in FILE_FOR_MODE:
+        raise UserError(f"resume.mode={mode!r} is unknown: use resume=none, resume=full or resume=reset_optimizer.")
+    path = find_checkpoint(str(cfg.resume.checkpoint), mode, search_dirs, exclude=run_dir).resolve()
+    log.info("Resuming (%s) from %s", mode, path)
+    state = checkpoint.load(path)
+    changes = config_changes(state["config"], config)
+
+    old_model, new_model = state["config"].get("model", {}), config["model"]
+    if old_model.get("_target_") != new_model.get("_target_"):
+        raise UserError(
+            f"The checkpoint {path} holds a {old_model.get('_target_')} but model={new_model['_target_']} was "
+            f"asked for. Choose the checkpoint's model (model=... matching {old_model.get('_target_')}) or "
+            "another checkpoint.")
+    if mode == "full":
+        arch = {k: v for k, v in changes.items() if k.startswith("model.") and k not in MODEL_KEYS_SAFE_TO_CHANGE}
+        if arch:
+            listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in arch.items())
+            raise UserError(
+                f"resume=full continues the same network, but the architecture changed ({listed}). Restore those "
+                "values, or use resume=reset_optimizer to start a new run from these weights.")
+        epochs, max_epochs = state["epoch"], cfg.trainer.max_epochs
+        if epochs >= max_epochs and not state.get("batch_in_epoch"):
+            raise UserError(
+                f"The run in {path} already finished {epochs} of trainer.max_epochs={max_epochs} epochs, so "
+                f"resume=full has nothing to do. Raise the target, e.g. trainer.max_epochs={epochs + max(10, epochs // 2)}, "
+                "or use resume=reset_optimizer to start a new run from its best weights.")
+        if state["early_stopping"].get("stopped") and "trainer.early_stopping.patience" not in changes:
+            raise UserError(
+                f"The run in {path} was ended by early stopping at epoch {epochs} ({state['early_stopping']['bad_epochs']}"
+                f" epochs without improvement, patience {state['early_stopping']['patience']}). Continuing it "
+                "would stop again at once: raise trainer.early_stopping.patience (or set it to null), or use "
+                "resume=reset_optimizer.")
+
+    if changes:
+        log.info("Config values that differ from the checkpoint:\n%s", changes_table(changes, mode))
+    else:
+        log.info("Config identical to the checkpoint's.")
+    entry = {"path": str(path), "sha256": checkpoint.sha256(path), "mode": mode, "epoch": state["epoch"],
+             "global_step": state["global_step"], "monitor": state.get("monitor"),
+             "best_score": state.get("best_score"), "changed": {k: list(v) for k, v in changes.items()}}
+    return {"path": path, "state": state, "mode": mode, "changes": changes, "lineage_entry": entry}
+
+
+def load_weights(model, state_dict: dict, path) -> None:
+    """Strict load with a readable report instead of a wall of keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        def show(keys):
+            return f"{len(keys)} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
+        raise UserError(
+            f"The weights in {path} do not fit the model built from the current config: missing {show(missing)}, "
+            f"unexpected {show(unexpected)}, shape-mismatched {show(mismatched)} (checkpoint vs now). Use the "
+            "model settings the checkpoint was trained with (see its config), or another checkpoint.")
+    model.load_state_dict(state_dict)
+
+
+def restore_optimizer(optimizer, saved: dict, changes: dict) -> None:
+    """Load the optimizer state, then re-apply the optimizer values that changed in the config.
+
+    torch's load_state_dict replaces every param-group value (lr, weight_decay, betas) with the saved one; a
+    user who lowers the LR and resumes must get the lower LR.
+    """
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    changed = {k.split(".", 1)[1] for k in changes if k.startswith("optimizer.")}
+    for group, new in zip(optimizer.param_groups, fresh):
+        for key in changed & set(new):
+            group[key] = new[key]
+        if "lr" in changed:
+            group["initial_lr"] = new.get("initial_lr", new["lr"])

@@ -1,0 +1,44 @@
+"""Range checks on the composed config, before anything is built or written."""
+from omegaconf import DictConfig
+
+from project.errors import UserError
+
+
+def check_config(cfg: DictConfig) -> None:
+    problems = []
+
+    def bad(key, value, rule):
+        problems.append(f"{key}={value!r} is out of range: {rule}.")
+
+    dropout = cfg.model.get("dropout")
+    if dropout is not None and not 0 <= dropout < 1:
+        bad("model.dropout", dropout, "dropout must be in [0, 1), e.g. model.dropout=0.2")
+    if not cfg.optimizer.lr > 0:
+        bad("optimizer.lr", cfg.optimizer.lr, "the learning rate must be positive, e.g. optimizer.lr=4e-4")
+    if cfg.optimizer.get("weight_decay", 0) < 0:
+        bad("optimizer.weight_decay", cfg.optimizer.weight_decay, "weight decay must be >= 0")
+    t = cfg.trainer
+    if not (isinstance(t.max_epochs, int) and t.max_epochs >= 1):
+        bad("trainer.max_epochs", t.max_epochs, "train for at least 1 epoch, e.g. trainer.max_epochs=50")
+    if not t.batch_size >= 1:
+        bad("trainer.batch_size", t.batch_size, "the batch size must be at least 1")
+    if t.early_stopping.patience is not None and t.early_stopping.patience < 1:
+        bad("trainer.early_stopping.patience", t.early_stopping.patience,
+            "patience must be >= 1, or null to turn early stopping off")
+    if not t.save_interval >= 1:
+        bad("trainer.save_interval", t.save_interval, "save every N >= 1 epochs")
+    if t.keep_last is not None and t.keep_last < 1:
+        bad("trainer.keep_last", t.keep_last, "keep at least 1 periodic checkpoint, or null to keep all")
+    if t.device not in ("auto", "cpu", "cuda") and not str(t.device).startswith("cuda:"):
+        bad("trainer.device", t.device, "choose auto, cpu, cuda or cuda:N")
+    if cfg.loss.get("dice_weight", 0) < 0:
+        bad("loss.dice_weight", cfg.loss.dice_weight, "the Dice weight must be >= 0")
+    if cfg.data.get("image_size", 32) < 16:
+        bad("data.image_size", cfg.data.image_size, "images must be at least 16 pixels, e.g. data.image_size=64")
+    if cfg.resume.mode == "none" and cfg.resume.checkpoint is not None:
+        problems.append(
+            f"resume.checkpoint={cfg.resume.checkpoint!r} is set but resume=none ignores it: add resume=full "
+            "(continue the run as it was) or resume=reset_optimizer (weights only, fresh optimizer)."
+        )
+    if problems:
+        raise UserError(" ".join(problems) + " Nothing was trained or written.")

@@ -1,0 +1,32 @@
+"""Train, or continue a run: python run.py [resume=full|reset_optimizer] [key=value ...]  (see README.md)."""
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from project.errors import UserError
+
+log = logging.getLogger("run")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from project.train import train  # torch is imported here, after Hydra has parsed the command line
+
+    cwd = Path(os.getcwd())
+    try:
+        summary = train(cfg, Path(HydraConfig.get().runtime.output_dir), [cwd / "outputs", cwd / "multirun"])
+    except UserError as e:
+        log.error("Error: %s", e)  # training.log keeps it too
+        print("\n" + textwrap.fill(f"Error: {e}", width=110), file=sys.stderr)
+        sys.exit(2)
+    return summary["best_score"]  # what a Hydra sweeper would optimise
+
+
+if __name__ == "__main__":
+    main()

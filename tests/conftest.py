@@ -1,0 +1,46 @@
+"""Shared helpers: tests drive the real command line (python run.py ...) in a temporary working directory."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small enough for ~1 s epochs on 2 CPU cores, with dropout on so RNG restore matters.
+TINY = [
+    "data.train_size=48", "data.val_size=16", "data.image_size=32", "trainer.batch_size=8",
+    "model.embed_dims=[8,16,32]", "model.num_heads=[1,1,2]", "model.decoder_dim=16", "model.dropout=0.1",
+    "trainer.num_threads=1", "trainer.max_epochs=2",
+]
+
+
+def run_cli(*overrides, cwd: Path, env_extra=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", **(env_extra or {})}
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run.py {' '.join(overrides)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def train_tiny(run_dir: Path, *overrides, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    return run_cli(*TINY, f"hydra.run.dir={run_dir}", *overrides, cwd=cwd, **kwargs)
+
+
+def load(path):
+    return torch.load(path)  # as users do: torch's default weights_only=True
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="session")
+def parent_run(tmp_path_factory):
+    """One finished tiny run (2 epochs) that continuation tests start from; treat it as read-only."""
+    cwd = tmp_path_factory.mktemp("parent")
+    run_dir = cwd / "outputs" / "parent"
+    train_tiny(run_dir, "trainer.save_interval=1", "trainer.keep_last=1", cwd=cwd)
+    return run_dir

@@ -1,0 +1,115 @@
+"""resume=full continues bit for bit; resume=reset_optimizer restarts from the weights with new values."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY, load, same_weights, train_tiny
+
+
+def lrs(run_dir):
+    return [float(r["lr"]) for r in csv.DictReader(open(run_dir / "metrics.csv"))]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A 4-epoch reference run (cosine schedule, warm-up, dropout on)."""
+    cwd = tmp_path_factory.mktemp("reference")
+    train_tiny(cwd / "ref", "trainer.max_epochs=4", cwd=cwd)
+    return cwd / "ref"
+
+
+def test_full_resume_after_sigterm_mid_epoch_is_bit_exact(uninterrupted, tmp_path):
+    """A 4-epoch run stopped by SIGTERM in epoch 2, then `resume=full`, ends with the reference's weights."""
+    run_dir = tmp_path / "stopped"
+    cmd = [sys.executable, str(ROOT / "run.py"), *TINY, "trainer.max_epochs=4", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.pth").exists():  # epoch 1 done
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    stopped = load(run_dir / "checkpoints" / "last.pth")
+    assert "Caught SIGTERM" in out and not (run_dir / "checkpoints" / "final_model.pth").exists()
+    assert (stopped["epoch"], stopped["batch_in_epoch"]) != (4, 0), "the run finished before the signal"
+
+    train_tiny(tmp_path / "resumed", "trainer.max_epochs=4", "resume=full", f"resume.checkpoint={run_dir}",
+               cwd=tmp_path)
+    ref = load(uninterrupted / "checkpoints" / "final_model.pth")
+    got = load(tmp_path / "resumed" / "checkpoints" / "final_model.pth")
+    assert same_weights(got["model_state_dict"], ref["model_state_dict"])
+    assert got["global_step"] == ref["global_step"] and got["epoch"] == 4
+    assert got["best_f_score"] == ref["best_f_score"] and got["best_epoch"] == ref["best_epoch"]
+    assert lrs(tmp_path / "resumed") == lrs(uninterrupted)  # every epoch's LR, history included
+    assert got["lineage"][-1]["mode"] == "full" and got["lineage"][-1]["path"] == str(run_dir / "checkpoints" / "last.pth")
+
+
+def test_full_resume_extends_and_matches_a_longer_run(tmp_path):
+    """Train 2 epochs, then `resume=full trainer.max_epochs=4` equals 4 epochs straight (step schedule,
+    which does not depend on the run length) including Adam moments, RNG and the per-epoch LR."""
+    sched = ["scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.7"]
+    train_tiny(tmp_path / "straight", *sched, "trainer.max_epochs=4", cwd=tmp_path)
+    train_tiny(tmp_path / "short", *sched, "trainer.max_epochs=2", cwd=tmp_path)
+    proc = train_tiny(tmp_path / "longer", *sched, "trainer.max_epochs=4", "resume=full",
+                      f"resume.checkpoint={tmp_path / 'short'}", cwd=tmp_path)
+    assert "trainer.max_epochs" in proc.stdout and "schedule is recomputed" in proc.stdout
+    a = load(tmp_path / "straight" / "checkpoints" / "final_model.pth")
+    b = load(tmp_path / "longer" / "checkpoints" / "final_model.pth")
+    assert same_weights(a["model_state_dict"], b["model_state_dict"])
+    for sa, sb in zip(a["optimizer_state_dict"]["state"].values(), b["optimizer_state_dict"]["state"].values()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert lrs(tmp_path / "longer") == lrs(tmp_path / "straight")
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "longer" / "metrics.csv"))] == ["1", "2", "3", "4"]
+
+
+def test_full_resume_applies_a_changed_lr(parent_run, tmp_path):
+    """The restored optimizer state must not silently keep the old LR."""
+    proc = train_tiny(tmp_path / "lower", "trainer.max_epochs=3", "scheduler=none", "optimizer.lr=1e-4",
+                      "resume=full", f"resume.checkpoint={parent_run}", cwd=tmp_path)
+    assert "optimizer.lr" in proc.stdout and "applied over the restored optimizer state" in proc.stdout
+    ckpt = load(tmp_path / "lower" / "checkpoints" / "last.pth")
+    assert [g["lr"] for g in ckpt["optimizer_state_dict"]["param_groups"]] == [1e-4]
+    assert lrs(tmp_path / "lower")[-1] == 1e-4
+    assert ckpt["epoch"] == 3
+
+
+def test_reset_optimizer_fresh_state_new_values_and_lineage(parent_run, tmp_path):
+    parent_best = load(parent_run / "checkpoints" / "best_model.pth")
+    proc = train_tiny(tmp_path / "child", "resume=reset_optimizer", f"resume.checkpoint={parent_run}",
+                      "model.dropout=0.25", "trainer.max_epochs=1", cwd=tmp_path)
+    out = proc.stdout
+    assert "parameter" in out and "checkpoint" in out and "now" in out  # the changes table
+    assert "model.dropout" in out and "0.1" in out and "0.25" in out
+    assert "dropout p=0.25" in out  # every dropout module of the built model
+    assert "the parent's best" in out  # did the continuation beat its parent?
+
+    child = load(tmp_path / "child" / "checkpoints" / "final_model.pth")
+    steps_per_epoch = 6
+    assert child["epoch"] == 1 and child["global_step"] == steps_per_epoch  # counted from the start
+    adam_steps = {float(s["step"]) for s in child["optimizer_state_dict"]["state"].values()}
+    assert adam_steps == {steps_per_epoch}  # fresh moments, not the parent's 12 steps + 6
+    assert child["config"]["model"]["dropout"] == 0.25
+    (entry,) = child["lineage"]
+    assert entry["path"] == str(parent_run / "checkpoints" / "best_model.pth")
+    assert entry["mode"] == "reset_optimizer" and entry["epoch"] == parent_best["epoch"]
+    assert entry["changed"]["model.dropout"] == [0.1, 0.25]
+    import hashlib
+    assert entry["sha256"] == hashlib.sha256((parent_run / "checkpoints" / "best_model.pth").read_bytes()).hexdigest()
+    assert child["parent_best"]["score"] == parent_best["best_f_score"]
+    assert "Resuming (reset_optimizer) from" in (tmp_path / "child" / "training.log").read_text()
+
+
+def test_latest_picks_the_newest_run(tmp_path):
+    train_tiny(tmp_path / "outputs" / "a", "trainer.max_epochs=1", cwd=tmp_path)
+    time.sleep(0.05)
+    train_tiny(tmp_path / "outputs" / "b", "trainer.max_epochs=1", cwd=tmp_path)
+    proc = train_tiny(tmp_path / "outputs" / "c", "resume=full", cwd=tmp_path)  # resume.checkpoint=latest
+    assert f"from {tmp_path / 'outputs' / 'b' / 'checkpoints' / 'last.pth'}" in proc.stdout
