@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> float | None:
         summary = train(cfg, Path(HydraConfig.get().runtime.output_dir), [cwd / "outputs", cwd / "multirun"])
     except UserError as e:
         log.error("Error: %s", e)  # training.log keeps it too
-        print("\n" + textwrap.fill(f"Error: {e}", width=110), file=sys.stderr)
+        print("\n" + textwrap.fill(f"Error: {e}", width=110, break_long_words=False, break_on_hyphens=False), file=sys.stderr)
         sys.exit(2)
     return summary["best_score"]  # what a Hydra sweeper would optimise
 

@@ -7,6 +7,8 @@ import hashlib
 import io
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -53,6 +55,12 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _first_sentence(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    text = lines[-2] if "Weights only load failed" in str(error) and len(lines) > 2 else (lines or ["no detail"])[0]
+    return text.split(". ")[0].rstrip(".")[:200]
+
+
 def load(path: Path, map_location="cpu") -> dict:
     """Load and check one of our checkpoints; every failure is a UserError that names the file and the fix."""
     path = Path(path)
@@ -60,18 +68,26 @@ def load(path: Path, map_location="cpu") -> dict:
         raise UserError(f"Checkpoint {str(path)!r} does not exist. Pass resume.checkpoint=<a .pth file or a run "
                         "directory>, or resume.checkpoint=latest for the newest run under outputs/ and multirun/.")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol chatter on foreign files; the error below says it all
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        blocked = re.search(r"GLOBAL (\S+)", str(e))
+        if blocked:  # the file asks to call Python code: weights_only refused before anything ran
+            raise UserError(
+                f"Refused to load {str(path)!r}: it references the Python callable {blocked.group(1)}, which safe "
+                "loading blocks, so nothing in it was executed. Checkpoints written by this framework hold only "
+                "tensors and plain values; resume from one of those, or re-save trusted weights as a plain state "
+                "dict.") from None
         raise UserError(
-            f"Refused to load {str(path)!r}: it contains Python objects that safe loading does not allow, so it "
-            f"was not opened and none of its code ran ({str(e).splitlines()[0][:200]}). Checkpoints written by this "
-            "framework hold only tensors and plain values; use one of those, or re-save your weights as a plain "
-            "state dict from code you trust.") from None
+            f"Checkpoint {str(path)!r} is truncated or corrupt, or not a PyTorch checkpoint, and cannot be read "
+            f"safely ({_first_sentence(e)}); nothing in it was executed. Point resume.checkpoint at an intact file, "
+            "e.g. an earlier checkpoint_epoch_N.pth or best_model.pth of the same run.") from None
     except Exception as e:  # zip reader errors, EOF, bad magic: the bytes are broken
         raise UserError(
             f"Checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}). Point resume.checkpoint at an intact file, "
-            "e.g. an earlier checkpoint_epoch_N.pth or best_model.pth of the same run.") from None
+            f"{_first_sentence(e)}). Point resume.checkpoint at an intact file, e.g. an earlier "
+            "checkpoint_epoch_N.pth or best_model.pth of the same run.") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise UserError(
