@@ -18,9 +18,12 @@ log = logging.getLogger("run")
 def main(cfg: DictConfig) -> float | None:
     from project.train import train  # torch is imported here, after Hydra has parsed the command line
 
+    hc = HydraConfig.get()
     cwd = Path(os.getcwd())
+    job = {"overrides": list(hc.overrides.task),
+           "sweep_dir": str(Path(hc.sweep.dir).resolve()) if hc.mode.name == "MULTIRUN" else None}
     try:
-        summary = train(cfg, Path(HydraConfig.get().runtime.output_dir), [cwd / "outputs", cwd / "multirun"])
+        summary = train(cfg, Path(hc.runtime.output_dir), [cwd / "outputs", cwd / "multirun"], job)
     except UserError as e:
         log.error("Error: %s", e)  # training.log keeps it too
         print("\n" + textwrap.fill(f"Error: {e}", width=110, break_long_words=False, break_on_hyphens=False), file=sys.stderr)

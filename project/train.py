@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from project import checkpoint, resume, rng
 from project.data.loader import epoch_batches
-from project.loggers import read_rows
+from project.loggers import append_rows, read_rows
 from project.metrics import ConfusionMatrix
 from project.validate import check_config
 
@@ -61,11 +61,26 @@ def evaluate(model, dataset, loss_fn, batch_size, device, num_classes, num_worke
     return {"loss": (total / max(batches, 1)).item(), **confusion.compute()}
 
 
-def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path]) -> dict:
+def run_meta(cfg, config: dict, parent: dict | None, job: dict) -> dict:
+    """What a tracker needs to name, group and link this run."""
+    overrides = [o for o in job.get("overrides", []) if not o.startswith(("hydra.", "resume.checkpoint="))]
+    saved = parent["state"] if parent else {}
+    return {
+        "config": config, "run_name": ",".join(overrides) or cfg.name, "group": job.get("sweep_dir") or cfg.name,
+        "job_type": cfg.resume.mode, "tags": [PHASE, cfg.resume.mode],
+        # resume=full continues the tracker run stored in the checkpoint; reset_optimizer links to it
+        "resume_state": saved.get("logger") if parent and parent["mode"] == "full" else None,
+        "parent": {"checkpoint": str(parent["path"]), "logger": saved.get("logger"), "best_score": saved["best_score"],
+                   "best_epoch": saved["best_epoch"]} if parent and parent["mode"] == "reset_optimizer" else None,
+    }
+
+
+def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | None = None) -> dict:
     """Train as the config says and return a summary.
 
-    `search_dirs` are where resume.checkpoint=latest looks for runs. Bad input raises UserError before any
-    file is written.
+    `search_dirs` are where resume.checkpoint=latest looks for runs; `job` describes the Hydra job for the
+    tracker ({"overrides": [...], "sweep_dir": str or None}). Bad input raises UserError before any file is
+    written.
     """
     check_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -85,7 +100,6 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path]) -> dict:
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer)
 
-    logger = instantiate(cfg.logger)(run_dir)
     progress = {"epoch": 0, "global_step": 0, "batch_in_epoch": 0, "epoch_loss_sum": 0.0, "epoch_confusion": None,
                 "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "val": {}, "train": {}}
     lineage, parent_best = [], None
@@ -103,13 +117,13 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path]) -> dict:
             parent_best = saved.get("parent_best")
             rng.restore(saved["rng"])
             # the continuation's metrics.csv starts with the history it continues
-            for row in read_rows(Path(saved["run_dir"]) / "metrics.csv"):
-                if int(row["epoch"]) <= saved["epoch"]:
-                    logger.log_epoch(row)
+            history = read_rows(Path(saved["run_dir"]) / "metrics.csv")
+            append_rows(run_dir / "metrics.csv", [r for r in history if int(r["epoch"]) <= saved["epoch"]])
         else:
             parent_best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "path": str(parent["path"])}
         log.info("Lineage: %s", " -> ".join(f"{Path(e['path']).name}@{e['epoch']} ({e['mode']})" for e in lineage))
 
+    logger = instantiate(cfg.logger)(run_dir, run_meta(cfg, config, parent, job or {}))
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
@@ -134,7 +148,7 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path]) -> dict:
             f"best_{monitor}": progress["best_score"], f"val_{monitor}": progress["val"].get(monitor),
             "val_metrics": progress["val"], "train_metrics": progress["train"],
             "config": config, "rng": rng.capture(), "early_stopping": es, "lineage": lineage,
-            "parent_best": parent_best, "run_dir": str(run_dir),
+            "parent_best": parent_best, "run_dir": str(run_dir), "logger": logger.state(),
         }
         payload = checkpoint.to_bytes(state)
         for name in files:
@@ -217,21 +231,23 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path]) -> dict:
                 log.info("Early stopping: no improvement of val %s for %d epochs (best %.4f at epoch %d).",
                          monitor, patience, progress["best_score"], progress["best_epoch"])
                 break
+
+        summary = {"status": f"interrupted by {interrupted}" if interrupted else ("early stopped" if stopped else "done"),
+                   "epoch": progress["epoch"], "monitor": monitor, "best_score": progress["best_score"],
+                   "best_epoch": progress["best_epoch"], "run_dir": str(run_dir)}
+        if parent_best:
+            summary.update(parent_best=parent_best["score"], improvement=progress["best_score"] - parent_best["score"])
+        logger.log_summary(summary)
     finally:
         stop.close()
-        logger.finish()
+        logger.finish("interrupted" if interrupted else "done")
 
-    summary = {"status": f"interrupted by {interrupted}" if interrupted else ("early stopped" if stopped else "done"),
-               "epoch": progress["epoch"], "best_score": progress["best_score"], "best_epoch": progress["best_epoch"],
-               "monitor": monitor, "run_dir": str(run_dir)}
     if not interrupted:
         log.info("Best val %s %.4f at epoch %d; checkpoints in %s", monitor, progress["best_score"],
                  progress["best_epoch"], ckpt_dir)
-    if parent_best and not interrupted:
-        delta = progress["best_score"] - parent_best["score"]
-        verdict = "beats" if delta > 0 else "does not beat"
-        log.info("New best %s %.4f (epoch %d) %s the parent's best %.4f (epoch %d of %s) by %+.4f.", monitor,
-                 progress["best_score"], progress["best_epoch"], verdict, parent_best["score"],
-                 parent_best["epoch"], parent_best["path"], delta)
-        summary["parent_best"], summary["improvement"] = parent_best["score"], delta
+        if parent_best:
+            delta = summary["improvement"]
+            log.info("New best %s %.4f (epoch %d) %s the parent's best %.4f (epoch %d of %s) by %+.4f.", monitor,
+                     progress["best_score"], progress["best_epoch"], "beats" if delta > 0 else "does not beat",
+                     parent_best["score"], parent_best["epoch"], parent_best["path"], delta)
     return summary
