@@ -81,16 +81,22 @@ def changes_table(changes: dict, mode: str) -> str:
 def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path]) -> dict | None:
     """Pick, load and check the checkpoint this run continues from; None for resume=none.
 
-    Returns {"path", "state", "mode", "changes", "lineage_entry"}; raises UserError on anything wrong,
-    before a file is written.
+    Returns {"path", "state", "mode", "changes", "lineage_entry", "is_own"}; raises UserError on anything
+    wrong, before a file is written. A run dir that already holds checkpoints/last.pth continues from it.
     """
     mode = cfg.resume.mode
-    if mode == "none":
+    own = run_dir / "checkpoints" / "last.pth"
+    is_own = own.exists()
+    if is_own:  # a requeued or restarted job in its own run dir: continue it, whatever resume= says
+        mode, path = "full", own.resolve()
+        log.info("Resuming (full) from this run's own %s (a requeued or restarted job)", path)
+    elif mode == "none":
         return None
-    if mode not in FILE_FOR_MODE:
+    elif mode not in FILE_FOR_MODE:
         raise UserError(f"resume.mode={mode!r} is unknown: use resume=none, resume=full or resume=reset_optimizer.")
-    path = find_checkpoint(str(cfg.resume.checkpoint), mode, search_dirs, exclude=run_dir).resolve()
-    log.info("Resuming (%s) from %s", mode, path)
+    else:
+        path = find_checkpoint(str(cfg.resume.checkpoint), mode, search_dirs, exclude=run_dir).resolve()
+        log.info("Resuming (%s) from %s", mode, path)
     state = checkpoint.load(path)
     changes = config_changes(state["config"], config)
 
@@ -108,6 +114,11 @@ def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path]) -> di
                 f"resume=full continues the same network, but the architecture changed ({listed}). Restore those "
                 "values, or use resume=reset_optimizer to start a new run from these weights.")
         epochs, max_epochs = state["epoch"], cfg.trainer.max_epochs
+        finished = (epochs >= max_epochs and not state.get("batch_in_epoch")) or (
+            state["early_stopping"].get("stopped") and "trainer.early_stopping.patience" not in changes)
+        if is_own and finished:  # e.g. a job requeued after its last save: nothing left to do
+            log.info("This run already finished (epoch %d); nothing to do.", epochs)
+            return {"path": path, "state": state, "mode": mode, "finished": True}
         if epochs >= max_epochs and not state.get("batch_in_epoch"):
             raise UserError(
                 f"The run in {path} already finished {epochs} of trainer.max_epochs={max_epochs} epochs, so "
@@ -127,7 +138,7 @@ def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path]) -> di
     entry = {"path": str(path), "sha256": checkpoint.sha256(path), "mode": mode, "epoch": state["epoch"],
              "global_step": state["global_step"], "monitor": state.get("monitor"),
              "best_score": state.get("best_score"), "changed": {k: list(v) for k, v in changes.items()}}
-    return {"path": path, "state": state, "mode": mode, "changes": changes, "lineage_entry": entry}
+    return {"path": path, "state": state, "mode": mode, "changes": changes, "lineage_entry": entry, "is_own": is_own}
 
 
 def load_weights(model, state_dict: dict, path) -> None:

@@ -3,9 +3,12 @@
 Every component comes from the config through hydra.utils.instantiate; runtime arguments (the model's
 parameters for the optimizer, the optimizer for the scheduler, the run dir for the logger) are passed here.
 """
+import json
 import logging
 import math
+import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -25,20 +28,60 @@ PHASE = "train"  # a single-phase schedule
 
 
 class StopRequest:
-    """SIGTERM/SIGINT only set a flag; the loop saves at the next step boundary, never inside the handler."""
+    """Stop signals only set a flag; the loop acts at the next step boundary, never inside the handler.
+
+    After saving, a signal that had a Python handler before us (submitit's: USR2 = checkpoint and requeue,
+    SIGTERM = ignore and wait for USR2) is handed to it, so the launcher decides what happens next; any other
+    signal (a user's SIGTERM or Ctrl-C) ends the run cleanly.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self):
-        self.signal = None
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.signum = None
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C means "now"
-        self.signal = signal.Signals(signum).name
+        self.signum = signum
+
+    @property
+    def name(self):
+        return signal.Signals(self.signum).name
+
+    def hand_over(self) -> bool:
+        """Pass the caught signal to the previous handler; True if training should go on (it returned)."""
+        previous = self._previous.get(self.signum)
+        signum, self.signum = self.signum, None
+        if not callable(previous) or previous is signal.default_int_handler:
+            return False
+        previous(signum, None)  # submitit's USR2 handler requeues the job and exits here
+        return True
 
     def close(self):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def restore_history(src: Path, dst: Path, upto_epoch: int) -> None:
+    """metrics.csv of a continuation = the rows it continues (epochs <= the checkpoint's), nothing later."""
+    rows = [r for r in read_rows(src) if int(r["epoch"]) <= upto_epoch]
+    tmp = dst.with_name(".metrics.csv.tmp")
+    tmp.unlink(missing_ok=True)
+    append_rows(tmp, rows)
+    if tmp.exists():
+        os.replace(tmp, dst)
+
+
+def record_environment(run_dir: Path, device) -> None:
+    """Append where and as what this start of the run happened (GPU assignment, SLURM ids, requeues)."""
+    path = run_dir / "environment.json"
+    starts = json.loads(path.read_text()) if path.exists() else []
+    keys = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
+    starts.append({"hostname": socket.gethostname(), "pid": os.getpid(), "device": str(device),
+                   **{k: os.environ.get(k) for k in keys}, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    path.write_text(json.dumps(starts, indent=1))
 
 
 def pick_device(name: str) -> torch.device:
@@ -85,6 +128,10 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
     check_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     parent = resume.load_parent(cfg, config, run_dir, search_dirs)
+    if parent and parent.get("finished"):
+        saved = parent["state"]
+        return {"status": "already finished", "epoch": saved["epoch"], "monitor": saved["monitor"],
+                "best_score": saved["best_score"], "best_epoch": saved["best_epoch"], "run_dir": str(run_dir)}
     t = cfg.trainer
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -95,7 +142,7 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
     rng.seed_everything(cfg.seed)
     data = instantiate(cfg.data)
     num_classes, num_workers = len(data["classes"]), data.get("num_workers", 0)
-    model = instantiate(cfg.model).to(device)
+    model = instantiate(cfg.model, **data["model_args"]).to(device)
     loss_fn = instantiate(cfg.loss)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer)
@@ -106,7 +153,8 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
     if parent is not None:
         saved = parent["state"]
         resume.load_weights(model, saved["model_state_dict"], parent["path"])
-        lineage = saved["lineage"] + [parent["lineage_entry"]]
+        # a run continuing itself keeps its lineage; a new run descends from the checkpoint
+        lineage = saved["lineage"] + ([] if parent["is_own"] else [parent["lineage_entry"]])
         if parent["mode"] == "full":
             resume.restore_optimizer(optimizer, saved["optimizer_state_dict"], parent["changes"])
             scheduler.load_state_dict(saved["scheduler_state_dict"])
@@ -116,22 +164,25 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
                             epoch_loss_sum=saved["epoch_loss_sum"], epoch_confusion=saved["epoch_confusion"])
             parent_best = saved.get("parent_best")
             rng.restore(saved["rng"])
-            # the continuation's metrics.csv starts with the history it continues
-            history = read_rows(Path(saved["run_dir"]) / "metrics.csv")
-            append_rows(run_dir / "metrics.csv", [r for r in history if int(r["epoch"]) <= saved["epoch"]])
+            restore_history(Path(saved["run_dir"]) / "metrics.csv", run_dir / "metrics.csv", saved["epoch"])
         else:
             parent_best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "path": str(parent["path"])}
-        log.info("Lineage: %s", " -> ".join(f"{Path(e['path']).name}@{e['epoch']} ({e['mode']})" for e in lineage))
+        if lineage:
+            log.info("Lineage: %s", " -> ".join(f"{e['path']}@{e['epoch']} ({e['mode']})" for e in lineage))
 
     logger = instantiate(cfg.logger)(run_dir, run_meta(cfg, config, parent, job or {}))
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ckpt_dir.glob(".*.tmp"):  # writes cut short by a kill; the real files are intact
+        stale.unlink()
+    record_environment(run_dir, device)
     n_params = sum(p.numel() for p in model.parameters())
     dropouts = sorted({round(m.p, 6) for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)})
     log.info("Run dir %s | %s with %.2fM parameters, dropout p=%s, on %s | %d train / %d val samples | "
-             "epochs %d -> %d", run_dir, cfg.model._target_.rsplit(".", 1)[-1], n_params / 1e6,
+             "epochs %d -> %d%s", run_dir, cfg.model._target_.rsplit(".", 1)[-1], n_params / 1e6,
              ",".join(map(str, dropouts)) or "none", device, len(data["train"]),
-             len(data["val"]), progress["epoch"], t.max_epochs)
+             len(data["val"]), progress["epoch"], t.max_epochs,
+             f" (epoch {progress['epoch'] + 1} from batch {progress['batch_in_epoch']})" if progress["batch_in_epoch"] else "")
 
     def save(files: list[str]) -> None:
         es = {"patience": t.early_stopping.patience, "bad_epochs": progress["bad_epochs"],
@@ -184,17 +235,20 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
                 seen += len(inputs)
                 if progress["global_step"] % t.log_every_n_steps == 0:  # the only host sync in the step
                     bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - tic):.0f}")
-                if stop.signal:
+                if stop.signum:
                     progress.update(batch_in_epoch=i + 1, epoch_loss_sum=loss_sum.item(),
                                     epoch_confusion=confusion.matrix.cpu())
-                    interrupted = stop.signal
+                    save(["last.pth"])
+                    log.info("Caught %s: saved %s at epoch %d, batch %d/%d.", stop.name, ckpt_dir / "last.pth",
+                             epoch + 1, i + 1, n_batches)
+                    interrupted = stop.name
+                    if stop.hand_over():
+                        interrupted = None  # the launcher let us go on (submitit ignores SIGTERM)
+                        continue
+                    log.info("Stopped. Continue with: python run.py resume=full resume.checkpoint=%s", run_dir)
                     break
             bar.close()
             if interrupted:
-                save(["last.pth"])
-                log.info("Caught %s: saved %s at epoch %d, batch %d/%d. Continue with: python run.py resume=full "
-                         "resume.checkpoint=%s", interrupted, ckpt_dir / "last.pth", epoch + 1, i + 1, n_batches,
-                         run_dir)
                 break
 
             train_metrics = {"loss": loss_sum.item() / n_batches, **confusion.compute()}
@@ -211,6 +265,10 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
             stopped = patience is not None and progress["bad_epochs"] >= patience
             finished = stopped or epoch + 1 == t.max_epochs
 
+            # the row goes first: a kill before the save re-does this epoch and restore_history drops the row
+            logger.log_epoch({"epoch": epoch + 1, "phase": PHASE, "lr": lr, "train_loss": train_metrics["loss"],
+                              **{f"train_{k}": v for k, v in train_metrics.items() if k != "loss"},
+                              **{f"val_{k}": v for k, v in val.items()}})
             files = ["last.pth"]
             if (epoch + 1) % t.save_interval == 0:
                 files.append(f"checkpoint_epoch_{epoch + 1}.pth")
@@ -221,9 +279,6 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
             save(files)
             checkpoint.prune_periodic(ckpt_dir, t.keep_last)
 
-            logger.log_epoch({"epoch": epoch + 1, "phase": PHASE, "lr": lr, "train_loss": train_metrics["loss"],
-                              **{f"train_{k}": v for k, v in train_metrics.items() if k != "loss"},
-                              **{f"val_{k}": v for k, v in val.items()}})
             log.info("epoch %d/%d  lr %.2e  train loss %.4f %s %.4f | val loss %.4f %s %.4f pixel_acc %.4f%s",
                      epoch + 1, t.max_epochs, lr, train_metrics["loss"], monitor, train_metrics[monitor],
                      val["loss"], monitor, val[monitor], val["pixel_acc"], "  *best*" if improved else "")

@@ -48,4 +48,5 @@ def build(root, num_classes, in_channels=3, image_size=128, ignore_index=255, nu
                         "Lay it out as ROOT/{train,val}/{images,masks}/NAME.{png,jpg} and pass data.root=ROOT.")
     return {"train": SegFolder(root / "train", image_size, in_channels),
             "val": SegFolder(root / "val", image_size, in_channels),
-            "classes": [str(i) for i in range(num_classes)], "num_workers": num_workers}
+            "classes": [str(i) for i in range(num_classes)], "num_workers": num_workers,
+            "model_args": {"num_classes": num_classes, "in_channels": in_channels}}

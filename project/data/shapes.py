@@ -56,8 +56,6 @@ def generate(n: int, size: int, seed: int) -> TensorPairs:
     return TensorPairs(torch.from_numpy(images), torch.from_numpy(masks))
 
 
-def build(num_classes=4, in_channels=3, image_size=64, train_size=768, val_size=192, seed=0):
-    if num_classes != len(CLASSES) or in_channels != 3:
-        raise ValueError(f"data=shapes has {len(CLASSES)} classes and 3 channels")
+def build(image_size=64, train_size=768, val_size=192, seed=0):
     return {"train": generate(train_size, image_size, seed), "val": generate(val_size, image_size, seed + 1),
-            "classes": list(CLASSES)}
+            "classes": list(CLASSES), "model_args": {"num_classes": len(CLASSES), "in_channels": 3}}
