@@ -14,6 +14,13 @@ from project.errors import UserError
 log = logging.getLogger("run")
 
 
+def user_error(e: BaseException | None) -> UserError | None:
+    """The UserError behind an exception (hydra.utils.instantiate wraps what a component raises)."""
+    while e is not None and not isinstance(e, UserError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from project.train import train  # torch is imported here, after Hydra has parsed the command line
@@ -24,9 +31,13 @@ def main(cfg: DictConfig) -> float | None:
            "sweep_dir": str(Path(hc.sweep.dir).resolve()) if hc.mode.name == "MULTIRUN" else None}
     try:
         summary = train(cfg, Path(hc.runtime.output_dir), [cwd / "outputs", cwd / "multirun"], job)
-    except UserError as e:
-        log.error("Error: %s", e)  # training.log keeps it too
-        print("\n" + textwrap.fill(f"Error: {e}", width=110, break_long_words=False, break_on_hyphens=False), file=sys.stderr)
+    except Exception as e:
+        error = user_error(e)
+        if error is None:
+            raise
+        log.error("Error: %s", error)  # training.log keeps it too
+        print("\n" + textwrap.fill(f"Error: {error}", width=110, break_long_words=False, break_on_hyphens=False),
+              file=sys.stderr)
         sys.exit(2)
     return summary["best_score"]  # what a Hydra sweeper would optimise
 

@@ -9,8 +9,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough for ~1 s epochs on 2 CPU cores, with dropout on so RNG restore matters.
-TINY_DATA = ["data.train_size=48", "data.val_size=16", "data.image_size=32", "trainer.batch_size=8",
-             "trainer.num_threads=1", "trainer.max_epochs=2"]
+TINY_TRAINER = ["trainer.batch_size=8", "trainer.num_threads=1", "trainer.max_epochs=2"]
+TINY_DATA = ["data.train_size=48", "data.val_size=16", "data.image_size=32", *TINY_TRAINER]
 TINY = TINY_DATA + ["model.embed_dims=[8,16,32]", "model.num_heads=[1,1,2]", "model.decoder_dim=16",
                     "model.dropout=0.1"]
 
