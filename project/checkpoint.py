@@ -100,10 +100,12 @@ def load(path: Path, map_location="cpu") -> dict:
     return state
 
 
-def prune_periodic(ckpt_dir: Path, keep_last: int | None) -> None:
-    """Keep the newest `keep_last` checkpoint_epoch_N.pth; last/best/final are never touched."""
+def prune_periodic(ckpt_dir: Path, keep_last: int | None, protect: set[int] = frozenset()) -> None:
+    """Keep the newest `keep_last` checkpoint_epoch_N.pth and those of the epochs in `protect` (the ends of
+    phases); last, best, final and phase-best files are never touched."""
     if keep_last is None:
         return
     periodic = sorted(ckpt_dir.glob("checkpoint_epoch_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     for old in periodic[:-keep_last]:
-        old.unlink(missing_ok=True)
+        if int(old.stem.rsplit("_", 1)[1]) not in protect:
+            old.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from project import checkpoint
+from project.phases import key_matches, load_optimizer_by_name
 from project.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def config_changes(old: dict, new: dict) -> dict:
 def effect(key: str, mode: str) -> str:
     if mode == "reset_optimizer":
         return "applied"
-    if key.startswith("optimizer."):
+    if key.startswith("optimizer.") or ".optimizer." in key:
         return "applied over the restored optimizer state"
     if key == "trainer.max_epochs":
         return "applied: the schedule is recomputed for the new length"
@@ -142,33 +143,71 @@ def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path]) -> di
 
 
 def load_weights(model, state_dict: dict, path) -> None:
-    """Strict load with a readable report instead of a wall of keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                  if k in state_dict and state_dict[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        def show(keys):
-            return f"{len(keys)} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
+    """Strict load (resume=full) with a readable report instead of a wall of keys."""
+    report = match_keys(model.state_dict(), state_dict)
+    if any(report[k] for k in ("missing", "unexpected", "mismatched")):
         raise UserError(
-            f"The weights in {path} do not fit the model built from the current config: missing {show(missing)}, "
-            f"unexpected {show(unexpected)}, shape-mismatched {show(mismatched)} (checkpoint vs now). Use the "
-            "model settings the checkpoint was trained with (see its config), or another checkpoint.")
+            f"The weights in {path} do not fit the model built from the current config: {describe(report)}. Use "
+            "the model settings the checkpoint was trained with (see its config), or another checkpoint.")
     model.load_state_dict(state_dict)
 
 
-def restore_optimizer(optimizer, saved: dict, changes: dict) -> None:
-    """Load the optimizer state, then re-apply the optimizer values that changed in the config.
+def match_keys(own: dict, theirs: dict, ignore=()) -> dict:
+    ignored = sorted(k for k in set(own) | set(theirs) if key_matches(k, ignore))
+    own = {k: v for k, v in own.items() if k not in ignored}
+    theirs = {k: v for k, v in theirs.items() if k not in ignored}
+    return {
+        "matched": [k for k in own if k in theirs and theirs[k].shape == own[k].shape],
+        "missing": [k for k in own if k not in theirs],
+        "unexpected": [k for k in theirs if k not in own],
+        "mismatched": [f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                       if k in theirs and theirs[k].shape != own[k].shape],
+        "ignored": ignored,
+    }
+
+
+def describe(report: dict) -> str:
+    def show(keys):
+        return f"{len(keys)}" + (f" ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})" if keys else "")
+    return (f"missing {show(report['missing'])}, unexpected {show(report['unexpected'])}, "
+            f"shape-mismatched {show(report['mismatched'])} (checkpoint vs now)")
+
+
+def load_matching_weights(model, saved: dict, path, ignore_keys) -> None:
+    """resume=reset_optimizer: load every weight the checkpoint and the model share, after a matching report.
+
+    Missing keys are expected when they belong to modules the checkpoint's run had dropped (a decoder removed
+    for fine-tuning): they keep their fresh initialisation. Keys matching resume.ignore_keys are left out on
+    purpose. Anything else missing, unexpected or shape-mismatched is an error.
+    """
+    report = match_keys(model.state_dict(), saved["model_state_dict"], ignore_keys)
+    dropped = tuple(f"{m}." for m in saved.get("dropped_modules", []))
+    expected = [k for k in report["missing"] if k.startswith(dropped)] if dropped else []
+    missing = [k for k in report["missing"] if k not in expected]
+    log.info("Parameter matching with %s: %d matched, %d missing (%d expected: modules %s were dropped by the "
+             "checkpoint's run), %d unexpected, %d shape-mismatched, %d ignored by resume.ignore_keys",
+             path, len(report["matched"]), len(report["missing"]), len(expected),
+             list(saved.get("dropped_modules", [])), len(report["unexpected"]), len(report["mismatched"]),
+             len(report["ignored"]))
+    if missing or report["unexpected"] or report["mismatched"]:
+        raise UserError(
+            f"The weights in {path} do not fit the model built from the current config: "
+            f"{describe({**report, 'missing': missing})}. Use the checkpoint's model settings, or leave keys out "
+            "on purpose with resume.ignore_keys='[\"pattern.*\"]'.")
+    model.load_state_dict(saved["model_state_dict"], strict=False)
+
+
+def restore_optimizer(optimizer, names: list[str], saved: dict, changes: dict) -> None:
+    """Load the optimizer state by parameter name, then re-apply the config's values on top.
 
     torch's load_state_dict replaces every param-group value (lr, weight_decay, betas) with the saved one; a
-    user who lowers the LR and resumes must get the lower LR.
+    user who lowers the LR or the weight decay and resumes must get the new values. The LR itself is left to
+    the scheduler unless the config changed it (ReduceLROnPlateau keeps its reduced LR in the optimizer).
     """
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(saved)
-    changed = {k.split(".", 1)[1] for k in changes if k.startswith("optimizer.")}
+    load_optimizer_by_name(optimizer, names, saved["optimizer_state_dict"], saved["optimizer_param_names"])
+    lr_changed = any(k.endswith(".lr") and k.startswith(("optimizer.", "schedule.")) for k in changes)
     for group, new in zip(optimizer.param_groups, fresh):
-        for key in changed & set(new):
-            group[key] = new[key]
-        if "lr" in changed:
-            group["initial_lr"] = new.get("initial_lr", new["lr"])
+        for key, value in new.items():
+            if key not in ("lr", "initial_lr") or lr_changed:
+                group[key] = value
