@@ -45,6 +45,7 @@ def run_plain(cfg, work: Path) -> int:
     from hydra.utils import instantiate
 
     from project.data.loader import epoch_batches
+    from project.losses import CEDiceLoss
     from project.rng import seed_everything
 
     if cfg.trainer.num_threads:
@@ -52,7 +53,7 @@ def run_plain(cfg, work: Path) -> int:
     seed_everything(cfg.seed)
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, **data["model_args"])
-    loss_fn = instantiate(cfg.loss)
+    loss_fn = CEDiceLoss(dice_weight=cfg.loss.dice_weight)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer)
     bs = cfg.trainer.batch_size
