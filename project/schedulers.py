@@ -69,7 +69,8 @@ class Plateau(ReduceLROnPlateau):
     _PROGRESS = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch", "_last_lr")
 
     def step(self, metric=None):
-        super().step(metric)
+        if metric is not None:  # an epoch without validation leaves the plateau count alone
+            super().step(metric)
 
     def state_dict(self):
         return {k: self.__dict__[k] for k in self._PROGRESS if k in self.__dict__}

@@ -294,25 +294,30 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
                 break
 
             train_metrics = {"loss": loss_sum.item() / n_batches, **meter.compute()}
-            val = evaluate(model, objective, data["val"], t.batch_size, device, data, num_workers)
             lr = optimizer.param_groups[0]["lr"]
-            score = val[objective.monitor]
-            scheduler.step(score if objective.higher_is_better else -score)
-            progress.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_meter=None, val=val,
-                            train=train_metrics)
-            phase_best = progress["phase_best"].get(phase["key"])
-            phase_improved = better(score, phase_best and phase_best["score"], objective.higher_is_better,
-                                    phase["early_stopping"].min_delta)
-            if phase_improved:
-                progress["phase_best"][phase["key"]] = {"score": score, "epoch": epoch + 1}
-                progress["bad_epochs"] = 0
-            else:
-                progress["bad_epochs"] += 1
-            # best_model.pth follows the final phase's metric, over every phase that reports it
-            improved = objective.monitor == final.monitor and better(score, progress["best_score"],
-                                                                     final.higher_is_better)
-            if improved:
-                progress.update(best_score=score, best_epoch=epoch + 1)
+            progress.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_meter=None, train=train_metrics)
+            # validate every trainer.eval_interval epochs of a phase, and at its end; patience counts evaluations
+            evaluate_now = (epoch + 1 - progress["phase_start"]) % t.eval_interval == 0 or epoch + 1 == phase["end"]
+            val, phase_improved, improved = {}, False, False
+            if evaluate_now:
+                val = evaluate(model, objective, data["val"], t.batch_size, device, data, num_workers)
+                progress["val"] = val
+                score = val[objective.monitor]
+                phase_best = progress["phase_best"].get(phase["key"])
+                phase_improved = better(score, phase_best and phase_best["score"], objective.higher_is_better,
+                                        phase["early_stopping"].min_delta)
+                if phase_improved:
+                    progress["phase_best"][phase["key"]] = {"score": score, "epoch": epoch + 1}
+                    progress["bad_epochs"] = 0
+                else:
+                    progress["bad_epochs"] += 1
+                # best_model.pth follows the final phase's metric, over every phase that reports it
+                improved = objective.monitor == final.monitor and better(score, progress["best_score"],
+                                                                         final.higher_is_better)
+                if improved:
+                    progress.update(best_score=score, best_epoch=epoch + 1)
+            # the plateau scheduler reads the metric (as "higher is better"); the closed-form ones ignore it
+            scheduler.step(None if not val else score if objective.higher_is_better else -score)
             patience = phase["early_stopping"].patience
             progress["phase_stopped"] = patience is not None and progress["bad_epochs"] >= patience
             phase_done = progress["phase_stopped"] or epoch + 1 == phase["end"]
@@ -321,7 +326,7 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
             # the row goes first: a kill before the save re-does this epoch and restore_history drops the row
             logger.log_epoch({"epoch": epoch + 1, "phase": phase["name"], "lr": lr, "train_loss": train_metrics["loss"],
                               **{f"train_{k}": v for k, v in train_metrics.items() if k != "loss"},
-                              **{f"val_{k}": v for k, v in val.items()}})
+                              **{f"val_{k}": val.get(k, "") for k in train_metrics}})  # same names; "" = not validated
             files = ["last.pth"]
             if (epoch + 1) % t.save_interval == 0 or phase_done and len(schedule) > 1:
                 files.append(f"checkpoint_epoch_{epoch + 1}.pth")  # a phase's last epoch is always kept
@@ -336,9 +341,9 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
                 progress["phase_ends"].append(epoch + 1)
             checkpoint.prune_periodic(ckpt_dir, t.keep_last, protect=set(progress["phase_ends"]))
 
-            log.info("epoch %d/%d  %s  lr %.2e  train loss %.4f %s | val loss %.4f %s%s", epoch + 1, t.max_epochs,
-                     phase["name"], lr, train_metrics["loss"], format_metrics(train_metrics), val["loss"],
-                     format_metrics(val), "  *best*" if improved else "  *phase best*" if phase_improved and len(schedule) > 1 else "")
+            log.info("epoch %d/%d  %s  lr %.2e  train loss %.4f %s | %s%s", epoch + 1, t.max_epochs,
+                     phase["name"], lr, train_metrics["loss"], format_metrics(train_metrics),
+                     f"val loss {val['loss']:.4f} {format_metrics(val)}" if val else "no validation this epoch", "  *best*" if improved else "  *phase best*" if phase_improved and len(schedule) > 1 else "")
             if progress["phase_stopped"]:
                 log.info("Early stopping in phase %r: no improvement of val %s for %d epochs (best %.4f at epoch %d).",
                          phase["name"], objective.monitor, patience, progress["phase_best"][phase["key"]]["score"],

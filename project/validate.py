@@ -25,6 +25,8 @@ def check_config(cfg: DictConfig) -> None:
     if t.early_stopping.patience is not None and t.early_stopping.patience < 1:
         bad("trainer.early_stopping.patience", t.early_stopping.patience,
             "patience must be >= 1, or null to turn early stopping off")
+    if not t.eval_interval >= 1:
+        bad("trainer.eval_interval", t.eval_interval, "validate every N >= 1 epochs")
     if not t.save_interval >= 1:
         bad("trainer.save_interval", t.save_interval, "save every N >= 1 epochs")
     if t.keep_last is not None and t.keep_last < 1:
