@@ -194,7 +194,8 @@ def load_matching_weights(model, saved: dict, path, ignore_keys) -> None:
             f"The weights in {path} do not fit the model built from the current config: "
             f"{describe({**report, 'missing': missing})}. Use the checkpoint's model settings, or leave keys out "
             "on purpose with resume.ignore_keys='[\"pattern.*\"]'.")
-    model.load_state_dict(saved["model_state_dict"], strict=False)
+    weights = saved["model_state_dict"]
+    model.load_state_dict({k: weights[k] for k in report["matched"]}, strict=False)
 
 
 def restore_optimizer(optimizer, names: list[str], saved: dict, changes: dict) -> None:

@@ -62,3 +62,20 @@ def test_full_resume_refuses_a_schedule_that_reinterprets_finished_epochs(two_st
     train_tiny(tmp_path / "longer", *TWO_STAGE[:-2], "trainer.max_epochs=5", "scheduler=none", "resume=full",
                f"resume.checkpoint={two_stage}", cwd=tmp_path)
     assert [r["epoch"] for r in rows(tmp_path / "longer")] == ["1", "2", "3", "4", "5"]
+
+
+def test_reset_optimizer_matching_report_and_ignore_keys(two_stage, tmp_path):
+    """A new decoder size: refused with the mismatched keys named, accepted once they are ignored on purpose."""
+    args = ["resume=reset_optimizer", f"resume.checkpoint={two_stage}", "model.decoder_dim=24"]
+    proc = train_tiny(tmp_path / "refused", *args, cwd=tmp_path, check=False)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "shape-mismatched" in err and "decoder.project.0.weight" in err
+    assert "resume.ignore_keys" in err
+    out = train_tiny(tmp_path / "accepted", *args, "trainer.max_epochs=1", "resume.ignore_keys=[decoder.*]",
+                     cwd=tmp_path).stdout
+    assert "Parameter matching" in out and "ignored by resume.ignore_keys" in out
+    parent = load(two_stage / "checkpoints" / "best_model.pth")["model_state_dict"]
+    # encoder weights came from the parent: one step of training moves them only a little
+    child = load(tmp_path / "accepted" / "checkpoints" / "final_model.pth")["model_state_dict"]
+    w = "encoder.0.embed.proj.weight"
+    assert (child[w] - parent[w]).abs().max() < 0.05 < (parent[w]).abs().max()
