@@ -7,17 +7,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
-class TensorPairs(Dataset):
-    """An in-memory dataset of (input, target) tensors, indexed a whole batch at a time."""
+class TensorSamples(Dataset):
+    """An in-memory dataset of aligned tensors (images, targets, ...), indexed a whole batch at a time."""
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor):
-        self.inputs, self.targets = inputs, targets
+    def __init__(self, *tensors: torch.Tensor):
+        self.tensors = tensors
 
     def __len__(self):
-        return len(self.inputs)
+        return len(self.tensors[0])
 
     def __getitem__(self, i):
-        return self.inputs[i], self.targets[i]
+        return tuple(t[i] for t in self.tensors)
 
 
 def batch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[torch.Tensor]:
@@ -30,10 +30,10 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = 
 
 def epoch_batches(dataset, batch_size: int, *, seed: int, epoch: int, start: int = 0, shuffle: bool = True,
                   num_workers: int = 0, pin_memory: bool = False):
-    """Yield (inputs, targets) for batches start, start+1, ... of this epoch's order."""
+    """Yield batches (tuples of tensors) start, start+1, ... of this epoch's order."""
     batches = batch_order(len(dataset), batch_size, seed, epoch, shuffle)[start:]
-    if isinstance(dataset, TensorPairs):
-        return ((dataset.inputs[b], dataset.targets[b]) for b in batches)
+    if isinstance(dataset, TensorSamples):
+        return (dataset[b] for b in batches)
     return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=num_workers,
                       pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed + epoch),
                       persistent_workers=False)
