@@ -7,11 +7,20 @@ service); logger=wandb (a subclass) also sends the same rows to W&B. The trainer
 and stores logger.state() in every checkpoint, so resume=full can continue the same tracker run.
 """
 import csv
+import logging
+import netrc
+import os
+import secrets
+import string
 from pathlib import Path
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
 
 
 class CSVLogger:
-    """Append one row per epoch to <run dir>/metrics.csv; columns are fixed by the first row."""
+    """Append one row per epoch to <run dir>/metrics.csv; the columns are those of the first row, widened when a
+    later phase reports another metric."""
 
     def __init__(self, run_dir, meta: dict | None = None):
         self.path = Path(run_dir) / "metrics.csv"
@@ -30,20 +39,203 @@ class CSVLogger:
         pass
 
 
+class WandbLogger(CSVLogger):
+    """metrics.csv as CSVLogger, and one W&B run per training run in <run dir>/wandb/.
+
+    W&B is optional to the run: if it cannot start, or fails later, one warning is logged and training goes
+    on with metrics.csv alone. resume=full continues the W&B run id stored in the checkpoint (logger.state()),
+    so a continued curve stays one line; reset_optimizer starts a new run whose config names its parent.
+    """
+
+    def __init__(self, run_dir, meta: dict | None = None, project: str | None = None, entity: str | None = None,
+                 mode: str | None = None, log_checkpoints: bool = False, init_timeout: float = 20,
+                 finish_timeout: float = 600):
+        super().__init__(run_dir, meta)
+        import wandb  # here, not at the top: only logger=wandb pays for the import
+
+        self.wandb, self.run_dir, self.log_checkpoints = wandb, Path(run_dir), log_checkpoints
+        self.summary = None
+        meta = self.meta
+        resumed = (meta.get("resume_state") or {}).get("wandb_run_id")
+        # our own id, known before W&B answers: a checkpoint can name the run even if W&B never started
+        self.run_id = resumed or new_run_id()
+        config = dict(meta.get("config") or {})
+        parent = meta.get("parent")
+        if parent:
+            config["parent"] = {"checkpoint": parent["checkpoint"],
+                                "run_id": (parent.get("logger") or {}).get("wandb_run_id"),
+                                "best_score": parent["best_score"], "best_epoch": parent["best_epoch"]}
+        self.init_args = {
+            "dir": str(self.run_dir), "project": project or os.environ.get("WANDB_PROJECT") or "project",
+            "entity": entity, "id": self.run_id, "resume": "allow", "allow_val_change": bool(resumed),
+            # W&B rejects names and groups over 128 characters and tags over 64 (HTTP 400 at init); a sweep
+            # directory keeps its end (the date and time), which tells sweeps apart
+            "name": clip(meta.get("run_name") or "", 128) or None,
+            "group": clip(meta.get("group") or "", 128, tail=True) or None,
+            "job_type": meta.get("job_type"), "tags": sorted({clip(t, 64) for t in meta.get("tags") or []}),
+            "config": config,
+        }
+        self.settings = {"init_timeout": init_timeout, "login_timeout": init_timeout, "finish_timeout": finish_timeout}
+        self.run = self._start(mode or mode_from_environment())
+        if self.run is not None and parent:
+            self.run.summary["parent_best"] = parent["best_score"]
+
+    def _start(self, mode: str):
+        """wandb.init in `mode`; if online fails (no network, bad key, server down), once more offline."""
+        try:
+            return self.wandb.init(mode=mode, settings=self.wandb.Settings(**self.settings), **self.init_args)
+        except Exception as e:  # W&B raises CommError, UsageError, TimeoutError, ...: none may stop training
+            error = first_line(e)
+        if mode == "online":
+            self._teardown()  # the failed attempt still holds the run id in W&B's service process
+            log.warning("W&B is unreachable (%s); logging run %s offline instead. Upload it later with: "
+                        "wandb sync %s/wandb/offline-run-*", error, self.run_id, self.run_dir)
+            try:
+                return self.wandb.init(mode="offline", settings=self.wandb.Settings(**self.settings),
+                                       **self.init_args)
+            except Exception as e:
+                error = first_line(e)
+        log.warning("W&B could not start (%s); this run is logged to %s only.", error, self.path)
+        return None
+
+    def _teardown(self) -> None:
+        try:
+            self.wandb.teardown()
+        except Exception:  # nothing left to clean up
+            pass
+
+    def log_epoch(self, row: dict) -> None:
+        super().log_epoch(row)
+        self._call(lambda run: run.log(wandb_row(row), step=int(row["epoch"])))
+
+    def log_summary(self, summary: dict) -> None:
+        self.summary = summary
+        self._call(lambda run: run.summary.update(wandb_summary(summary)))
+
+    def state(self) -> dict:
+        return {"wandb_run_id": self.run_id}
+
+    def finish(self, status: str = "done") -> None:
+        """Always end the W&B run, so a sweep never waits on a dangling one; never raises."""
+        run, self.run = self.run, None
+        if run is None:
+            return
+        try:
+            if self.log_checkpoints:
+                self._log_checkpoints(run)
+            if status == "interrupted":
+                run.mark_preempting()  # W&B shows "preempted"; resume=full continues the same run
+            # train.py logs the summary as the last step of training: none means an exception ended it
+            failed = status == "failed" or self.summary is None
+            run.finish(exit_code=1 if failed else 0)
+        except Exception as e:
+            log.warning("W&B did not finish cleanly (%s); the local copy is in %s/wandb.", first_line(e), self.run_dir)
+
+    def _log_checkpoints(self, run) -> None:
+        files = [self.run_dir / "checkpoints" / name for name in ("best_model.pth", "final_model.pth")]
+        files = [f for f in files if f.is_file()]
+        if not files:
+            return
+        summary = self.summary or {}
+        artifact = self.wandb.Artifact(f"model-{self.run_id}", type="model", metadata={
+            k: summary.get(k) for k in ("monitor", "best_score", "best_epoch", "epoch", "status")})
+        for f in files:
+            artifact.add_file(str(f), name=f.name)  # copied to W&B's staging area: a later resume may overwrite f
+        run.log_artifact(artifact, aliases=["latest", *(f.stem for f in files)])
+
+    def _call(self, action) -> None:
+        if self.run is None:
+            return
+        try:
+            action(self.run)
+        except Exception as e:
+            log.warning("W&B logging failed (%s); the rest of this run goes to %s only.", first_line(e), self.path)
+            self.finish("failed")
+
+
+def mode_from_environment() -> str:
+    """WANDB_MODE if set; else online when an API key is at hand (WANDB_API_KEY or `wandb login`), else offline."""
+    if os.environ.get("WANDB_MODE"):
+        return {"dryrun": "offline", "run": "online"}.get(os.environ["WANDB_MODE"], os.environ["WANDB_MODE"])  # old names
+    return "online" if os.environ.get("WANDB_API_KEY") or stored_api_key() else "offline"
+
+
+def stored_api_key() -> bool:
+    """`wandb login` keeps the key in ~/.netrc (or $NETRC) under the API host."""
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def new_run_id() -> str:
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def wandb_row(row: dict) -> dict:
+    """train_loss -> train/loss, val_f_score -> val/f_score: W&B draws one panel section per prefix."""
+    out = {}
+    for key, value in row.items():
+        for prefix in ("train_", "val_"):
+            if key.startswith(prefix):
+                key = f"{prefix[:-1]}/{key[len(prefix):]}"
+                break
+        out[key] = value
+    return out
+
+
+def wandb_summary(summary: dict) -> dict:
+    metric = f"val_{summary.get('monitor')}"
+    out = {"status": summary.get("status"), "epochs": summary.get("epoch"), f"best_{metric}": summary.get("best_score"),
+           "best_epoch": summary.get("best_epoch")}
+    if "parent_best" in summary:
+        out.update({"parent_best": summary["parent_best"], "improvement": summary["improvement"]})
+    if len(summary.get("phase_best") or {}) > 1:
+        out["phase_best"] = summary["phase_best"]
+    return out
+
+
+def clip(text: str, limit: int, tail: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    return "..." + text[-(limit - 3):] if tail else text[:limit - 3] + "..."
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else 'no detail'}"
+
+
 def append_rows(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
-    new = not path.exists() or path.stat().st_size == 0
-    if new:
-        fields = list(rows[0])
-    else:
-        with open(path, newline="") as f:
-            fields = next(csv.reader(f))
+    fields = header(path)
+    wider = fields + [k for k in dict.fromkeys(k for row in rows for k in row) if k not in fields]
+    if fields and wider != fields:
+        # a phase with another metric (f_score after pretraining's recon_loss): rewrite the file with the wider
+        # header, old rows with empty cells, rather than drop the new columns
+        rows = read_rows(path) + rows
+        tmp = path.with_name(f".{path.name}.widen.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=wider)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        return
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
+        writer = csv.DictWriter(f, fieldnames=wider)
+        if not fields:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def header(path: Path) -> list[str]:
+    """The columns of an existing metrics.csv; [] for a missing or empty file."""
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
 
 
 def read_rows(path) -> list[dict]:

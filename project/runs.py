@@ -1,0 +1,121 @@
+"""Reading finished (or running) run directories for the command-line tools: inspect, analyze, compare.
+
+Everything comes from the files a run leaves behind (metrics.csv, checkpoints/, .hydra/config.yaml,
+training.log), so the tools work without W&B and on runs copied from a cluster.
+"""
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+from project.errors import UserError
+from project.loggers import read_rows
+
+
+def fail(error: Exception) -> int:
+    """One paragraph on stderr, no traceback; the tools exit with this status (2, as run.py does)."""
+    print(textwrap.fill(f"Error: {error}", width=110, break_long_words=False, break_on_hyphens=False),
+          file=sys.stderr)
+    return 2
+
+
+def check_run_dir(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{str(path)!r} does not exist. Pass a run directory (outputs/<date>/<time>, the folder "
+                        "that holds metrics.csv and checkpoints/).")
+    if not (path / "metrics.csv").is_file():
+        raise UserError(f"{str(path)!r} has no metrics.csv, so it is not a run directory or its first epoch has "
+                        "not finished yet. Pass the folder that holds metrics.csv and checkpoints/ "
+                        "(outputs/<date>/<time>, or multirun/<date>/<time>/<job number>).")
+    return path
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    """metrics.csv as one dict per epoch: numbers as floats (empty cells, e.g. a metric another phase does not
+    report, as NaN), `phase` as text."""
+    rows = []
+    for raw in read_rows(run_dir / "metrics.csv"):
+        row = {}
+        for key, value in raw.items():
+            if key == "phase":
+                row[key] = value
+            elif key == "epoch":
+                row[key] = int(value)
+            else:
+                row[key] = float(value) if value not in ("", None) else math.nan
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{str(run_dir / 'metrics.csv')!r} has no rows yet: the run has not finished an epoch.")
+    return rows
+
+
+def final_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
+    """The run's last state: final_model.pth when it ended, else last.pth; (None, None) when there is none."""
+    from project import checkpoint  # imports torch: only when a checkpoint is really read
+
+    for name in ("final_model.pth", "last.pth"):
+        path = run_dir / "checkpoints" / name
+        if path.is_file():
+            return path, checkpoint.load(path)
+    return None, None
+
+
+def run_config(run_dir: Path, state: dict | None) -> dict:
+    """The run's resolved config: from its checkpoint, else from .hydra/config.yaml."""
+    if state is not None:
+        return state["config"]
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def guess_monitor(rows: list[dict], state: dict | None) -> str:
+    """The metric best_model.pth follows: the checkpoint says; without one, f_score if logged, else the first
+    val metric that is not the loss."""
+    if state is not None and state.get("monitor"):
+        return state["monitor"]
+    names = [k[4:] for k in rows[0] if k.startswith("val_")]
+    return "f_score" if "f_score" in names else next((n for n in names if n != "loss"), "loss")
+
+
+def higher_is_better(monitor: str) -> bool:
+    # as the objectives declare: scores (f_score, acc) go up, losses (loss, recon_loss) go down
+    return not monitor.endswith("loss")
+
+
+def flatten(tree, prefix="") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def fmt(value, digits=4) -> str:
+    """Numbers for people: 4 decimals, small values in scientific notation, missing as '-'."""
+    if value is None or isinstance(value, float) and math.isnan(value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2e}" if value and abs(value) < 1e-3 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def fmt_value(value) -> str:
+    """Config values as typed (0.2, 0.0003, 1e-05), not rounded."""
+    return f"{value:g}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
+def plain(value):
+    """For --json: NaN (a missing value) as null, so any JSON reader accepts the output."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

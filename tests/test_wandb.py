@@ -1,0 +1,174 @@
+"""logger=wandb with the real wandb package in offline mode, read back with W&B's own reader (`wandb leet
+inspect`). Nothing here touches the network: W&B's folders are under tmp and no API key is visible."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY, load, run_cli
+
+WANDB = Path(sys.executable).parent / "wandb"
+TINY_NO_DROPOUT = [o for o in TINY if not o.startswith("model.dropout=")]  # the sweep sets model.dropout
+
+
+@pytest.fixture(scope="module")
+def wandb_env(tmp_path_factory):
+    """Offline, W&B's cache/config/data under tmp, and no key from the environment or ~/.netrc."""
+    home = tmp_path_factory.mktemp("wandb_home")
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("WANDB_")]:
+            mp.delenv(key)
+        yield {"WANDB_MODE": "offline", "WANDB_DIR": str(home), "WANDB_CACHE_DIR": str(home / "cache"),
+               "WANDB_CONFIG_DIR": str(home / "config"), "WANDB_DATA_DIR": str(home / "data"),
+               "WANDB_ARTIFACT_DIR": str(home / "artifacts"), "NETRC": str(home / "no_netrc")}
+
+
+def leet(path: Path, *args) -> str:
+    proc = subprocess.run([str(WANDB), "leet", "inspect", *args, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def wandb_run(path: Path) -> dict:
+    """The offline run at `path` (a run dir's wandb/ folder: its latest run; or one .wandb file) as W&B reads
+    it: state, config, summary, step (from --summary), plus group, job_type and the logged steps."""
+    info = json.loads(leet(path, "--summary", "--json"))
+    records = [json.loads(line) for line in leet(path, "--json").splitlines()]
+    run = next(r["run"] for r in records if r["type"] == "run")
+    steps = [r["history"]["step"]["num"] for r in records if r["type"] == "history"]
+    artifacts = {r["artifact"]["name"]: sorted(c["path"] for c in r["artifact"]["manifest"]["contents"])
+                 for r in records if r["type"] == "artifact"}
+    return {**info, "group": run.get("run_group"), "job_type": run.get("job_type"), "steps": steps,
+            "artifacts": artifacts}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, wandb_env):
+    """The issue's 4-job sweep, with the basic launcher (all jobs in one process)."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    run_cli("-m", "logger=wandb", "model.dropout=0.2,0.25", "optimizer.weight_decay=2e-4,3e-4", *TINY_NO_DROPOUT,
+            f"hydra.sweep.dir={cwd / 'sweep'}", cwd=cwd, env_extra=wandb_env)
+    return cwd / "sweep"
+
+
+def test_wandb_stays_off_the_start_up_path():
+    """logger=csv runs must not pay for importing wandb."""
+    code = "import sys, project.loggers, project.train; assert 'wandb' not in sys.modules, 'wandb imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_sweep_gives_one_offline_run_per_job_in_one_group(sweep):
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    runs = {job.name: wandb_run(job / "wandb") for job in jobs}
+    swept = {(r["config"]["model"]["dropout"], r["config"]["optimizer"]["weight_decay"]) for r in runs.values()}
+    assert swept == {(0.2, 2e-4), (0.2, 3e-4), (0.25, 2e-4), (0.25, 3e-4)}
+    assert {r["group"] for r in runs.values()} == {str(sweep.resolve())}
+    assert len({r["run_id"] for r in runs.values()}) == 4
+    for job, run in runs.items():
+        final = load(sweep / job / "checkpoints" / "final_model.pth")
+        assert run["state"] == "finished" and run["exit_code"] == 0
+        assert run["job_type"] == "none" and "none" in run["tags"] and "train" in run["tags"]
+        assert f"model.dropout={run['config']['model']['dropout']}" in run["name"]
+        assert run["steps"] == [1, 2]  # step = epoch
+        assert final["logger"] == {"wandb_run_id": run["run_id"]}  # what resume=full continues
+        summary = run["summary"]
+        assert summary["best_val_f_score"] == final["best_f_score"] and summary["best_epoch"] == final["best_epoch"]
+        assert summary["status"] == "done" and summary["val/f_score"] == final["val_f_score"]
+        assert (sweep / job / "metrics.csv").read_text().count("\n") == 3  # the CSV record is kept as well
+
+
+def test_full_resume_continues_the_same_wandb_run(sweep, wandb_env, tmp_path):
+    parent = wandb_run(sweep / "0" / "wandb")
+    run_cli(*TINY_NO_DROPOUT, "model.dropout=0.2", "optimizer.weight_decay=2e-4", "logger=wandb", "resume=full",
+            f"resume.checkpoint={sweep / '0'}", "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'more'}",
+            cwd=tmp_path, env_extra=wandb_env)
+    run = wandb_run(tmp_path / "more" / "wandb")
+    assert run["run_id"] == parent["run_id"]  # one line in W&B after `wandb sync`
+    assert run["steps"] == [3] and run["job_type"] == "full"
+    assert run["summary"]["best_epoch"] == load(tmp_path / "more" / "checkpoints" / "final_model.pth")["best_epoch"]
+
+
+def test_reset_optimizer_is_a_new_run_that_names_its_parent(sweep, wandb_env, tmp_path):
+    parent = wandb_run(sweep / "1" / "wandb")
+    parent_best = load(sweep / "1" / "checkpoints" / "best_model.pth")
+    run_cli(*TINY, "logger=wandb", "logger.log_checkpoints=true", "resume=reset_optimizer",
+            f"resume.checkpoint={sweep / '1'}", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'child'}",
+            cwd=tmp_path, env_extra=wandb_env)
+    run = wandb_run(tmp_path / "child" / "wandb")
+    child = load(tmp_path / "child" / "checkpoints" / "final_model.pth")
+    assert run["run_id"] != parent["run_id"] and run["job_type"] == "reset_optimizer"
+    assert run["config"]["parent"] == {"checkpoint": str(sweep.resolve() / "1" / "checkpoints" / "best_model.pth"),
+                                       "run_id": parent["run_id"], "best_score": parent_best["best_f_score"],
+                                       "best_epoch": parent_best["best_epoch"]}
+    assert run["summary"]["parent_best"] == parent_best["best_f_score"]
+    assert run["summary"]["improvement"] == pytest.approx(child["best_f_score"] - parent_best["best_f_score"])
+    # logger.log_checkpoints=true: best and final checkpoint in one model artifact (uploaded by `wandb sync`)
+    assert run["artifacts"] == {f"model-{run['run_id']}": ["best_model.pth", "final_model.pth"]}
+    assert parent["artifacts"] == {}  # off by default
+
+
+def test_preempted_run_restarted_in_its_dir_keeps_its_wandb_run(wandb_env, tmp_path):
+    """SIGTERM (a preemption), then the same command again (a requeue): W&B ends the first part cleanly and the
+    second part logs the remaining epochs to the same run id."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "logger=wandb", "trainer.max_epochs=4", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **wandb_env})
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.pth").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Caught SIGTERM" in out, out
+    run_cli(*args, cwd=tmp_path, env_extra=wandb_env)
+
+    first, second = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    first, second = wandb_run(first), wandb_run(second)
+    assert first["run_id"] == second["run_id"]
+    assert first["state"] == "finished" and first["summary"]["status"] == "interrupted by SIGTERM"
+    assert second["summary"]["status"] == "done"
+    assert first["steps"] + second["steps"] == [1, 2, 3, 4][:len(first["steps"] + second["steps"])]
+    assert second["steps"][-1] == 4
+
+
+def test_a_run_that_dies_is_marked_failed_not_finished(wandb_env, tmp_path):
+    """train.py calls finish() in a `finally`: without a summary (an exception left the loop) W&B must show
+    the run as failed, not as a finished run that merely stopped early."""
+    code = ("import sys; from project.loggers import WandbLogger\n"
+            "logger = WandbLogger(sys.argv[1], {'config': {'seed': 1}, 'run_name': 'dies', 'group': 'g', "
+            "'job_type': 'none', 'tags': []})\n"
+            "logger.log_epoch({'epoch': 1, 'phase': 'train', 'lr': 0.1, 'train_loss': 1.0, 'val_f_score': 0.3})\n"
+            "logger.finish('done')\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **wandb_env})
+    assert proc.returncode == 0, proc.stderr
+    run = wandb_run(tmp_path / "wandb")
+    assert run["exit_code"] == 1 and run["steps"] == [1]
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1].startswith("1,train,0.1")
+
+
+def test_unreachable_wandb_degrades_to_offline_with_one_warning(wandb_env, tmp_path):
+    """An API key but no server (a closed port on this machine): training finishes, logged offline."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: connections are refused
+    env = {**wandb_env, "WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": f"http://127.0.0.1:{port}"}
+    run_cli(*TINY, "logger=wandb", "logger.init_timeout=2", "trainer.max_epochs=1",
+            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env_extra=env)
+    log = (tmp_path / "run" / "training.log").read_text()
+    assert log.count("W&B is unreachable") == 1 and "wandb sync" in log
+    final = load(tmp_path / "run" / "checkpoints" / "final_model.pth")
+    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    run = wandb_run(offline)
+    assert run["run_id"] == final["logger"]["wandb_run_id"] and run["steps"] == [1]
