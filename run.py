@@ -36,6 +36,8 @@ def main(cfg: DictConfig) -> float | None:
         if error is None:
             raise
         log.error("Error: %s", error)  # training.log keeps it too
+        if hc.mode.name == "MULTIRUN":
+            raise error from None  # the launcher records this job as failed and goes on with the others
         print("\n" + textwrap.fill(f"Error: {error}", width=110, break_long_words=False, break_on_hyphens=False),
               file=sys.stderr)
         sys.exit(2)

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import time
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -78,7 +79,7 @@ def record_environment(run_dir: Path, device) -> None:
     starts = json.loads(path.read_text()) if path.exists() else []
     keys = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
     starts.append({"hostname": socket.gethostname(), "pid": os.getpid(), "device": str(device),
-                   **{k: os.environ.get(k) for k in keys}, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                   **{k: os.environ.get(k) for k in keys}, "time": datetime.now().isoformat(timespec="milliseconds")})
     path.write_text(json.dumps(starts, indent=1))
 
 
