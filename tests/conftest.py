@@ -43,3 +43,21 @@ def parent_run(tmp_path_factory):
     run_dir = cwd / "outputs" / "parent"
     train_tiny(run_dir, "trainer.save_interval=1", "trainer.keep_last=1", cwd=cwd)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node SLURM cluster on localhost (scripts/slurm-local-up.sh), stopped after the session.
+
+    Needs root and apt (Debian's slurm-wlm packages); skipped, with the reason, only where those are missing.
+    """
+    import shutil
+
+    if os.geteuid() != 0 or not (shutil.which("apt-get") and shutil.which("dpkg")):
+        pytest.skip("SLURM tests need root and apt-get to install and start slurm-wlm on localhost")
+    up = subprocess.run(["bash", str(ROOT / "scripts" / "slurm-local-up.sh")], capture_output=True, text=True,
+                        timeout=600)
+    if up.returncode != 0:
+        pytest.fail(f"could not start the local SLURM cluster:\n{up.stdout}\n{up.stderr}")
+    yield
+    subprocess.run(["bash", str(ROOT / "scripts" / "slurm-local-down.sh")], capture_output=True, timeout=300)
