@@ -74,6 +74,9 @@ class WandbLogger(CSVLogger):
             "group": clip(meta.get("group") or "", 128, tail=True) or None,
             "job_type": meta.get("job_type"), "tags": sorted({clip(t, 64) for t in meta.get("tags") or []}),
             "config": config,
+            # several jobs in one process (Hydra's basic launcher): a run a crashed job left open must not
+            # swallow the next job's metrics (W&B's default for scripts returns the open run)
+            "reinit": "finish_previous",
         }
         self.settings = {"init_timeout": init_timeout, "login_timeout": init_timeout, "finish_timeout": finish_timeout}
         self.run = self._start(mode or mode_from_environment())
@@ -155,8 +158,9 @@ class WandbLogger(CSVLogger):
 
 def mode_from_environment() -> str:
     """WANDB_MODE if set; else online when an API key is at hand (WANDB_API_KEY or `wandb login`), else offline."""
-    if os.environ.get("WANDB_MODE"):
-        return {"dryrun": "offline", "run": "online"}.get(os.environ["WANDB_MODE"], os.environ["WANDB_MODE"])  # old names
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return {"dryrun": "offline", "run": "online"}.get(mode, mode)  # W&B's older names for the modes
     return "online" if os.environ.get("WANDB_API_KEY") or stored_api_key() else "offline"
 
 

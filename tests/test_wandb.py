@@ -158,6 +158,26 @@ def test_a_run_that_dies_is_marked_failed_not_finished(wandb_env, tmp_path):
     assert (tmp_path / "metrics.csv").read_text().splitlines()[1].startswith("1,train,0.1")
 
 
+def test_a_run_left_open_does_not_swallow_the_next_jobs_run(wandb_env, tmp_path):
+    """Jobs of a multirun share one process: if one job never reached finish(), the next job still gets a
+    run of its own in its own run dir."""
+    code = ("import sys; from project.loggers import WandbLogger\n"
+            "meta = {'config': {}, 'run_name': 'job', 'group': 'g', 'job_type': 'none', 'tags': []}\n"
+            "row = {'epoch': 1, 'phase': 'train', 'lr': 0.1, 'train_loss': 1.0, 'val_f_score': 0.3}\n"
+            "first = WandbLogger(sys.argv[1], meta); first.log_epoch(row)  # never finished\n"
+            "second = WandbLogger(sys.argv[2], meta); second.log_epoch(row); second.log_summary({}); second.finish()\n"
+            "print(first.run_id, second.run_id)\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), **wandb_env})
+    assert proc.returncode == 0, proc.stderr
+    first_id, second_id = proc.stdout.split()[-2:]
+    first, second = wandb_run(tmp_path / "a" / "wandb"), wandb_run(tmp_path / "b" / "wandb")
+    assert (first["run_id"], second["run_id"]) == (first_id, second_id) and first_id != second_id
+    assert first["steps"] == [1] and second["steps"] == [1] and second["exit_code"] == 0
+
+
 def test_unreachable_wandb_degrades_to_offline_with_one_warning(wandb_env, tmp_path):
     """An API key but no server (a closed port on this machine): training finishes, logged offline."""
     with socket.socket() as s:
