@@ -35,47 +35,48 @@ def better(a, b, higher: bool) -> bool:
 
 
 def verdict(rows: list[dict], monitor: str, higher: bool, streak: int = 3) -> dict:
-    """The numbers behind the verdict, from metrics.csv rows (see runs.metric_rows, plain).
+    """The numbers behind the verdict, from metrics.csv rows (see runs.metric_rows).
 
-    gap: how much better train is than val (train - val for a score, val - train for a loss), so positive
-    means the model fits the training data better. overfit_start: the first epoch after the last best at
-    which val is below its best while train is better than at the best epoch, provided the run went on for at
-    least `streak` epochs after the best, and val ends below its best while train ends better (a dip that
-    recovers is a recovery, not overfitting). recoveries: new bests that came
-    after at least `streak` epochs without one.
+    Only validated epochs count (trainer.eval_interval > 1 leaves the others empty), and streaks are counted
+    in validations, as patience is. gap: how much better train is than val (train - val for a score, val -
+    train for a loss), so positive means the model fits the training data better; "end" is the last
+    validated epoch. recoveries: new bests after at least `streak` validations without one. overfit_start:
+    the first epoch after the last best at which val is below its best while train is better than at the best
+    epoch, provided val stayed below its best for at least `streak` validations and train ended better (a dip
+    shorter than that could still turn into a recovery).
     """
     epochs, val, train = [r["epoch"] for r in rows], series(rows, f"val_{monitor}"), series(rows, f"train_{monitor}")
-    if all(math.isnan(v) for v in val):
+    validated = [i for i, v in enumerate(val) if not math.isnan(v)]
+    if not validated:
         raise UserError(f"metrics.csv has no values in column val_{monitor}, so there is nothing to judge.")
 
-    best_i, recoveries, since = None, [], 0
-    for i, value in enumerate(val):
-        if improves(value, None if best_i is None else val[best_i], higher):
+    best_i, recoveries, since = None, [], 0  # since: validations without a new best
+    for i in validated:
+        if improves(val[i], None if best_i is None else val[best_i], higher):
             if best_i is not None and since >= streak:
-                recoveries.append({"epoch": epochs[i], "value": value, "epochs_without_improvement": since,
+                recoveries.append({"epoch": epochs[i], "value": val[i], "validations_without_improvement": since,
                                    "previous_best": val[best_i], "previous_best_epoch": epochs[best_i]})
             best_i, since = i, 0
-        elif not math.isnan(value):
+        else:
             since += 1
 
     def gap(i):
-        if math.isnan(train[i]) or math.isnan(val[i]):
+        if math.isnan(train[i]):
             return math.nan
         return train[i] - val[i] if higher else val[i] - train[i]
 
-    last = len(rows) - 1
+    last = validated[-1]
     overfit = None
-    # fewer than `streak` epochs below the best is not evidence yet: a recovery could still come
-    kept_training = better(train[last], train[best_i], higher) and better(val[best_i], val[last], higher)
-    if last - best_i >= streak and kept_training:
-        start = next(i for i in range(best_i + 1, last + 1)
-                     if better(train[i], train[best_i], higher) and better(val[best_i], val[i], higher))
+    if since >= streak and better(train[last], train[best_i], higher) and better(val[best_i], val[last], higher):
+        start = next(i for i in validated if i > best_i and better(train[i], train[best_i], higher)
+                     and better(val[best_i], val[i], higher))
         overfit = {"epoch": epochs[start], "val_from": val[best_i], "val_to": val[last],
                    "train_from": train[best_i], "train_to": train[last]}
     val_loss, train_loss = series(rows, "val_loss"), series(rows, "train_loss")
     return {
-        "monitor": monitor, "higher_is_better": higher, "epochs": epochs[last],
+        "monitor": monitor, "higher_is_better": higher, "epochs": epochs[-1], "end_epoch": epochs[last],
         "best_epoch": epochs[best_i], "best": val[best_i], "train_at_best": train[best_i],
+        "validations_since_best": since,
         "gap_at_best": gap(best_i), "gap_at_end": gap(last), "val_at_end": val[last], "train_at_end": train[last],
         "loss_gap_at_best": val_loss[best_i] - train_loss[best_i], "loss_gap_at_end": val_loss[last] - train_loss[last],
         "overfit_start": overfit, "recoveries": recoveries, "streak": streak,
@@ -93,8 +94,8 @@ def how_it_ended(run_dir: Path, state: dict | None, path: Path | None) -> dict:
     es, epoch = state["early_stopping"], state["epoch"]
     max_epochs = state["config"]["trainer"]["max_epochs"]
     if path.name == "final_model.pth" and es.get("stopped"):
-        text = (f"early stopping at epoch {epoch} of {max_epochs}: {es['bad_epochs']} epochs without improvement "
-                f"(patience {es['patience']})")
+        text = (f"early stopping at epoch {epoch} of {max_epochs}: {es['bad_epochs']} validations without "
+                f"improvement (patience {es['patience']})")
         return {"ended": "early_stopping", "text": text, "log": stops}
     if path.name == "final_model.pth":
         return {"ended": "max_epochs", "text": f"ran all {max_epochs} epochs (no early stopping)", "log": stops}
@@ -109,23 +110,25 @@ def report(run_dir: Path, v: dict, end: dict, png: Path) -> str:
              "is better)",
              f"  best epoch    {v['best_epoch']}: val {m} {fmt(v['best'])} (train {fmt(v['train_at_best'])})",
              f"  train-val gap {fmt(v['gap_at_best'])} at the best epoch, {fmt(v['gap_at_end'])} at the end "
-             f"(val loss - train loss: {fmt(v['loss_gap_at_best'])} -> {fmt(v['loss_gap_at_end'])})"]
+             f"(epoch {v['end_epoch']}; val loss - train loss: {fmt(v['loss_gap_at_best'])} -> "
+             f"{fmt(v['loss_gap_at_end'])})"]
     o = v["overfit_start"]
     if o:
         lines.append(f"  overfitting   from epoch {o['epoch']}: val {m} {fmt(o['val_from'])} -> {fmt(o['val_to'])} "
                      f"while train {m} {fmt(o['train_from'])} -> {fmt(o['train_to'])}")
-    elif v["best_epoch"] == v["epochs"]:
-        lines.append(f"  overfitting   none: val {m} was at its best in the last epoch")
-    elif v["epochs"] - v["best_epoch"] < s:
+    elif v["validations_since_best"] == 0:
+        lines.append(f"  overfitting   none: val {m} was at its best at the last validation")
+    elif v["validations_since_best"] < s:
         lines.append(f"  overfitting   too early to tell: val {m} has been below its best for "
-                     f"{v['epochs'] - v['best_epoch']} epochs (< {s})")
+                     f"{v['validations_since_best']} validations (< {s})")
     else:
         lines.append(f"  overfitting   none seen: after epoch {v['best_epoch']} val {m} did not fall while train "
                      "kept improving")
-    lines.append(f"  recoveries    {len(v['recoveries'])} (a new best after >= {s} epochs without one)")
+    lines.append(f"  recoveries    {len(v['recoveries'])} (a new best after >= {s} validations without one)")
     for r in v["recoveries"]:
-        lines.append(f"                epoch {r['epoch']}: {fmt(r['value'])} after {r['epochs_without_improvement']} "
-                     f"epochs at {fmt(r['previous_best'])} (epoch {r['previous_best_epoch']})")
+        lines.append(f"                epoch {r['epoch']}: {fmt(r['value'])} after "
+                     f"{r['validations_without_improvement']} validations at {fmt(r['previous_best'])} "
+                     f"(best of epoch {r['previous_best_epoch']})")
     if v.get("parent"):
         p, delta = v["parent"], v["best"] - v["parent"]["score"]
         beats = "beats" if better(v["best"], p["score"], v["higher_is_better"]) else "does not beat"
@@ -150,15 +153,18 @@ def plot(rows: list[dict], v: dict, title: str, out: Path) -> None:
     panels = [(axes[0], "loss", "loss")] if m == "loss" else [(axes[0], "loss", "loss"), (axes[1], m, m)]
     for ax, key, label in panels:
         train, val = series(rows, f"train_{key}"), series(rows, f"val_{key}")
+        # only the epochs that were validated (trainer.eval_interval > 1 leaves the others empty)
+        xs = [e for e, t, u in zip(epochs, train, val) if not (math.isnan(t) or math.isnan(u))]
+        train_at, val_at = [train[epochs.index(e)] for e in xs], [val[epochs.index(e)] for e in xs]
         ax.plot(epochs, train, "o-", ms=3, color="tab:blue", label=f"train {label}")
-        ax.plot(epochs, val, "o-", ms=3, color="tab:orange", label=f"val {label}")
+        ax.plot(xs, val_at, "o-", ms=3, color="tab:orange", label=f"val {label}")
         # red where train is ahead of val (the overfitting direction), blue where val is ahead
-        ahead = [better(t, u, higher_is_better(key)) for t, u in zip(train, val)]
-        ax.fill_between(epochs, train, val, where=ahead, interpolate=True, color="tab:red", alpha=0.15,
+        ahead = [better(t, u, higher_is_better(key)) for t, u in zip(train_at, val_at)]
+        ax.fill_between(xs, train_at, val_at, where=ahead, interpolate=True, color="tab:red", alpha=0.15,
                         label="gap: train ahead of val")
         if not all(ahead):
-            ax.fill_between(epochs, train, val, where=[not a for a in ahead], interpolate=True, color="tab:blue",
-                            alpha=0.08, label="gap: val ahead of train")
+            ax.fill_between(xs, train_at, val_at, where=[not a for a in ahead], interpolate=True,
+                            color="tab:blue", alpha=0.08, label="gap: val ahead of train")
         ax.set_ylabel(label)
     if m == "loss":
         axes[1].set_visible(False)
@@ -183,7 +189,8 @@ def plot(rows: list[dict], v: dict, title: str, out: Path) -> None:
         for p in v["phase_changes"]:
             ax.axvline(p["epoch"] - 0.5, color="black", ls="--", lw=1)
         ax.grid(alpha=0.3)
-    for p in v["phase_changes"]:
+    starts = [{"epoch": epochs[0] + 0.5, "phase": rows[0]["phase"]}] if v["phase_changes"] else []
+    for p in starts + v["phase_changes"]:  # name each phase at its left edge
         axes[0].annotate(p["phase"], (p["epoch"] - 0.5, 1), xycoords=("data", "axes fraction"),
                          xytext=(3, -12), textcoords="offset points", fontsize=8)
     for ax in axes:
@@ -214,7 +221,8 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", help="a run directory (holds metrics.csv)")
     parser.add_argument("--out", help="where to write the PNG (default: RUN_DIR/analysis.png)")
     parser.add_argument("--streak", type=int, default=3,
-                        help="epochs without improvement before a new best counts as a recovery (default 3)")
+                        help="validations without improvement before a new best counts as a recovery, and below the "
+                             "best before it counts as overfitting (default 3)")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     args = parser.parse_args(argv)
     try:

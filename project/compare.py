@@ -56,7 +56,7 @@ def summarize(run_dir: Path) -> dict:
     return {"run_dir": run_dir, "monitor": monitor, "higher": higher, "best": best, "best_epoch": best_epoch,
             "epochs": rows[-1]["epoch"], "status": status, "parent_best": parent.get("score"),
             "parent": parent.get("path"), "config": flatten(run_config(run_dir, state)),
-            "curve": [(r["epoch"], r.get(f"val_{monitor}", math.nan)) for r in rows]}
+            "curve": [(epoch, value) for value, epoch in values]}  # validated epochs only
 
 
 def swept_keys(runs: list[dict]) -> list[str]:

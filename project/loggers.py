@@ -178,9 +178,13 @@ def new_run_id() -> str:
 
 
 def wandb_row(row: dict) -> dict:
-    """train_loss -> train/loss, val_f_score -> val/f_score: W&B draws one panel section per prefix."""
+    """train_loss -> train/loss, val_f_score -> val/f_score: W&B draws one panel section per prefix. Empty
+    values (an epoch without validation, trainer.eval_interval > 1) are left out: a "" would turn W&B's
+    numeric series into text."""
     out = {}
     for key, value in row.items():
+        if value == "" or value is None:
+            continue
         for prefix in ("train_", "val_"):
             if key.startswith(prefix):
                 key = f"{prefix[:-1]}/{key[len(prefix):]}"

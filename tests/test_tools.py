@@ -224,7 +224,7 @@ def test_verdict_on_known_curves(tmp_path):
     assert (v["best_epoch"], v["best"]) == (8, 0.50)
     assert v["gap_at_best"] == pytest.approx(0.66 - 0.50) and v["gap_at_end"] == pytest.approx(0.82 - 0.42)
     assert v["overfit_start"]["epoch"] == 9
-    assert [(r["epoch"], r["epochs_without_improvement"], r["previous_best_epoch"]) for r in v["recoveries"]] == [
+    assert [(r["epoch"], r["validations_without_improvement"], r["previous_best_epoch"]) for r in v["recoveries"]] == [
         (7, 3, 3)]
     assert v["phase_changes"] == [{"epoch": 3, "phase": "train"}]
     assert v["ended"]["ended"] == "unknown"  # no checkpoint to tell
@@ -242,6 +242,22 @@ def test_verdict_without_overfitting_and_for_a_loss(tmp_path):
                                          metric="recon_loss"))
     assert loss["monitor"] == "recon_loss" and not loss["higher_is_better"]
     assert loss["best_epoch"] == 8 and loss["overfit_start"]["epoch"] == 9
+
+
+def test_verdict_with_validation_every_other_epoch(tmp_path):
+    """trainer.eval_interval=2 leaves val empty on odd epochs: streaks count evaluations, not epochs."""
+    val = [v if i % 2 else "" for i, v in enumerate(VAL)]  # validated at epochs 2, 4, ..., 12
+    run_dir = tmp_path / "sparse"
+    run_dir.mkdir()
+    append_rows(run_dir / "metrics.csv", [{"epoch": i + 1, "phase": "train", "lr": 1e-3, "train_loss": 1 - t,
+                                           "train_f_score": t, "val_loss": "" if v == "" else 1 - v,
+                                           "val_f_score": v} for i, (t, v) in enumerate(zip(TRAIN, val))])
+    v = analyze.analyze(run_dir, streak=1)
+    # evaluations 0.36 (2), 0.44 (4), 0.44 (6), 0.50 (8), 0.47 (10), 0.42 (12)
+    assert (v["best_epoch"], v["best"]) == (8, 0.50)
+    assert [(r["epoch"], r["validations_without_improvement"]) for r in v["recoveries"]] == [(8, 1)]
+    assert v["overfit_start"]["epoch"] == 10
+    assert_png(run_dir / "analysis.png")
 
 
 def test_metrics_csv_keeps_a_metric_that_appears_in_a_later_phase(tmp_path):

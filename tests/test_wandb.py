@@ -65,6 +65,15 @@ def test_wandb_stays_off_the_start_up_path():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_epochs_without_validation_send_no_empty_values():
+    """trainer.eval_interval > 1 writes "" for val metrics; W&B must not get them (a "" makes a series text)."""
+    from project.loggers import wandb_row
+
+    row = {"epoch": 3, "phase": "train", "lr": 1e-3, "train_loss": 0.5, "train_f_score": 0.4, "val_loss": "",
+           "val_f_score": ""}
+    assert wandb_row(row) == {"epoch": 3, "phase": "train", "lr": 1e-3, "train/loss": 0.5, "train/f_score": 0.4}
+
+
 def test_sweep_gives_one_offline_run_per_job_in_one_group(sweep):
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
