@@ -81,13 +81,13 @@ def load(path: Path, map_location="cpu") -> dict:
                 "dict.") from None
         raise UserError(
             f"Checkpoint {str(path)!r} is truncated or corrupt, or not a PyTorch checkpoint, and cannot be read "
-            f"safely ({_first_sentence(e)}); nothing in it was executed. Point resume.checkpoint at an intact file, "
-            "e.g. an earlier checkpoint_epoch_N.pth or best_model.pth of the same run.") from None
+            f"safely ({_first_sentence(e)}); nothing in it was executed. Use an intact file instead, e.g. an earlier "
+            "checkpoint_epoch_N.pth or best_model.pth of the same run (resume.checkpoint=... to resume from it).") from None
     except Exception as e:  # zip reader errors, EOF, bad magic: the bytes are broken
         raise UserError(
             f"Checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({type(e).__name__}: "
-            f"{_first_sentence(e)}). Point resume.checkpoint at an intact file, e.g. an earlier "
-            "checkpoint_epoch_N.pth or best_model.pth of the same run.") from None
+            f"{_first_sentence(e)}). Use an intact file instead, e.g. an earlier checkpoint_epoch_N.pth or "
+            "best_model.pth of the same run (resume.checkpoint=... to resume from it).") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise UserError(

@@ -198,7 +198,6 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
         scheduler.load_state_dict(saved["scheduler_state_dict"])
         rng.restore(saved["rng"])  # last: nothing after this may draw random numbers before training
 
-    logger = instantiate(cfg.logger)(run_dir, run_meta(cfg, config, [p["name"] for p in schedule], parent, job or {}))
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for stale in ckpt_dir.glob(".*.tmp"):  # writes cut short by a kill; the real files are intact
@@ -246,8 +245,9 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
             checkpoint.write_atomic(ckpt_dir / name, payload)
 
     # ---- train ----
+    logger = instantiate(cfg.logger)(run_dir, run_meta(cfg, config, [p["name"] for p in schedule], parent, job or {}))
     stop = StopRequest()
-    interrupted = None
+    interrupted, status = None, "failed"  # stays "failed" if an exception leaves the loop
     try:
         for epoch in range(progress["epoch"], t.max_epochs):
             if epoch >= phase["end"] or progress["phase_stopped"] and not phase["last"]:
@@ -359,9 +359,10 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
         if parent_best and progress["best_score"] is not None:
             summary.update(parent_best=parent_best["score"], improvement=progress["best_score"] - parent_best["score"])
         logger.log_summary(summary)
+        status = "interrupted" if interrupted else "done"
     finally:
         stop.close()
-        logger.finish("interrupted" if interrupted else "done")
+        logger.finish(status)  # also on exceptions and signals: a sweep never hangs on an open tracker run
 
     if not interrupted and progress["best_score"] is not None:
         log.info("Best val %s %.4f at epoch %d; checkpoints in %s", final.monitor, progress["best_score"],

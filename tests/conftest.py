@@ -9,14 +9,19 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough for ~1 s epochs on 2 CPU cores, with dropout on so RNG restore matters.
-TINY_TRAINER = ["trainer.batch_size=8", "trainer.num_threads=1", "trainer.max_epochs=2"]
+# logger=csv: W&B has its own tests (test_wandb.py); here it would only add start-up time to every run
+TINY_TRAINER = ["trainer.batch_size=8", "trainer.num_threads=1", "trainer.max_epochs=2", "logger=csv"]
 TINY_DATA = ["data.train_size=48", "data.val_size=16", "data.image_size=32", *TINY_TRAINER]
 TINY = TINY_DATA + ["model.embed_dims=[8,16,32]", "model.num_heads=[1,1,2]", "model.decoder_dim=16",
                     "model.dropout=0.1"]
 
 
 def run_cli(*overrides, cwd: Path, env_extra=None, check=True, timeout=600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", **(env_extra or {})}
+    wandb_home = cwd / "wandb_home"  # never online, never the developer's own W&B settings
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline",
+           "WANDB_DIR": str(wandb_home), "WANDB_CACHE_DIR": str(wandb_home / "cache"),
+           "WANDB_CONFIG_DIR": str(wandb_home / "config"), "WANDB_DATA_DIR": str(wandb_home / "data"),
+           **(env_extra or {})}
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -1,4 +1,5 @@
 """The README's two commands and the continuation commands users type, verbatim, on a clean checkout."""
+import os
 import re
 import shutil
 import subprocess
@@ -37,9 +38,13 @@ def test_default_job_then_continuations_on_a_clean_checkout(tmp_path):
     main_cmd, _ = readme_commands()
     assert main_cmd.split(" && ")[-1] == ".venv/bin/python run.py"
 
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"),
+           "WANDB_CACHE_DIR": str(tmp_path / "wandb" / "cache"), "WANDB_CONFIG_DIR": str(tmp_path / "wandb" / "config"),
+           "WANDB_DATA_DIR": str(tmp_path / "wandb" / "data")}  # the default logger is W&B: keep it offline here
+
     def python(*args):
         proc = subprocess.run([sys.executable, "run.py", *args], cwd=clone, capture_output=True, text=True,
-                              timeout=600)
+                              timeout=600, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout + proc.stderr
 
@@ -57,3 +62,4 @@ def test_default_job_then_continuations_on_a_clean_checkout(tmp_path):
     finals = sorted((clone / "outputs").glob("*/*/checkpoints/final_model.pth"))
     assert len(finals) == 3
     assert torch.load(finals[-1])["epoch"] == parent["config"]["trainer"]["max_epochs"] + 2
+    assert list((clone / "outputs").glob("*/*/wandb/offline-run-*")), "the default logger (W&B, offline) wrote nothing"

@@ -12,7 +12,7 @@ from conftest import load, run_cli, same_weights
 SWIN = ["+experiment=swin_admoe", "model=swin_mmoe", "model.embed_dim=8", "data.image_size=32",
         "data.train_size=32", "data.val_size=16", "trainer.batch_size=8", "trainer.num_threads=1",
         "schedule.pretrain_epochs=2", "trainer.max_epochs=4", "trainer.save_interval=1", "trainer.keep_last=10",
-        "optimizer.lr=1e-3"]
+        "optimizer.lr=1e-3", "logger=csv"]
 
 
 def swin(run_dir, *overrides, cwd, **kwargs):
@@ -119,7 +119,7 @@ def test_image_folder_with_resnet(tmp_path):
     write_image_folder(tmp_path / "imgs")
     run_cli("model=resnet", "data=image_folder", f"data.root={tmp_path / 'imgs'}", "data.image_size=32",
             "data.num_workers=0", "loss=cross_entropy", "trainer.batch_size=4", "trainer.max_epochs=2",
-            "trainer.num_threads=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+            "trainer.num_threads=1", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     ckpt = load(tmp_path / "run" / "checkpoints" / "best_model.pth")
     assert 0 <= ckpt["best_val_acc"] <= 1 and ckpt["model_state_dict"]["fc.weight"].shape[0] == 3
     bad = run_cli("model=resnet", "data=image_folder", f"data.root={tmp_path / 'nope'}", "loss=cross_entropy",

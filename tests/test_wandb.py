@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, TINY, load, run_cli
 
 WANDB = Path(sys.executable).parent / "wandb"
-TINY_NO_DROPOUT = [o for o in TINY if not o.startswith("model.dropout=")]  # the sweep sets model.dropout
+TINY_NO_DROPOUT = [o for o in TINY if not o.startswith(("model.dropout=", "logger="))]  # the sweep sets model.dropout
 
 
 @pytest.fixture(scope="module")
