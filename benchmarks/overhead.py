@@ -5,7 +5,7 @@
 Each measurement runs in a fresh process (so peak RSS is its own), trainer and plain loop alternate
 (interleaved, so drift in machine load hits both alike), and the ratios use the medians. The trainer runs with
 everything on: a checkpoint every epoch (last.pth, checkpoint_epoch_N.pth, best_model.pth), metrics.csv,
-training.log, train-set F-score. The plain loop is what one writes by hand: the same data, model, loss,
+training.log, train-set F-score (logger=csv: W&B's one-off start-up is left out). The plain loop is what one writes by hand: the same data, model, loss,
 optimizer and scheduler from the same config, forward/backward/step, and a validation pass per epoch.
 """
 import argparse
@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def compose(epochs: int, threads: int | None):
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    overrides = [f"trainer.max_epochs={epochs}", "trainer.save_interval=1", "trainer.keep_last=2"]
+    # logger=csv: metrics.csv and training.log on; W&B's start-up (a few seconds, once) is not a per-step cost
+    overrides = [f"trainer.max_epochs={epochs}", "trainer.save_interval=1", "trainer.keep_last=2", "logger=csv"]
     if threads:
         overrides.append(f"trainer.num_threads={threads}")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
