@@ -9,8 +9,9 @@ import logging
 from pathlib import Path
 
 from project import checkpoint
-from project.phases import key_matches, load_optimizer_by_name
 from project.errors import UserError
+from project.phases import key_matches, load_optimizer_by_name
+from project.runs import flatten
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,25 @@ def find_checkpoint(spec: str, mode: str, search_dirs: list[Path], exclude: Path
     return path
 
 
-def flatten(tree, prefix="") -> dict:
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
+def load_newest_intact(path: Path) -> tuple[Path, dict]:
+    """Load `path`; if it is broken (truncated, corrupt), say so and use the newest checkpoint of the same run
+    that loads. Never a broken file, never silently an older one."""
+    try:
+        return path, checkpoint.load(path)
+    except UserError as error:
+        log.warning("%s", error)
+        others = sorted((p for p in path.parent.glob("*.pth") if p != path), key=lambda p: p.stat().st_mtime,
+                        reverse=True)
+        for other in others:
+            try:
+                state = checkpoint.load(other)
+            except UserError as e:
+                log.warning("%s", e)
+                continue
+            log.warning("%s is unreadable: continuing from %s (epoch %d, step %d) instead, the newest intact "
+                        "checkpoint of this run.", path.name, other, state["epoch"], state["global_step"])
+            return other.resolve(), state
+        raise
 
 
 def config_changes(old: dict, new: dict) -> dict:
@@ -98,7 +111,9 @@ def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path]) -> di
     else:
         path = find_checkpoint(str(cfg.resume.checkpoint), mode, search_dirs, exclude=run_dir).resolve()
         log.info("Resuming (%s) from %s", mode, path)
-    state = checkpoint.load(path)
+    # a file the user named must load; one we picked from a run dir may fall back to the newest intact one
+    picked = is_own or not str(cfg.resume.checkpoint).endswith(".pth")
+    path, state = load_newest_intact(path) if picked and mode == "full" else (path, checkpoint.load(path))
     changes = config_changes(state["config"], config)
 
     old_model, new_model = state["config"].get("model", {}), config["model"]

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from project import checkpoint, phases, resume, rng
 from project.data.loader import epoch_batches
 from project.loggers import append_rows, read_rows
+from project.errors import UserError
 from project.validate import check_config
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,10 @@ def record_environment(run_dir: Path, device) -> None:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but no CUDA GPU is visible to this process "
+                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Use trainer.device=auto "
+                        "(GPU when there is one) or trainer.device=cpu.")
     return torch.device(name)
 
 

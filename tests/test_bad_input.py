@@ -125,3 +125,10 @@ def test_full_resume_of_a_finished_run(workspace):
     cwd, run = workspace
     fails(cwd, "resume=full", f"resume.checkpoint={run}",
           expect=["already finished 2 of trainer.max_epochs=2", "trainer.max_epochs="])
+
+
+def test_cuda_asked_for_but_absent(workspace):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cwd, _ = workspace
+    fails(cwd, "trainer.device=cuda", expect=["trainer.device=cuda", "trainer.device=auto"])

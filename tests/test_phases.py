@@ -79,3 +79,9 @@ def test_reset_optimizer_matching_report_and_ignore_keys(two_stage, tmp_path):
     child = load(tmp_path / "accepted" / "checkpoints" / "final_model.pth")["model_state_dict"]
     w = "encoder.0.embed.proj.weight"
     assert (child[w] - parent[w]).abs().max() < 0.05 < (parent[w]).abs().max()
+
+
+def test_retention_keeps_the_checkpoint_that_ends_a_phase(tmp_path):
+    train_tiny(tmp_path / "run", *TWO_STAGE, "trainer.save_interval=1", "trainer.keep_last=1", cwd=tmp_path)
+    periodic = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("checkpoint_epoch_*.pth"))
+    assert periodic == ["checkpoint_epoch_2.pth", "checkpoint_epoch_4.pth"]  # 2 ends "explore", 4 is the newest
