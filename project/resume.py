@@ -66,6 +66,22 @@ def load_newest_intact(path: Path) -> tuple[Path, dict]:
         raise
 
 
+def override_key(override: str) -> str:
+    """'model.dropout=0.2' -> 'model.dropout'; '+experiment=x' -> 'experiment'; '~trainer.x' -> 'trainer.x'."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(saved: list[str], typed: list[str]) -> list[str]:
+    """The checkpoint's command-line overrides, then the ones typed now; a key typed now replaces the saved one.
+    The saved run's resume choice is not inherited (this run's resume=full is)."""
+    typed_keys = {override_key(o) for o in typed}
+    merged = {override_key(o): o for o in saved if not override_key(o).startswith(("resume", "hydra."))
+              # a group chosen now (model=unet) drops the saved values inside the old choice (model.embed_dims)
+              and not any(override_key(o).startswith(f"{k}.") for k in typed_keys)}
+    merged.update({override_key(o): o for o in typed})
+    return list(merged.values())
+
+
 def config_changes(old: dict, new: dict) -> dict:
     """{dotted key: (checkpoint value, current value)} for every value that differs, resume.* excluded."""
     a, b = flatten(old), flatten(new)
@@ -92,7 +108,7 @@ def changes_table(changes: dict, mode: str) -> str:
     return "\n".join(lines)
 
 
-def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path]) -> dict | None:
+def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path], recompose=None) -> dict | None:
     """Pick, load and check the checkpoint this run continues from; None for resume=none.
 
     Returns {"path", "state", "mode", "changes", "lineage_entry", "is_own"}; raises UserError on anything
@@ -114,6 +130,9 @@ def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path]) -> di
     # a file the user named must load; one we picked from a run dir may fall back to the newest intact one
     picked = is_own or not str(cfg.resume.checkpoint).endswith(".pth")
     path, state = load_newest_intact(path) if picked and mode == "full" else (path, checkpoint.load(path))
+    if mode == "full" and recompose is not None:
+        # continue the run as it was configured (its overrides, then what was typed now), also on a requeue
+        cfg, config = recompose(state.get("overrides", []))
     changes = config_changes(state["config"], config)
 
     old_model, new_model = state["config"].get("model", {}), config["model"]
@@ -154,7 +173,8 @@ def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path]) -> di
     entry = {"path": str(path), "sha256": checkpoint.sha256(path), "mode": mode, "epoch": state["epoch"],
              "global_step": state["global_step"], "monitor": state.get("monitor"),
              "best_score": state.get("best_score"), "changed": {k: list(v) for k, v in changes.items()}}
-    return {"path": path, "state": state, "mode": mode, "changes": changes, "lineage_entry": entry, "is_own": is_own}
+    return {"path": path, "state": state, "mode": mode, "changes": changes, "lineage_entry": entry, "is_own": is_own,
+            "cfg": cfg, "config": config}
 
 
 def load_weights(model, state_dict: dict, path) -> None:

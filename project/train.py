@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -138,8 +139,26 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
     """
     check_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
+    typed = [o for o in (job or {}).get("overrides", []) if not o.startswith("hydra.")]
+    overrides = typed
+
+    def recompose(saved_overrides: list[str]):
+        """resume=full: the config the checkpoint's run had, plus what was typed now (run.py only)."""
+        nonlocal overrides
+        overrides = resume.merge_overrides(saved_overrides, typed)
+        try:
+            composed = compose(config_name="config", overrides=overrides)
+        except Exception as e:  # e.g. a saved override that no longer fits the config groups
+            raise UserError(f"Could not rebuild the configuration of the run being continued from its overrides "
+                            f"{overrides}: {e}. Pass the values you want explicitly, or use "
+                            "resume=reset_optimizer.") from None
+        check_config(composed)
+        return composed, OmegaConf.to_container(composed, resolve=True)
+
+    parent = resume.load_parent(cfg, config, run_dir, search_dirs, recompose if job else None)
+    if parent and "cfg" in parent:
+        cfg, config = parent["cfg"], parent["config"]
     schedule = phases.plan(cfg)
-    parent = resume.load_parent(cfg, config, run_dir, search_dirs)
     if parent and parent.get("finished"):
         saved = parent["state"]
         return {"status": "already finished", "epoch": saved["epoch"], "monitor": saved["monitor"],
@@ -238,7 +257,7 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
             "config": config, "rng": rng.capture(), "lineage": lineage, "parent_best": parent_best,
             "early_stopping": {"patience": phase["early_stopping"].patience, "bad_epochs": progress["bad_epochs"],
                                "best": phase_best.get("score"), "stopped": progress["phase_stopped"]},
-            "run_dir": str(run_dir), "logger": logger.state(),
+            "run_dir": str(run_dir), "logger": logger.state(), "overrides": overrides,
         }
         nan = float("nan")  # "no value yet", still printable with :.4f
         state.update({objective.keys["best"]: phase_best.get("score", nan),

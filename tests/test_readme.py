@@ -61,5 +61,8 @@ def test_default_job_then_continuations_on_a_clean_checkout(tmp_path):
     out = python("resume=full", f"trainer.max_epochs={parent['config']['trainer']['max_epochs'] + 2}")
     finals = sorted((clone / "outputs").glob("*/*/checkpoints/final_model.pth"))
     assert len(finals) == 3
-    assert torch.load(finals[-1])["epoch"] == parent["config"]["trainer"]["max_epochs"] + 2
+    continued = torch.load(finals[-1])
+    assert continued["epoch"] == parent["config"]["trainer"]["max_epochs"] + 2
+    # resume=full continued the latest run (the dropout 0.25 one) as it was configured, not with the defaults
+    assert continued["config"]["model"]["dropout"] == 0.25 and "model.dropout" not in out
     assert list((clone / "outputs").glob("*/*/wandb/offline-run-*")), "the default logger (W&B, offline) wrote nothing"
