@@ -1,5 +1,7 @@
 #!/bin/bash
-# Bring up a single-node Slurm 22.05 cluster on localhost (no systemd, no cgroups).
+# Bring up a single-node Slurm 22.05 cluster on localhost (no systemd, no cgroups), as root on Debian.
+# Idempotent: daemons already running (pid file + live process) are left alone. Recipe and pitfalls:
+# ../shared/notes/slurm-local.md. Stop it with scripts/slurm-local-down.sh.
 # WITH_DB=1 (default) also starts MariaDB + slurmdbd so that `sacct` works
 # (submitit needs sacct to see CANCELLED/TIMEOUT/FAILED-without-result jobs).
 set -euo pipefail
@@ -125,7 +127,14 @@ fi
 if ! { [ -f /run/slurm/slurmd.pid ] && kill -0 "$(cat /run/slurm/slurmd.pid)" 2>/dev/null; }; then
   /usr/sbin/slurmd
 fi
+# ready when the node can take jobs (idle; or busy, when this script is re-run on a cluster in use)
+node_ready() { [[ "$(sinfo -h -o %T 2>/dev/null)" =~ ^(idle|mixed|allocated|completing)$ ]]; }
 for i in $(seq 120); do
-  [ "$(sinfo -h -o %T 2>/dev/null)" = idle ] && break; sleep 0.25
+  node_ready && break; sleep 0.25
 done
 sinfo
+if ! node_ready; then
+  echo "slurm-local-up: the node did not become ready; see /var/log/slurm/*.log" >&2
+  tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true
+  exit 1
+fi

@@ -1,35 +1,66 @@
 """Sweeps on a real SLURM cluster (localhost), and a preempted job that is requeued and resumes by itself."""
 import json
+import re
 import subprocess
 import sys
 import time
 
-from conftest import ROOT, TINY, load, same_weights, train_tiny
+import yaml
 
+from conftest import ROOT, TINY, load, same_weights, train_tiny
+from slurm_cluster import slurm_cluster  # noqa: F401  (session fixture: starts the local cluster)
+
+# The preset with what the localhost cluster has: no GPU, 2 cores, the debug partition.
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0",
          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-         "hydra.launcher.timeout_min=60"]  # >= 60: an interrupt counts as a preemption, not a timeout
+         "hydra.launcher.timeout_min=60"]  # >= 60: submitit counts an interrupt as a preemption, not a timeout
 
 
 def multirun(sweep_dir, *overrides, cwd):
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", *SLURM, *TINY,
+    return subprocess.Popen([sys.executable, "-u", str(ROOT / "run.py"), "-m", *SLURM, *TINY,
                              f"hydra.sweep.dir={sweep_dir}", *overrides], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+
+def test_slurm_preset_defaults(tmp_path):
+    """One GPU and one task per job, requeue on timeout, every field overridable (no cluster needed)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "hydra/launcher=slurm", "hydra.launcher.nodes=2",
+                           "--cfg", "hydra", "--package", "hydra.launcher"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    launcher = yaml.safe_load(proc.stdout)
+    assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher["gpus_per_node"], launcher["tasks_per_node"], launcher["partition"]) == (1, 1, None)
+    assert launcher["max_num_timeout"] > 0 and launcher["timeout_min"] >= 60 and launcher["signal_delay_s"] > 0
+    assert launcher["cpus_per_task"] >= 1 and launcher["array_parallelism"] >= 1 and launcher["nodes"] == 2
 
 
 def test_array_sweep_of_two_jobs(slurm_cluster, tmp_path):
     proc = multirun(tmp_path / "sweep", "model.dropout=0.2,0.25", cwd=tmp_path)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
+    sweep = tmp_path / "sweep"
+    assert (sweep / "multirun.yaml").exists()
+    array_ids = set()
     for n, dropout in ((0, 0.2), (1, 0.25)):
-        final = load(tmp_path / "sweep" / str(n) / "checkpoints" / "final_model.pth")
-        assert final["config"]["model"]["dropout"] == dropout
-        env = json.loads((tmp_path / "sweep" / str(n) / "environment.json").read_text())
-        assert env[0]["SLURM_ARRAY_TASK_ID"] == str(n) and env[0]["SLURM_JOB_ID"]
+        final = load(sweep / str(n) / "checkpoints" / "final_model.pth")
+        assert final["config"]["model"]["dropout"] == dropout and final["epoch"] == 2
+        assert f"model.dropout={dropout}" in yaml.safe_load((sweep / str(n) / ".hydra" / "overrides.yaml").read_text())
+        (start,) = json.loads((sweep / str(n) / "environment.json").read_text())
+        assert start["SLURM_ARRAY_TASK_ID"] == str(n) and start["SLURM_JOB_ID"]
+        array_ids.add(start["SLURM_ARRAY_JOB_ID"])
+    assert len(array_ids) == 1  # one job array, not two jobs
+    (script,) = (sweep / ".submitit").glob("*/*_submission.sh")  # the preset reached sbatch
+    text = script.read_text()
+    for flag in ("--array=0-1%", "--signal=USR2@120", "--time=60", "--ntasks-per-node=1", "--requeue",
+                 "--partition=debug", "--cpus-per-task=1"):
+        assert flag in text, text
 
 
 def test_preempted_job_is_requeued_resumes_and_matches(slurm_cluster, tmp_path):
-    cfg = ["trainer.max_epochs=5", "data.train_size=160"]
+    """USR2 mid-epoch (what SLURM sends before preempting): the job saves last.pth, submitit requeues it, the
+    requeued job continues from its own last.pth in the same run dir and ends with the uninterrupted weights."""
+    cfg = ["trainer.max_epochs=8", "data.train_size=160"]  # 20 steps per epoch: the signal lands mid-run
     train_tiny(tmp_path / "reference", *cfg, cwd=tmp_path)
     run_dir = tmp_path / "sweep" / "0"
     proc = multirun(tmp_path / "sweep", *cfg, "model.dropout=0.1", cwd=tmp_path)
@@ -38,16 +69,26 @@ def test_preempted_job_is_requeued_resumes_and_matches(slurm_cluster, tmp_path):
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
         time.sleep(0.05)
     job_id = json.loads((run_dir / "environment.json").read_text())[0]["SLURM_JOB_ID"]
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what SLURM sends before preempting
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # reaches the job step, as job._interrupt()
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
 
     starts = json.loads((run_dir / "environment.json").read_text())
-    assert len(starts) == 2 and starts[1]["SLURM_RESTART_COUNT"] == "1"  # requeued, same run dir
-    log = (run_dir / "training.log").read_text()
-    assert "Caught SIGUSR2" in log and "Resuming (full) from this run's own" in log
-    saved_at = [line for line in log.splitlines() if "Caught SIGUSR2" in line][0]
-    assert "batch" in saved_at
+    assert len(starts) == 2, starts  # requeued once, into the same run dir
+    assert starts[1]["SLURM_RESTART_COUNT"] == "1" and starts[1]["SLURM_JOB_ID"] == job_id
+    assert starts[1]["pid"] != starts[0]["pid"]
+    log = (run_dir / "training.log").read_text()  # one log, appended to by the requeued job
+    assert log.count("Run dir ") == 2
+    caught = re.search(r"Caught SIGUSR2: saved .*last\.pth at epoch (\d+), batch (\d+)/(\d+)", log)
+    assert caught, log
+    epoch, batch = int(caught[1]), int(caught[2])
+    assert 1 < epoch < 8 or (epoch == 8 and batch < int(caught[3])), "the signal came after training ended"
+    assert "Resuming (full) from this run's own" in log.split(caught[0])[1]
+    if batch < int(caught[3]):  # mid-epoch (19 times in 20): continued with the next unseen batch
+        assert f"(epoch {epoch} from batch {batch})" in log
+    submitit_log = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").glob(f"{job_id}*/*_log.err"))
+    assert "this job is preempted" in submitit_log  # not "timed-out": does not use up max_num_timeout
     ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
     got = load(run_dir / "checkpoints" / "final_model.pth")
-    assert got["epoch"] == 5 and same_weights(got["model_state_dict"], ref["model_state_dict"])
+    assert got["epoch"] == 8 and got["global_step"] == ref["global_step"]
+    assert same_weights(got["model_state_dict"], ref["model_state_dict"])
