@@ -137,10 +137,14 @@ def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path], recom
 
     old_model, new_model = state["config"].get("model", {}), config["model"]
     if old_model.get("_target_") != new_model.get("_target_"):
+        # `latest` is the newest run of any kind: say so, the user may have meant an older run of this model
+        picked_by = (f" (resume.checkpoint=latest picked it: the newest run under "
+                     f"{' or '.join(str(d) for d in search_dirs)})" if str(cfg.resume.checkpoint) == "latest"
+                     and not is_own else "")
         raise UserError(
-            f"The checkpoint {path} holds a {old_model.get('_target_')} but model={new_model['_target_']} was "
-            f"asked for. Choose the checkpoint's model (model=... matching {old_model.get('_target_')}) or "
-            "another checkpoint.")
+            f"The checkpoint {path}{picked_by} holds a {old_model.get('_target_')} but "
+            f"model={new_model['_target_']} was asked for. Choose the checkpoint's model (model=... matching "
+            f"{old_model.get('_target_')}), or name the run you mean: resume.checkpoint=<run dir or .pth>.")
     if mode == "full":
         arch = {k: v for k, v in changes.items() if k.startswith("model.") and k not in MODEL_KEYS_SAFE_TO_CHANGE}
         if arch:
