@@ -90,8 +90,8 @@ def test_malicious_checkpoint_is_refused_without_running(workspace):
 
 def test_architecture_mismatch_full(workspace):
     cwd, _ = workspace
-    fails(cwd, "resume=full", "trainer.max_epochs=4", "model=unet", base=TINY_DATA, expect=["MicroSegFormer", "UNet", "resume.checkpoint=latest picked it",
-                                                         "resume.checkpoint=<run dir or .pth>"])
+    fails(cwd, "resume=full", "trainer.max_epochs=4", "model=unet", base=TINY_DATA,
+          expect=["MicroSegFormer", "UNet", "resume.checkpoint=latest picked it", "resume.checkpoint=<run dir or .pth>"])
     fails(cwd, "resume=full", "trainer.max_epochs=4", "model.decoder_dim=32",
           expect=["architecture changed", "model.decoder_dim: 16 -> 32", "resume=reset_optimizer"])
 
