@@ -137,10 +137,10 @@ def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path], recom
 
     old_model, new_model = state["config"].get("model", {}), config["model"]
     if old_model.get("_target_") != new_model.get("_target_"):
-        # `latest` is the newest run of any kind: say so, the user may have meant an older run of this model
-        picked_by = (f" (resume.checkpoint=latest picked it: the newest run under "
-                     f"{' or '.join(str(d) for d in search_dirs)})" if str(cfg.resume.checkpoint) == "latest"
-                     and not is_own else "")
+        picked_by = ""
+        if str(cfg.resume.checkpoint) == "latest" and not is_own:
+            # `latest` is the newest run of any model: the user may have meant an older run of this one
+            picked_by = f" (resume.checkpoint=latest picked it: the newest run under {' or '.join(map(str, search_dirs))})"
         raise UserError(
             f"The checkpoint {path}{picked_by} holds a {old_model.get('_target_')} but "
             f"model={new_model['_target_']} was asked for. Choose the checkpoint's model (model=... matching "
