@@ -9,14 +9,17 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from project.errors import UserError
+from project.errors import TrainingDiverged, UserError
 
 log = logging.getLogger("run")
 
 
-def user_error(e: BaseException | None) -> UserError | None:
-    """The UserError behind an exception (hydra.utils.instantiate wraps what a component raises)."""
-    while e is not None and not isinstance(e, UserError):
+EXIT_CODES = {UserError: 2, TrainingDiverged: 3}  # 2: bad input, nothing written; 3: the loss became NaN/inf
+
+
+def user_error(e: BaseException | None) -> UserError | TrainingDiverged | None:
+    """The error meant for the user behind an exception (hydra.utils.instantiate wraps what a component raises)."""
+    while e is not None and not isinstance(e, tuple(EXIT_CODES)):
         e = e.__cause__ or e.__context__
     return e
 
@@ -40,7 +43,7 @@ def main(cfg: DictConfig) -> float | None:
             raise error from None  # the launcher records this job as failed and goes on with the others
         print("\n" + textwrap.fill(f"Error: {error}", width=110, break_long_words=False, break_on_hyphens=False),
               file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_CODES[type(error)])
     return summary["best_score"]  # what a Hydra sweeper would optimise
 
 

@@ -1,13 +1,14 @@
-"""Checkpoint files: atomic writes, safe loads, and the keys every file of ours carries.
+"""Checkpoint files: atomic writes off the training thread, safe loads, and the keys every file of ours carries.
 
 A checkpoint is a plain dict of tensors and Python values, so `torch.load(path)` (weights_only=True, torch's
-default) opens it; nothing in it can run code on load.
+default) opens it; nothing in it can run code on load. What goes in it is project/state.py's business.
 """
 import hashlib
 import io
 import os
 import pickle
 import re
+import threading
 import warnings
 from pathlib import Path
 
@@ -15,9 +16,77 @@ import torch
 
 from project.errors import UserError
 
-FORMAT = "project-checkpoint-v1"
+FORMAT = "project-checkpoint-v2"
+FORMAT_V1 = "project-checkpoint-v1"  # main before the one training state (issue 9): still loads
 REQUIRED_KEYS = ("format", "epoch", "global_step", "phase", "model_state_dict", "optimizer_state_dict",
                  "scheduler_state_dict", "best_epoch", "config", "rng", "early_stopping", "lineage")
+
+
+def snapshot(value):
+    """A copy of a state tree on the CPU that later training steps cannot change (tensors copied, containers
+    rebuilt, plain values shared: they are immutable)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(v) for v in value)
+    return value
+
+
+class BackgroundWriter:
+    """Serialises and writes checkpoints in a thread, at most one write in flight.
+
+    The training thread hands over a snapshot() and goes on; `wait()` (called before the next snapshot, before
+    forking DataLoader workers and before the run exits) joins the write and re-raises its error, if any.
+    Each file is written atomically, so a kill during a write leaves the earlier files intact.
+    """
+
+    def __init__(self):
+        self._thread, self._error = None, None
+
+    def submit(self, state: dict, paths: list[Path], then=None) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(state, paths, then), name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, state: dict, paths: list[Path], then) -> None:
+        try:
+            payload = to_bytes(state)
+            for path in paths:
+                write_atomic(path, payload)
+            if then is not None:
+                then()
+        except BaseException as e:  # handed to the training thread at the next wait()
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def upgrade(state: dict) -> dict:
+    """A v1 file in the v2 layout: optimizer parameter names inside the param groups (as torch writes them for
+    named parameters), the mid-epoch train statistics as the train_meter entry. Scaler and EMA were not in v1."""
+    state = dict(state, format=FORMAT)
+    names = state.pop("optimizer_param_names", None)
+    optimizer = state["optimizer_state_dict"]
+    if names is not None:
+        groups, offset = [], 0
+        for group in optimizer["param_groups"]:
+            groups.append({**group, "param_names": names[offset:offset + len(group["params"])]})
+            offset += len(group["params"])
+        state["optimizer_state_dict"] = {**optimizer, "param_groups": groups}
+    meter = state.pop("epoch_meter", None)
+    loss_sum = state.pop("epoch_loss_sum", 0.0)
+    state["train_meter"] = None if meter is None else {
+        "loss_sum": torch.tensor(loss_sum, dtype=torch.float64), "meter": meter}
+    state.setdefault("scaler_state_dict", {})
+    return state
 
 
 def to_bytes(state: dict) -> bytes:
@@ -88,7 +157,7 @@ def load(path: Path, map_location="cpu") -> dict:
             f"Checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({type(e).__name__}: "
             f"{_first_sentence(e)}). Use an intact file instead, e.g. an earlier checkpoint_epoch_N.pth or "
             "best_model.pth of the same run (resume.checkpoint=... to resume from it).") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_V1):
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise UserError(
             f"{str(path)!r} is not a checkpoint of this framework (expected a dict with format={FORMAT!r}; found "
@@ -97,7 +166,7 @@ def load(path: Path, map_location="cpu") -> dict:
     if missing:
         raise UserError(f"Checkpoint {str(path)!r} lacks the keys {missing}; it is incomplete or from an "
                         "incompatible version. Resume from another checkpoint of the run.")
-    return state
+    return upgrade(state) if state["format"] == FORMAT_V1 else state
 
 
 def prune_periodic(ckpt_dir: Path, keep_last: int | None, protect: set[int] = frozenset()) -> None:

@@ -38,7 +38,7 @@ def load(path) -> dict:
 def tensors_per_module(state: dict) -> dict:
     """{top-level module: {"values": all of model_state_dict (parameters and buffers), "trained": the parameters
     the optimizer holds}}."""
-    trained = set(state.get("optimizer_param_names") or [])
+    trained = {n for g in state["optimizer_state_dict"].get("param_groups", []) for n in g.get("param_names", [])}
     counts = {}
     for key, tensor in state["model_state_dict"].items():
         entry = counts.setdefault(key.split(".")[0], {"values": 0, "trained": 0})
@@ -65,8 +65,18 @@ def describe(path: Path, state: dict) -> dict:
         "rng": ", ".join(k for k in ("python", "numpy", "torch") if k in state["rng"])
                + (f", cuda ({len(state['rng']['cuda'])} devices)" if state["rng"].get("cuda") else ""),
     }
-    if state.get("epoch_meter") is not None:
+    if state.get("batch_in_epoch"):
         inside["mid-epoch"] = f"running train statistics of {state['batch_in_epoch']} batches"
+    if state.get("scaler_state_dict"):
+        scaler = state["scaler_state_dict"]
+        inside["grad scaler"] = f"scale {scaler['scale']:g}, growth tracker {scaler['_growth_tracker']}"
+    if state.get("ema_state_dict") is not None:
+        inside["ema"] = (f"{len(state['ema_state_dict'])} tensors, {state.get('ema_updates', 0)} updates; "
+                         f"validated with the {state.get('validated_weights', 'model')} weights")
+    settings = [f"precision {state['precision']}" if state.get("precision") else "",
+                "compiled" if state.get("compiled") else ""]
+    if any(settings):
+        inside["trained with"] = ", ".join(s for s in settings if s)
     if state.get("logger"):
         inside["logger"] = ", ".join(f"{k}={v}" for k, v in state["logger"].items())
     return {

@@ -3,8 +3,11 @@
 Every logger writes <run dir>/metrics.csv (the run's own record, read by the analysis tools without any
 service); logger=wandb (a subclass) also sends the same rows to W&B. The trainer calls, in order:
     logger = instantiate(cfg.logger)(run_dir, meta)   # meta: see train.py, run_meta()
+    logger.load_state_dict(saved)                     # resume=full only: the tracker run to continue
+    logger.start()
     logger.log_epoch(row)  ...  logger.log_summary(summary)  ...  logger.finish()
-and stores logger.state() in every checkpoint, so resume=full can continue the same tracker run.
+The logger is the training state's "tracker" entry: logger.state_dict() goes into every checkpoint, so
+resume=full can continue the same tracker run.
 """
 import csv
 import logging
@@ -29,11 +32,17 @@ class CSVLogger:
     def log_epoch(self, row: dict) -> None:
         append_rows(self.path, [row])
 
+    def start(self) -> None:
+        pass
+
     def log_summary(self, summary: dict) -> None:
         pass
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
     def finish(self, status: str = "done") -> None:
         pass
@@ -43,7 +52,7 @@ class WandbLogger(CSVLogger):
     """metrics.csv as CSVLogger, and one W&B run per training run in <run dir>/wandb/.
 
     W&B is optional to the run: if it cannot start, or fails later, one warning is logged and training goes
-    on with metrics.csv alone. resume=full continues the W&B run id stored in the checkpoint (logger.state()),
+    on with metrics.csv alone. resume=full continues the W&B run id stored in the checkpoint (load_state_dict),
     so a continued curve stays one line; reset_optimizer starts a new run whose config names its parent.
     """
 
@@ -54,11 +63,11 @@ class WandbLogger(CSVLogger):
         import wandb  # here, not at the top: only logger=wandb pays for the import
 
         self.wandb, self.run_dir, self.log_checkpoints = wandb, Path(run_dir), log_checkpoints
-        self.summary = None
+        self.summary, self.run, self.started = None, None, False
+        self.mode = mode
         meta = self.meta
-        resumed = (meta.get("resume_state") or {}).get("wandb_run_id")
         # our own id, known before W&B answers: a checkpoint can name the run even if W&B never started
-        self.run_id = resumed or new_run_id()
+        self.run_id = new_run_id()
         config = dict(meta.get("config") or {})
         parent = meta.get("parent")
         if parent:
@@ -67,7 +76,7 @@ class WandbLogger(CSVLogger):
                                 "best_score": parent["best_score"], "best_epoch": parent["best_epoch"]}
         self.init_args = {
             "dir": str(self.run_dir), "project": project or os.environ.get("WANDB_PROJECT") or "project",
-            "entity": entity, "id": self.run_id, "resume": "allow", "allow_val_change": bool(resumed),
+            "entity": entity, "resume": "allow",
             # W&B rejects names and groups over 128 characters and tags over 64 (HTTP 400 at init); a sweep
             # directory keeps its end (the date and time), which tells sweeps apart
             "name": clip(meta.get("run_name") or "", 128) or None,
@@ -79,7 +88,22 @@ class WandbLogger(CSVLogger):
             "reinit": "finish_previous",
         }
         self.settings = {"init_timeout": init_timeout, "login_timeout": init_timeout, "finish_timeout": finish_timeout}
-        self.run = self._start(mode or mode_from_environment())
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue the W&B run a checkpoint names (before start(): W&B needs the id at init)."""
+        if self.started:
+            raise RuntimeError("load the tracker state before start(): W&B takes the run id at init")
+        if state_dict.get("wandb_run_id"):
+            self.run_id = state_dict["wandb_run_id"]
+            self.init_args["allow_val_change"] = True
+
+    def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.init_args["id"] = self.run_id
+        self.run = self._start(self.mode or mode_from_environment())
+        parent = self.meta.get("parent")
         if self.run is not None and parent:
             self.run.summary["parent_best"] = parent["best_score"]
 
@@ -109,13 +133,15 @@ class WandbLogger(CSVLogger):
 
     def log_epoch(self, row: dict) -> None:
         super().log_epoch(row)
+        self.start()
         self._call(lambda run: run.log(wandb_row(row), step=int(row["epoch"])))
 
     def log_summary(self, summary: dict) -> None:
         self.summary = summary
+        self.start()
         self._call(lambda run: run.summary.update(wandb_summary(summary)))
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"wandb_run_id": self.run_id}
 
     def finish(self, status: str = "done") -> None:

@@ -42,11 +42,11 @@ class _SegMeter:
     def compute(self):
         return self.confusion.compute()
 
-    def state(self):
+    def state_dict(self):
         return {"confusion": self.confusion.matrix.cpu()}
 
-    def load(self, state):
-        self.confusion.matrix += state["confusion"].to(self.confusion.matrix.device)
+    def load_state_dict(self, state_dict):
+        self.confusion.matrix.copy_(state_dict["confusion"])
 
 
 class Classification:
@@ -92,12 +92,12 @@ class _AccuracyMeter:
         mean = sum(per_task.values()) / max(len(per_task), 1)
         return {"acc": mean, **(per_task if len(per_task) > 1 else {})}
 
-    def state(self):
+    def state_dict(self):
         return {"correct": {t: torch.as_tensor(c).cpu() for t, c in self.correct.items()}, "total": self.total}
 
-    def load(self, state):
-        self.correct = {t: c.to(self.device) for t, c in state["correct"].items()}
-        self.total = state["total"]
+    def load_state_dict(self, state_dict):
+        self.correct = {t: c.to(self.device) for t, c in state_dict["correct"].items()}
+        self.total = state_dict["total"]
 
 
 class SimMIM:
@@ -147,8 +147,8 @@ class _LossMeter:
     def compute(self):
         return {"recon_loss": (self.sum / max(self.count, 1)).item()}
 
-    def state(self):
+    def state_dict(self):
         return {"sum": self.sum.cpu(), "count": self.count}
 
-    def load(self, state):
-        self.sum, self.count = state["sum"].to(self.sum.device), state["count"]
+    def load_state_dict(self, state_dict):
+        self.sum, self.count = state_dict["sum"].to(self.sum.device), state_dict["count"]

@@ -7,6 +7,7 @@ starts the next one). Entering a phase rebuilds the optimizer and scheduler; opt
 that remain is carried over by parameter name.
 """
 import fnmatch
+import functools
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -83,11 +84,56 @@ def module_counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-def build_optimizer(cfg: DictConfig, phase: dict, model: nn.Module):
+def build_optimizer(cfg: DictConfig, phase: dict, model: nn.Module, lr_from_config: bool = False):
+    """The phase's optimizer over the model's trainable parameters, by name (torch keeps `param_names` in each
+    param group of its state dict).
+
+    Loading a saved state into it follows parameter names, then re-applies the config's values: torch's
+    load_state_dict replaces every param-group value (lr, weight_decay, betas) with the saved one, and a user
+    who lowers the weight decay and resumes must get the new value. The LR is left to the scheduler unless
+    `lr_from_config` (the config changed it; ReduceLROnPlateau keeps its reduced LR in the optimizer).
+    """
     node = OmegaConf.merge(cfg.optimizer, phase["optimizer"])
-    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    optimizer = instantiate(node)(list(params))
-    return optimizer, list(names)
+    optimizer = instantiate(node)([(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    configured = [{k: v for k, v in g.items() if k not in ("params", "param_names")} for g in optimizer.param_groups]
+    optimizer.register_load_state_dict_pre_hook(_follow_names)
+    optimizer.register_load_state_dict_post_hook(
+        functools.partial(_reapply_config, configured=configured, lr_from_config=lr_from_config))
+    return optimizer
+
+
+def param_names(optimizer) -> list[str]:
+    return [n for g in optimizer.param_groups for n in g["param_names"]]
+
+
+def _follow_names(optimizer, state_dict: dict) -> dict | None:
+    """load_state_dict pre-hook: re-key the saved per-parameter state so each parameter gets its own (torch's
+    loading is positional)."""
+    names = param_names(optimizer)
+    saved_names = [n for g in state_dict["param_groups"] for n in g.get("param_names", [])]
+    if not saved_names or saved_names == names:
+        return None
+    index = {name: i for i, name in enumerate(saved_names)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise UserError(f"The checkpoint's optimizer state has no entry for {missing[:5]}; the model's parameters "
+                        "changed since it was written. Use resume=reset_optimizer.")
+    state = {i: state_dict["state"][index[n]] for i, n in enumerate(names) if index[n] in state_dict["state"]}
+    groups, offset = [], 0
+    for group, saved in zip(optimizer.param_groups, state_dict["param_groups"]):
+        size = len(group["params"])
+        groups.append({**saved, "params": list(range(offset, offset + size)),
+                       "param_names": names[offset:offset + size]})
+        offset += size
+    return {"state": state, "param_groups": groups}
+
+
+def _reapply_config(optimizer, configured: list[dict], lr_from_config: bool) -> None:
+    """load_state_dict post-hook: the config's hyperparameters win over the saved ones (see build_optimizer)."""
+    for group, values in zip(optimizer.param_groups, configured):
+        for key, value in values.items():
+            if key not in ("lr", "initial_lr") or lr_from_config:
+                group[key] = value
 
 
 def build_scheduler(cfg: DictConfig, phase: dict, optimizer, length: int):
@@ -101,34 +147,18 @@ def build_objective(cfg: DictConfig, phase: dict):
     return instantiate(phase["objective"] if phase["objective"] is not None else cfg.loss)
 
 
-def carry_state(old, old_names: list[str], new, new_names: list[str]) -> int:
+def carry_state(old, new) -> int:
     """Copy per-parameter optimizer state (Adam moments, momentum) for parameters in both, by name."""
     if old is None or type(old) is not type(new):
         return 0
-    by_name = dict(zip(old_names, [p for g in old.param_groups for p in g["params"]]))
+    by_name = dict(zip(param_names(old), [p for g in old.param_groups for p in g["params"]]))
     carried = 0
-    for name, param in zip(new_names, [p for g in new.param_groups for p in g["params"]]):
+    for name, param in zip(param_names(new), [p for g in new.param_groups for p in g["params"]]):
         old_param = by_name.get(name)
         if old_param is not None and old_param in old.state:
             new.state[param] = old.state[old_param]
             carried += 1
     return carried
-
-
-def load_optimizer_by_name(optimizer, names: list[str], saved: dict, saved_names: list[str]) -> None:
-    """optimizer.load_state_dict is positional; re-key the saved state so each parameter gets its own."""
-    index = {name: i for i, name in enumerate(saved_names)}
-    missing = [n for n in names if n not in index]
-    if missing:
-        raise UserError(f"The checkpoint's optimizer state has no entry for {missing[:5]}; the model's parameters "
-                        "changed since it was written. Use resume=reset_optimizer.")
-    state = {new_i: saved["state"][index[n]] for new_i, n in enumerate(names) if index[n] in saved["state"]}
-    groups, offset = [], 0
-    for group in saved["param_groups"][:len(optimizer.param_groups)]:
-        size = len(optimizer.param_groups[len(groups)]["params"])
-        groups.append({**group, "params": list(range(offset, offset + size))})
-        offset += size
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def check_compatible(saved_phases: list[dict], phases: list[dict], phase_index: int, epoch: int) -> None:

@@ -6,12 +6,16 @@ resume=reset_optimizer weights only; optimizer, scheduler, epochs, best score an
                        from the current config.
 """
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from project import checkpoint
+from omegaconf import DictConfig, OmegaConf
+
+from project import checkpoint, phases
 from project.errors import UserError
-from project.phases import key_matches, load_optimizer_by_name
 from project.runs import flatten
+from project.state import RESTORES
+from project.validate import check_config
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +112,61 @@ def changes_table(changes: dict, mode: str) -> str:
     return "\n".join(lines)
 
 
-def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path], recompose=None) -> dict | None:
+@dataclass
+class Plan:
+    """What this run continues from, decided once before anything is built (see decide())."""
+
+    mode: str                  # "full" or "reset_optimizer"
+    path: Path                 # the checkpoint file
+    checkpoint: dict           # its contents (v2 layout)
+    cfg: DictConfig            # the config this run has: for resume=full the continued run's, plus what was typed
+    config: dict               # the same, resolved, as saved in the new checkpoints
+    overrides: list[str]       # the command-line overrides that give `cfg`
+    changes: dict              # {key: (checkpoint value, now)}
+    is_own: bool               # a requeued or restarted job continuing its own run dir
+    finished: bool = False     # is_own and nothing left to do
+    restores: frozenset = frozenset()  # the training-state entries loaded from the file (state.RESTORES)
+
+    @property
+    def lr_from_config(self) -> bool:
+        """A changed LR is applied over the restored optimizer state; otherwise the saved one is kept."""
+        return any(k.endswith(".lr") and k.startswith(("optimizer.", "schedule.")) for k in self.changes)
+
+    @property
+    def lineage_entry(self) -> dict:
+        c = self.checkpoint
+        return {"path": str(self.path), "sha256": checkpoint.sha256(self.path), "mode": self.mode,
+                "epoch": c["epoch"], "global_step": c["global_step"], "monitor": c.get("monitor"),
+                "best_score": c.get("best_score"), "changed": {k: list(v) for k, v in self.changes.items()}}
+
+    @property
+    def phase(self) -> tuple[int, int]:
+        """(phase index, the epoch it began at) to build the run in: the checkpoint's for a full resume."""
+        if self.mode == "full":
+            return self.checkpoint.get("phase_index", 0), self.checkpoint.get("phase_start", 0)
+        return 0, 0
+
+
+def recompose(saved: list[str], typed: list[str]) -> tuple[DictConfig, list[str]]:
+    """resume=full: the config the checkpoint's run had (its overrides), then what was typed now. Needs Hydra's
+    global state, as run.py has it."""
+    from hydra import compose
+
+    overrides = merge_overrides(saved, typed)
+    try:
+        return compose(config_name="config", overrides=overrides), overrides
+    except Exception as e:  # e.g. a saved override that no longer fits the config groups
+        raise UserError(f"Could not rebuild the configuration of the run being continued from its overrides "
+                        f"{overrides}: {e}. Pass the values you want explicitly, or use "
+                        "resume=reset_optimizer.") from None
+
+
+def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None) -> Plan | None:
     """Pick, load and check the checkpoint this run continues from; None for resume=none.
 
-    Returns {"path", "state", "mode", "changes", "lineage_entry", "is_own"}; raises UserError on anything
-    wrong, before a file is written. A run dir that already holds checkpoints/last.pth continues from it.
+    `typed`: the overrides typed now; with them a full resume recomposes the continued run's config (None: use
+    `cfg` as it is). Raises UserError on anything wrong, before a file is written. A run dir that already
+    holds checkpoints/last.pth continues from it, whatever resume= says.
     """
     mode = cfg.resume.mode
     own = run_dir / "checkpoints" / "last.pth"
@@ -129,70 +183,88 @@ def load_parent(cfg, config: dict, run_dir: Path, search_dirs: list[Path], recom
         log.info("Resuming (%s) from %s", mode, path)
     # a file the user named must load; one we picked from a run dir may fall back to the newest intact one
     picked = is_own or not str(cfg.resume.checkpoint).endswith(".pth")
-    path, state = load_newest_intact(path) if picked and mode == "full" else (path, checkpoint.load(path))
-    if mode == "full" and recompose is not None:
+    path, saved = load_newest_intact(path) if picked and mode == "full" else (path, checkpoint.load(path))
+    overrides = list(typed or [])
+    if mode == "full" and typed is not None:
         # continue the run as it was configured (its overrides, then what was typed now), also on a requeue
-        cfg, config = recompose(state.get("overrides", []))
-    changes = config_changes(state["config"], config)
-
-    old_model, new_model = state["config"].get("model", {}), config["model"]
-    if old_model.get("_target_") != new_model.get("_target_"):
-        picked_by = ""
-        if str(cfg.resume.checkpoint) == "latest" and not is_own:
-            # `latest` is the newest run of any model: the user may have meant an older run of this one
-            picked_by = f" (resume.checkpoint=latest picked it: the newest run under {' or '.join(map(str, search_dirs))})"
-        raise UserError(
-            f"The checkpoint {path}{picked_by} holds a {old_model.get('_target_')} but "
-            f"model={new_model['_target_']} was asked for. Choose the checkpoint's model (model=... matching "
-            f"{old_model.get('_target_')}), or name the run you mean: resume.checkpoint=<run dir or .pth>.")
+        cfg, overrides = recompose(saved.get("overrides", []), typed)
+        check_config(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    changes = config_changes(saved["config"], config)
+    check_same_model(saved, config, path, cfg, search_dirs, is_own)
+    finished = mode == "full" and check_can_continue(saved, changes, cfg.trainer.max_epochs, path, is_own)
     if mode == "full":
-        arch = {k: v for k, v in changes.items() if k.startswith("model.") and k not in MODEL_KEYS_SAFE_TO_CHANGE}
-        if arch:
-            listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in arch.items())
-            raise UserError(
-                f"resume=full continues the same network, but the architecture changed ({listed}). Restore those "
-                "values, or use resume=reset_optimizer to start a new run from these weights.")
-        epochs, max_epochs = state["epoch"], cfg.trainer.max_epochs
-        finished = (epochs >= max_epochs and not state.get("batch_in_epoch")) or (
-            state["early_stopping"].get("stopped") and "trainer.early_stopping.patience" not in changes)
-        if is_own and finished:  # e.g. a job requeued after its last save: nothing left to do
-            log.info("This run already finished (epoch %d); nothing to do.", epochs)
-            return {"path": path, "state": state, "mode": mode, "finished": True}
-        if epochs >= max_epochs and not state.get("batch_in_epoch"):
-            raise UserError(
-                f"The run in {path} already finished {epochs} of trainer.max_epochs={max_epochs} epochs, so "
-                f"resume=full has nothing to do. Raise the target, e.g. trainer.max_epochs={epochs + max(10, epochs // 2)}, "
-                "or use resume=reset_optimizer to start a new run from its best weights.")
-        if state["early_stopping"].get("stopped") and "trainer.early_stopping.patience" not in changes:
-            raise UserError(
-                f"The run in {path} was ended by early stopping at epoch {epochs} ({state['early_stopping']['bad_epochs']}"
-                f" epochs without improvement, patience {state['early_stopping']['patience']}). Continuing it "
-                "would stop again at once: raise trainer.early_stopping.patience (or set it to null), or use "
-                "resume=reset_optimizer.")
-
-    if changes:
+        phases.check_compatible(phases.plan(OmegaConf.create(saved["config"])), phases.plan(cfg),
+                                saved["phase_index"], saved["epoch"])
+    if finished:
+        log.info("This run already finished (epoch %d); nothing to do.", saved["epoch"])
+    elif changes:
         log.info("Config values that differ from the checkpoint:\n%s", changes_table(changes, mode))
     else:
         log.info("Config identical to the checkpoint's.")
-    entry = {"path": str(path), "sha256": checkpoint.sha256(path), "mode": mode, "epoch": state["epoch"],
-             "global_step": state["global_step"], "monitor": state.get("monitor"),
-             "best_score": state.get("best_score"), "changed": {k: list(v) for k, v in changes.items()}}
-    return {"path": path, "state": state, "mode": mode, "changes": changes, "lineage_entry": entry, "is_own": is_own,
-            "cfg": cfg, "config": config}
+    return Plan(mode=mode, path=path, checkpoint=saved, cfg=cfg, config=config, overrides=overrides,
+                changes=changes, is_own=is_own, finished=finished, restores=frozenset(RESTORES[mode]))
 
 
-def load_weights(model, state_dict: dict, path) -> None:
-    """Strict load (resume=full) with a readable report instead of a wall of keys."""
+def check_same_model(saved: dict, config: dict, path: Path, cfg, search_dirs, is_own: bool) -> None:
+    old_model, new_model = saved["config"].get("model", {}), config["model"]
+    if old_model.get("_target_") == new_model.get("_target_"):
+        return
+    picked_by = ""
+    if str(cfg.resume.checkpoint) == "latest" and not is_own:
+        # `latest` is the newest run of any model: the user may have meant an older run of this one
+        picked_by = f" (resume.checkpoint=latest picked it: the newest run under {' or '.join(map(str, search_dirs))})"
+    raise UserError(
+        f"The checkpoint {path}{picked_by} holds a {old_model.get('_target_')} but "
+        f"model={new_model['_target_']} was asked for. Choose the checkpoint's model (model=... matching "
+        f"{old_model.get('_target_')}), or name the run you mean: resume.checkpoint=<run dir or .pth>.")
+
+
+def check_can_continue(saved: dict, changes: dict, max_epochs: int, path: Path, is_own: bool) -> bool:
+    """resume=full: refuse what cannot continue; True when the job's own run already finished."""
+    arch = {k: v for k, v in changes.items() if k.startswith("model.") and k not in MODEL_KEYS_SAFE_TO_CHANGE}
+    if arch:
+        listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in arch.items())
+        raise UserError(
+            f"resume=full continues the same network, but the architecture changed ({listed}). Restore those "
+            "values, or use resume=reset_optimizer to start a new run from these weights.")
+    epochs, es = saved["epoch"], saved["early_stopping"]
+    done = epochs >= max_epochs and not saved.get("batch_in_epoch")
+    stopped = es.get("stopped") and "trainer.early_stopping.patience" not in changes
+    if is_own and (done or stopped):  # e.g. a job requeued after its last save: nothing left to do
+        return True
+    if done:
+        raise UserError(
+            f"The run in {path} already finished {epochs} of trainer.max_epochs={max_epochs} epochs, so "
+            f"resume=full has nothing to do. Raise the target, e.g. trainer.max_epochs={epochs + max(10, epochs // 2)}, "
+            "or use resume=reset_optimizer to start a new run from its best weights.")
+    if stopped:
+        raise UserError(
+            f"The run in {path} was ended by early stopping at epoch {epochs} ({es['bad_epochs']}"
+            f" epochs without improvement, patience {es['patience']}). Continuing it "
+            "would stop again at once: raise trainer.early_stopping.patience (or set it to null), or use "
+            "resume=reset_optimizer.")
+    return False
+
+
+def validated_weights(saved: dict) -> tuple[str, dict]:
+    """The weights a checkpoint's scores came from: the EMA copy when its run validated with it."""
+    if saved.get("validated_weights") == "ema" and saved.get("ema_state_dict") is not None:
+        return "ema", saved["ema_state_dict"]
+    return "model", saved["model_state_dict"]
+
+
+def check_weights_fit(model, state_dict: dict, path) -> None:
+    """Before a strict load (resume=full): a readable report instead of a wall of keys."""
     report = match_keys(model.state_dict(), state_dict)
     if any(report[k] for k in ("missing", "unexpected", "mismatched")):
         raise UserError(
             f"The weights in {path} do not fit the model built from the current config: {describe(report)}. Use "
             "the model settings the checkpoint was trained with (see its config), or another checkpoint.")
-    model.load_state_dict(state_dict)
 
 
 def match_keys(own: dict, theirs: dict, ignore=()) -> dict:
-    ignored = sorted(k for k in set(own) | set(theirs) if key_matches(k, ignore))
+    ignored = sorted(k for k in set(own) | set(theirs) if phases.key_matches(k, ignore))
     own = {k: v for k, v in own.items() if k not in ignored}
     theirs = {k: v for k, v in theirs.items() if k not in ignored}
     return {
@@ -214,15 +286,19 @@ def describe(report: dict) -> str:
 
 def load_matching_weights(model, saved: dict, path, ignore_keys) -> None:
     """resume=reset_optimizer: load every weight the checkpoint and the model share, after a matching report.
+    The weights are those the checkpoint's run validated (EMA or raw, see validated_weights).
 
     Missing keys are expected when they belong to modules the checkpoint's run had dropped (a decoder removed
     for fine-tuning): they keep their fresh initialisation. Keys matching resume.ignore_keys are left out on
     purpose. Anything else missing, unexpected or shape-mismatched is an error.
     """
-    report = match_keys(model.state_dict(), saved["model_state_dict"], ignore_keys)
+    which, weights = validated_weights(saved)
+    report = match_keys(model.state_dict(), weights, ignore_keys)
     dropped = tuple(f"{m}." for m in saved.get("dropped_modules", []))
     expected = [k for k in report["missing"] if k.startswith(dropped)] if dropped else []
     missing = [k for k in report["missing"] if k not in expected]
+    log.info("Starting from the %s weights of %s (the ones its run validated).", "EMA" if which == "ema" else "raw",
+             path)
     log.info("Parameter matching with %s: %d matched, %d missing (%d expected: modules %s were dropped by the "
              "checkpoint's run), %d unexpected, %d shape-mismatched, %d ignored by resume.ignore_keys",
              path, len(report["matched"]), len(report["missing"]), len(expected),
@@ -233,21 +309,4 @@ def load_matching_weights(model, saved: dict, path, ignore_keys) -> None:
             f"The weights in {path} do not fit the model built from the current config: "
             f"{describe({**report, 'missing': missing})}. Use the checkpoint's model settings, or leave keys out "
             "on purpose with resume.ignore_keys='[\"pattern.*\"]'.")
-    weights = saved["model_state_dict"]
     model.load_state_dict({k: weights[k] for k in report["matched"]}, strict=False)
-
-
-def restore_optimizer(optimizer, names: list[str], saved: dict, changes: dict) -> None:
-    """Load the optimizer state by parameter name, then re-apply the config's values on top.
-
-    torch's load_state_dict replaces every param-group value (lr, weight_decay, betas) with the saved one; a
-    user who lowers the LR or the weight decay and resumes must get the new values. The LR itself is left to
-    the scheduler unless the config changed it (ReduceLROnPlateau keeps its reduced LR in the optimizer).
-    """
-    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    load_optimizer_by_name(optimizer, names, saved["optimizer_state_dict"], saved["optimizer_param_names"])
-    lr_changed = any(k.endswith(".lr") and k.startswith(("optimizer.", "schedule.")) for k in changes)
-    for group, new in zip(optimizer.param_groups, fresh):
-        for key, value in new.items():
-            if key not in ("lr", "initial_lr") or lr_changed:
-                group[key] = value

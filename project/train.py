@@ -1,109 +1,506 @@
-"""The training recipe, written out: set up from the config, train and validate each epoch, save, repeat.
+"""The training recipe, written out: set up, then for each epoch: enter the phase if it changed, train the epoch,
+validate, record, save.
 
 Every component comes from the config through hydra.utils.instantiate; runtime arguments (the model's
 parameters for the optimizer, the optimizer for the scheduler, the run dir for the logger) are passed here.
+Everything a resume restores is one entry of `run.state` (project/state.py); what to continue from, and what
+to restore, is decided before anything is built (project/resume.py).
 """
-import json
+import functools
 import logging
 import math
-import os
-import signal
-import socket
 import time
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from project import checkpoint, phases, resume, rng
 from project.data.loader import epoch_batches
-from project.loggers import append_rows, read_rows
-from project.errors import UserError
-from project.validate import check_config
+from project.errors import TrainingDiverged, UserError
+from project.nonfinite import NonFiniteGuard
+from project.runtime import StopRequest, pick_device, record_environment, restore_history
+from project.state import EMA, RNG, Progress, TrainMeter, load_state_dicts, state_dicts
+from project.validate import AUTOCAST_DTYPES, check_config
 
 log = logging.getLogger(__name__)
 
 
-class StopRequest:
-    """Stop signals only set a flag; the loop acts at the next step boundary, never inside the handler.
+@dataclass
+class Run:
+    """What the loop works with. `state` is what a checkpoint holds and a resume restores; everything else is
+    rebuilt from the config at every start."""
 
-    After saving, a signal that had a Python handler before us (submitit's: USR2 = checkpoint and requeue,
-    SIGTERM = ignore and wait for USR2) is handed to it, so the launcher decides what happens next; any other
-    signal (a user's SIGTERM or Ctrl-C) ends the run cleanly.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, frame):
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C means "now"
-        self.signum = signum
+    cfg: DictConfig
+    config: dict                   # cfg resolved, as saved in checkpoints
+    overrides: list                # the command-line overrides that give cfg (resume=full recomposes from them)
+    run_dir: Path
+    device: torch.device
+    data: dict
+    schedule: list                 # the phases (project/phases.py)
+    final: object                  # the last phase's objective: its metric decides best_model.pth
+    model: torch.nn.Module         # the eager model: its state_dict never holds `_orig_mod.` keys
+    full_counts: dict              # parameters per top-level module, before any phase dropped one
+    state: dict = field(default_factory=dict)
+    phase: dict | None = None
+    objective: object = None
+    net: torch.nn.Module | None = None   # what the step calls: the model, compiled when trainer.compile
+    guard: NonFiniteGuard | None = None
+    stop: StopRequest | None = None
+    writer: checkpoint.BackgroundWriter = field(default_factory=checkpoint.BackgroundWriter)
+    last_saved: tuple | None = None       # (path, epoch) of the newest checkpoint, for the divergence message
 
     @property
-    def name(self):
-        return signal.Signals(self.signum).name
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
 
-    def hand_over(self) -> bool:
-        """Pass the caught signal to the previous handler; True if training should go on (it returned)."""
-        previous = self._previous.get(self.signum)
-        signum, self.signum = self.signum, None
-        if not callable(previous) or previous is signal.default_int_handler:
-            return False
-        previous(signum, None)  # submitit's USR2 handler requeues the job and exits here
-        return True
+    @property
+    def num_workers(self) -> int:
+        return self.data.get("num_workers", 0)
 
-    def close(self):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+    @property
+    def autocast_dtype(self):
+        return AUTOCAST_DTYPES[str(self.cfg.trainer.precision)]
 
-
-def restore_history(src: Path, dst: Path, upto_epoch: int) -> None:
-    """metrics.csv of a continuation = the rows it continues (epochs <= the checkpoint's), nothing later."""
-    rows = [r for r in read_rows(src) if int(r["epoch"]) <= upto_epoch]
-    tmp = dst.with_name(".metrics.csv.tmp")
-    tmp.unlink(missing_ok=True)
-    append_rows(tmp, rows)
-    if tmp.exists():
-        os.replace(tmp, dst)
+    @property
+    def validates_ema(self) -> bool:
+        return "ema" in self.state and bool(self.cfg.trainer.ema.validate)
 
 
-def record_environment(run_dir: Path, device) -> None:
-    """Append where and as what this start of the run happened (GPU assignment, SLURM ids, requeues)."""
-    path = run_dir / "environment.json"
-    starts = json.loads(path.read_text()) if path.exists() else []
-    keys = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
-    starts.append({"hostname": socket.gethostname(), "pid": os.getpid(), "device": str(device),
-                   **{k: os.environ.get(k) for k in keys}, "time": datetime.now().isoformat(timespec="milliseconds")})
-    path.write_text(json.dumps(starts, indent=1))
+def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | None = None) -> dict:
+    """Train as the config says and return a summary.
+
+    `search_dirs` are where resume.checkpoint=latest looks for runs; `job` describes the Hydra job
+    ({"overrides": [...], "sweep_dir": str or None}); with it, resume=full recomposes the continued run's config.
+    Bad input raises UserError before any file is written.
+    """
+    check_config(cfg)
+    typed = [o for o in (job or {}).get("overrides", []) if not o.startswith("hydra.")]
+    plan = resume.decide(cfg, run_dir, search_dirs, typed if job else None)
+    if plan is not None and plan.finished:
+        saved = plan.checkpoint
+        return {"status": "already finished", "epoch": saved["epoch"], "monitor": saved["monitor"],
+                "best_score": saved["best_score"], "best_epoch": saved["best_epoch"], "run_dir": str(run_dir)}
+    if plan is not None:
+        cfg, config, overrides = plan.cfg, plan.config, plan.overrides
+    else:
+        config, overrides = OmegaConf.to_container(cfg, resolve=True), typed
+
+    run = setup(cfg, config, overrides, plan, run_dir, job or {})
+    announce(run)
+    tracker = run.state["tracker"]
+    tracker.start()
+    run.stop = StopRequest()
+    status = "failed"  # stays "failed" if an exception leaves the loop
+    try:
+        summary = train_loop(run)
+        status = "interrupted" if summary["status"].startswith("interrupted") else "done"
+    finally:
+        run.stop.close()
+        try:
+            run.writer.wait()  # the last checkpoint is on disk before the run ends
+        finally:
+            tracker.finish(status)  # also on exceptions and signals: a sweep never hangs on an open tracker run
+    report(run, summary)
+    return summary
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={name} but no CUDA GPU is visible to this process "
-                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Use trainer.device=auto "
-                        "(GPU when there is one) or trainer.device=cpu.")
-    return torch.device(name)
+def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
+    """Build every component from the config, in the phase the run continues in, then restore what the plan says."""
+    t = cfg.trainer
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    device = pick_device(t.device)
+    schedule = phases.plan(cfg)
+    rng.seed_everything(cfg.seed)
+    data = instantiate(cfg.data)
+    model = instantiate(cfg.model, **data["model_args"]).to(device)
+    run = Run(cfg=cfg, config=config, overrides=overrides, run_dir=run_dir, device=device, data=data,
+              schedule=schedule, final=phases.build_objective(cfg, schedule[-1]), model=model,
+              full_counts=phases.module_counts(model))
+    index, start = plan.phase if plan is not None else (0, 0)
+    phases.drop_modules(model, phases.dropped_before(schedule, index))
+
+    # the one training state, in load order: the model before the optimizer, the RNG last
+    run.state["model"] = model
+    if t.ema.decay is not None:
+        run.state["ema"] = EMA(model, t.ema.decay)
+    enter_phase(run, index, start, lr_from_config=plan is not None and plan.lr_from_config)  # optimizer, scheduler
+    run.state["scaler"] = torch.amp.GradScaler(device.type, init_scale=t.grad_scaler.init_scale,
+                                               growth_interval=t.grad_scaler.growth_interval,
+                                               enabled=str(t.precision) == "16-mixed")
+    run.state["progress"] = Progress(phase_index=index, phase_start=start)
+    run.state["train_meter"] = TrainMeter(run.objective.meter(data, device), device)
+    run.state["tracker"] = instantiate(cfg.logger)(run_dir, run_meta(cfg, config, schedule, plan, job))
+    run.state["rng"] = RNG()
+    restore(run, plan)
+    run.guard = NonFiniteGuard(t.on_nonfinite, device)
+    return run
+
+
+def restore(run: Run, plan) -> None:
+    """Load what the plan says into the built state (state.RESTORES), in the registry's order."""
+    if plan is None:
+        return
+    progress, saved = run.state["progress"], plan.checkpoint
+    if plan.mode == "reset_optimizer":  # weights only: a new run that descends from the checkpoint
+        resume.load_matching_weights(run.model, saved, plan.path, run.cfg.resume.ignore_keys)
+        progress.lineage = saved["lineage"] + [plan.lineage_entry]
+        progress.parent_best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "path": str(plan.path)}
+    else:
+        resume.check_weights_fit(run.model, saved["model_state_dict"], plan.path)
+        fresh = load_state_dicts(run.state, saved, plan.restores)
+        if fresh:
+            log.info("Not in the checkpoint, so starting fresh: %s", ", ".join(fresh))
+        if not plan.is_own:  # a run continuing itself keeps its lineage; a new run descends from the checkpoint
+            progress.lineage = progress.lineage + [plan.lineage_entry]
+        restore_history(Path(saved["run_dir"]) / "metrics.csv", run.run_dir / "metrics.csv", saved["epoch"])
+        run.last_saved = (plan.path, saved["epoch"])
+    if progress.lineage:
+        log.info("Lineage: %s", " -> ".join(f"{e['path']}@{e['epoch']} ({e['mode']})" for e in progress.lineage))
+
+
+def enter_phase(run: Run, index: int, start: int, lr_from_config: bool = False) -> None:
+    """Drop the phase's modules (from the EMA copy too), build its objective, optimizer (state carried over by
+    parameter name) and scheduler, and compile the model again if it changed."""
+    phase = run.schedule[index]
+    dropped = phases.drop_modules(run.model, phase["drop_modules"])
+    if "ema" in run.state:
+        phases.drop_modules(run.state["ema"].module, phase["drop_modules"])
+    previous = run.state.get("optimizer")
+    optimizer = phases.build_optimizer(run.cfg, phase, run.model, lr_from_config)
+    carried = phases.carry_state(previous, optimizer)
+    run.state["optimizer"] = optimizer
+    run.state["scheduler"] = phases.build_scheduler(run.cfg, phase, optimizer, length=phase["end"] - start)
+    run.phase, run.objective = phase, phases.build_objective(run.cfg, phase)
+    t = run.cfg.trainer
+    run.net = torch.compile(run.model, backend=t.compile_backend) if t.compile else run.model
+    if previous is not None:
+        log.info("Phase %d/%d %r from epoch %d: dropped %s, new optimizer (state of %d/%d parameters kept), "
+                 "lr %.2e, monitor %s", index + 1, len(run.schedule), phase["name"], start + 1, dropped or "nothing",
+                 carried, len(phases.param_names(optimizer)), optimizer.param_groups[0]["lr"],
+                 run.objective.monitor)
+
+
+def train_loop(run: Run) -> dict:
+    t, progress = run.cfg.trainer, run.state["progress"]
+    interrupted = None
+    for epoch in range(progress.epoch, t.max_epochs):
+        if epoch >= run.phase["end"] or progress.phase_stopped and not run.phase["last"]:
+            progress.phase_index, progress.phase_start = run.phase["index"] + 1, epoch
+            progress.bad_epochs, progress.phase_stopped = 0, False
+            enter_phase(run, progress.phase_index, epoch)
+        interrupted = train_epoch(run, epoch)
+        if interrupted or end_epoch(run, epoch):
+            break
+    return summarize(run, interrupted)
+
+
+def train_epoch(run: Run, epoch: int) -> str | None:
+    """Train one epoch from progress.batch_in_epoch; returns the name of a stop signal that ended it early."""
+    t, progress, meter = run.cfg.trainer, run.state["progress"], run.state["train_meter"]
+    start, n = progress.batch_in_epoch, math.ceil(len(run.data["train"]) / t.batch_size)
+    if start == 0:
+        meter.reset(run.objective.meter(run.data, run.device))
+    if run.num_workers:
+        run.writer.wait()  # DataLoader workers are forked: never while the writer thread runs
+    batches = epoch_batches(run.data["train"], t.batch_size, seed=run.cfg.seed, epoch=epoch, start=start,
+                            num_workers=run.num_workers, pin_memory=run.device.type == "cuda")
+    bar = tqdm(batches, total=n, initial=start, desc=f"epoch {epoch + 1}/{t.max_epochs}", leave=False,
+               disable=None, dynamic_ncols=True)
+    run.model.train()
+    k, tic, seen = t.accumulate_grad_batches, time.perf_counter(), 0
+    for i, batch in enumerate(bar, start=start):
+        batch = tuple(b.to(run.device, non_blocking=True) for b in batch)
+        window = min(k, n - i // k * k)  # batches in this accumulation window: an epoch's last may be shorter
+        loss, outputs = forward(run, batch)
+        run.state["scaler"].scale(loss / window).backward()
+        meter.loss_sum += loss.detach()
+        run.guard.observe(loss, progress.global_step + 1)
+        seen += len(batch[0])
+        if (i + 1) % k and i + 1 < n:
+            continue  # inside a window: gradients accumulate, and a stop waits for the window's end
+        optimizer_step(run)
+        progress.global_step += 1
+        progress.batch_in_epoch = i + 1
+        if progress.global_step % t.log_every_n_steps == 0 or i + 1 == n:
+            check_finite(run)
+            # train metrics are sampled on these steps only: scoring every batch costs ~3% of a step
+            meter.meter.update(outputs, batch)
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - tic):.0f}")
+        if run.stop.signum and stop_here(run, epoch, n):
+            bar.close()
+            return run.stop.caught
+    bar.close()
+    return None
+
+
+def forward(run: Run, batch: tuple):
+    dtype = run.autocast_dtype
+    try:
+        with torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None):
+            return run.objective(run.net, batch)
+    except Exception as e:  # torch.compile compiles at the first call: its failures surface here
+        if run.cfg.trainer.compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"trainer.compile=true failed while compiling the model with backend "
+                f"{run.cfg.trainer.compile_backend!r} ({type(e).__name__}: {reason}). Train without compiling "
+                "(trainer.compile=false), or try trainer.compile_backend=aot_eager (no C compiler needed); "
+                "inductor needs a working C++ compiler on the CPU and Triton on the GPU.") from None
+        raise
+
+
+def optimizer_step(run: Run) -> None:
+    """One update from the window's gradients: unscale, clip, step (the scaler skips it on inf/NaN gradients and
+    backs off), then the EMA."""
+    t, state = run.cfg.trainer, run.state
+    optimizer, scaler, meter = state["optimizer"], state["scaler"], state["train_meter"]
+    if run.guard.skip_step():  # on_nonfinite=skip and this window's loss was not finite
+        optimizer.zero_grad(set_to_none=True)
+        skip_nonfinite(run)
+        return
+    if t.gradient_clip_val is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        meter.add_grad_norm(torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.gradient_clip_val))
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    if scale is not None and scaler.get_scale() < scale:  # torch has no "skipped" flag: the scale backed off
+        meter.skipped_steps += 1
+    optimizer.zero_grad(set_to_none=True)
+    if "ema" in state:
+        state["ema"].update(run.model)
+
+
+def stop_here(run: Run, epoch: int, n: int) -> bool:
+    """A stop signal, at an optimizer-step boundary: save last.pth, then hand the signal on. True: stop now."""
+    progress = run.state["progress"]
+    run.stop.caught = run.stop.name
+    save(run, ["last.pth"])
+    run.writer.wait()  # on disk before the launcher's handler (submitit's requeue) may end the process
+    log.info("Caught %s: saved %s at epoch %d, batch %d/%d.", run.stop.caught, run.ckpt_dir / "last.pth",
+             epoch + 1, progress.batch_in_epoch, n)
+    if run.stop.hand_over():
+        return False  # the launcher let us go on (submitit ignores SIGTERM)
+    log.info("Stopped. Continue with: python run.py resume=full resume.checkpoint=%s", run.run_dir)
+    return True
+
+
+def end_epoch(run: Run, epoch: int) -> bool:
+    """Validate, update best scores and early stopping, record, save. True when training is finished."""
+    t, phase, progress = run.cfg.trainer, run.phase, run.state["progress"]
+    train_metrics = run.state["train_meter"].compute(math.ceil(len(run.data["train"]) / t.batch_size))
+    lr = run.state["optimizer"].param_groups[0]["lr"]
+    progress.epoch, progress.batch_in_epoch, progress.train_metrics = epoch + 1, 0, train_metrics
+    # validate every trainer.eval_interval epochs of a phase, and at its end; patience counts validations
+    val = {}
+    if (epoch + 1 - progress.phase_start) % t.eval_interval == 0 or epoch + 1 == phase["end"]:
+        model = run.state["ema"].module if run.validates_ema else run.net
+        val = evaluate(model, run.objective, run.data["val"], t.batch_size, run.device, run.data, run.num_workers,
+                       run.autocast_dtype)
+        progress.val_metrics = val
+    improved, phase_improved = record_scores(run, val, epoch)
+    # the plateau scheduler reads the metric (as "higher is better"); the closed-form ones ignore it
+    score = val.get(run.objective.monitor)
+    run.state["scheduler"].step(None if not val else score if run.objective.higher_is_better else -score)
+    patience = phase["early_stopping"].patience
+    progress.phase_stopped = patience is not None and progress.bad_epochs >= patience
+    phase_done = progress.phase_stopped or epoch + 1 == phase["end"]
+    finished = phase["last"] and phase_done
+
+    # the row goes first: a kill before the save re-does this epoch and restore_history drops the row
+    scores = [k for k in train_metrics if k not in ("grad_norm", "skipped_steps")]
+    run.state["tracker"].log_epoch({
+        "epoch": epoch + 1, "phase": phase["name"], "lr": lr, "train_loss": train_metrics["loss"],
+        **{f"train_{k}": v for k, v in train_metrics.items() if k != "loss"},
+        **{f"val_{k}": val.get(k, "") for k in scores}})  # same names; "" = not validated
+    if phase_done and not finished:
+        progress.phase_ends.append(epoch + 1)
+    files = ["last.pth"]
+    if (epoch + 1) % t.save_interval == 0 or phase_done and len(run.schedule) > 1:
+        files.append(f"checkpoint_epoch_{epoch + 1}.pth")  # a phase's last epoch is always kept
+    if improved:
+        files.append("best_model.pth")
+    if phase_improved and len(run.schedule) > 1:
+        files.append(f"{phase['key']}_checkpoint.pth")
+    if finished:
+        files.append("final_model.pth")
+    save(run, files)
+
+    log.info("epoch %d/%d  %s  lr %.2e  train loss %.4f %s | %s%s", epoch + 1, t.max_epochs, phase["name"], lr,
+             train_metrics["loss"], format_metrics(train_metrics),
+             f"val loss {val['loss']:.4f} {format_metrics(val)}" if val else "no validation this epoch",
+             "  *best*" if improved else "  *phase best*" if phase_improved and len(run.schedule) > 1 else "")
+    if progress.phase_stopped:
+        best = progress.phase_best[phase["key"]]
+        log.info("Early stopping in phase %r: no improvement of val %s for %d epochs (best %.4f at epoch %d).",
+                 phase["name"], run.objective.monitor, patience, best["score"], best["epoch"])
+    return finished
+
+
+def record_scores(run: Run, val: dict, epoch: int) -> tuple[bool, bool]:
+    """Update the phase's best (early stopping) and the run's best (best_model.pth); (improved, phase_improved)."""
+    if not val:
+        return False, False
+    progress, objective, phase = run.state["progress"], run.objective, run.phase
+    score = val[objective.monitor]
+    phase_best = progress.phase_best.get(phase["key"])
+    phase_improved = better(score, phase_best and phase_best["score"], objective.higher_is_better,
+                            phase["early_stopping"].min_delta)
+    if phase_improved:
+        progress.phase_best[phase["key"]] = {"score": score, "epoch": epoch + 1}
+        progress.bad_epochs = 0
+    else:
+        progress.bad_epochs += 1
+    # best_model.pth follows the final phase's metric, over every phase that reports it
+    improved = objective.monitor == run.final.monitor and better(score, progress.best_score,
+                                                                 run.final.higher_is_better)
+    if improved:
+        progress.best_score, progress.best_epoch = score, epoch + 1
+    return improved, phase_improved
+
+
+def save(run: Run, files: list[str]) -> None:
+    """Snapshot the state now (later steps cannot change the copy) and write it in the background."""
+    check_finite(run)  # never a checkpoint after a non-finite step
+    run.writer.wait()
+    progress = run.state["progress"]
+    ckpt = {"format": checkpoint.FORMAT, **state_dicts(run.state)}
+    ckpt.update(summary_keys(run, ckpt["early_stopping"]))
+    prune = functools.partial(checkpoint.prune_periodic, run.ckpt_dir, run.cfg.trainer.keep_last,
+                              protect=set(progress.phase_ends))
+    run.writer.submit(checkpoint.snapshot(ckpt), [run.ckpt_dir / name for name in files], then=prune)
+    run.last_saved = (run.ckpt_dir / files[0], progress.epoch)
+
+
+def summary_keys(run: Run, early_stopping: dict) -> dict:
+    """What users, the seeds' snippets and the tools read, derived from the state when saving (never read back)."""
+    t, progress, phase, objective, final = run.cfg.trainer, run.state["progress"], run.phase, run.objective, run.final
+    phase_best = progress.phase_best.get(phase["key"], {})
+    dropped = phases.dropped_before(run.schedule, phase["index"])
+    nan = float("nan")  # "no value yet", still printable with :.4f
+    return {
+        "phase": phase["name"], "phase_key": phase["key"], "is_pretrain": objective.is_pretrain,
+        "dropped_modules": dropped, "decoder_removed": "decoder" in dropped, "monitor": final.monitor,
+        "early_stopping": {**early_stopping, "patience": phase["early_stopping"].patience,
+                           "best": phase_best.get("score")},
+        "validated_weights": "ema" if run.validates_ema else "model",
+        "precision": str(t.precision), "compiled": bool(t.compile),
+        "config": run.config, "overrides": run.overrides, "run_dir": str(run.run_dir),
+        objective.keys["best"]: phase_best.get("score", nan),
+        objective.keys["current"]: progress.val_metrics.get(objective.monitor, nan),
+        final.keys["best"]: nan if progress.best_score is None else progress.best_score,
+        final.keys["current"]: progress.val_metrics.get(final.monitor, nan),
+    }
+
+
+def check_finite(run: Run) -> None:
+    """trainer.on_nonfinite=error: stop (exit code 3) at the first check after a NaN/inf loss (one host sync)."""
+    step = run.guard.check()
+    if step is not None:
+        raise TrainingDiverged(diverged_message(run, step, "the loss became NaN or inf"))
+
+
+def skip_nonfinite(run: Run) -> None:
+    t, progress = run.cfg.trainer, run.state["progress"]
+    progress.nonfinite_skips += 1
+    log.warning("Non-finite loss at optimizer step %d: update skipped (%d so far, at most %d).",
+                progress.global_step + 1, progress.nonfinite_skips, t.max_nonfinite_skips)
+    if progress.nonfinite_skips > t.max_nonfinite_skips:
+        raise TrainingDiverged(diverged_message(
+            run, progress.global_step + 1,
+            f"the loss was NaN or inf in more than trainer.max_nonfinite_skips={t.max_nonfinite_skips} steps"))
+
+
+def diverged_message(run: Run, step: int, what: str) -> str:
+    progress, lr = run.state["progress"], run.cfg.optimizer.lr
+    epoch = progress.epoch + (1 if progress.batch_in_epoch else 0)
+    if run.last_saved is None:
+        where, command = "No checkpoint has been written yet", f"python run.py optimizer.lr={lr / 10:g}"
+    else:
+        path, saved_epoch = run.last_saved
+        where = f"The last good checkpoint is {path} (epoch {saved_epoch}); nothing was saved after the bad step"
+        command = f"python run.py resume=full resume.checkpoint={path} optimizer.lr={lr / 10:g}"
+    return (f"Training diverged: {what} at epoch {epoch}, optimizer step {step} (trainer.on_nonfinite="
+            f"{run.cfg.trainer.on_nonfinite}). {where}. Continue with a smaller learning rate: {command} (gradient "
+            "clipping, trainer.gradient_clip_val=1.0, also helps; trainer.on_nonfinite=skip drops such steps).")
+
+
+def summarize(run: Run, interrupted: str | None) -> dict:
+    progress = run.state["progress"]
+    stopped_early = progress.phase_stopped and run.phase["last"]
+    summary = {"status": f"interrupted by {interrupted}" if interrupted else "early stopped" if stopped_early else "done",
+               "epoch": progress.epoch, "monitor": run.final.monitor, "best_score": progress.best_score,
+               "best_epoch": progress.best_epoch, "phase_best": progress.phase_best, "run_dir": str(run.run_dir)}
+    parent = progress.parent_best
+    if parent and progress.best_score is not None:
+        summary.update(parent_best=parent["score"], improvement=progress.best_score - parent["score"])
+    run.state["tracker"].log_summary(summary)
+    return summary
+
+
+def report(run: Run, summary: dict) -> None:
+    progress, parent = run.state["progress"], run.state["progress"].parent_best
+    if summary["status"].startswith("interrupted") or progress.best_score is None:
+        return
+    log.info("Best val %s %.4f at epoch %d; checkpoints in %s", run.final.monitor, progress.best_score,
+             progress.best_epoch, run.ckpt_dir)
+    if "improvement" in summary:
+        delta = summary["improvement"]
+        log.info("New best %s %.4f (epoch %d) %s the parent's best %.4f (epoch %d of %s) by %+.4f.",
+                 run.final.monitor, progress.best_score, progress.best_epoch,
+                 "beats" if delta > 0 else "does not beat", parent["score"], parent["epoch"], parent["path"], delta)
+
+
+def announce(run: Run) -> None:
+    """Prepare the run dir and say what this run is."""
+    t, progress, model = run.cfg.trainer, run.state["progress"], run.model
+    run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run.ckpt_dir.glob(".*.tmp"):  # writes cut short by a kill; the real files are intact
+        stale.unlink()
+    record_environment(run.run_dir, run.device)
+    dropouts = sorted({round(m.p, 6) for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)})
+    extras = [f"precision {t.precision}"] + [f"{name} {value}" for name, value in (
+        ("accumulate", t.accumulate_grad_batches if t.accumulate_grad_batches > 1 else None),
+        ("clip", t.gradient_clip_val), ("EMA", t.ema.decay),
+        ("compiled", t.compile_backend if t.compile else None)) if value is not None]
+    log.info("Run dir %s | %s with %.2fM parameters, dropout p=%s, on %s (%s) | %d train / %d val samples | "
+             "epochs %d -> %d%s", run.run_dir, run.cfg.model._target_.rsplit(".", 1)[-1],
+             sum(run.full_counts.values()) / 1e6, ",".join(map(str, dropouts)) or "none", run.device,
+             ", ".join(extras), len(run.data["train"]), len(run.data["val"]), progress.epoch, t.max_epochs,
+             f" (epoch {progress.epoch + 1} from batch {progress.batch_in_epoch})" if progress.batch_in_epoch else "")
+    log.info("%s", phases.plan_text(run.schedule, progress.phase_index, progress.phase_start))
+    log.info("Model components:\n%s", phases.components_table(model, run.full_counts, phases.dropped_before(
+        run.schedule, progress.phase_index)))
+
+
+def run_meta(cfg, config: dict, schedule: list, plan, job: dict) -> dict:
+    """What a tracker needs to name, group and link this run (resume=full: its saved state names the run)."""
+    overrides = [o for o in job.get("overrides", []) if not o.startswith(("hydra.", "resume.checkpoint="))]
+    parent = None
+    if plan is not None and plan.mode == "reset_optimizer":
+        saved = plan.checkpoint
+        parent = {"checkpoint": str(plan.path), "logger": saved.get("logger"), "best_score": saved["best_score"],
+                  "best_epoch": saved["best_epoch"]}
+    return {"config": config, "run_name": ",".join(overrides) or cfg.name,
+            "group": job.get("sweep_dir") or cfg.name, "job_type": cfg.resume.mode,
+            "tags": [*(p["name"] for p in schedule), cfg.resume.mode], "parent": parent}
 
 
 @torch.no_grad()
-def evaluate(model, objective, dataset, batch_size, device, data, num_workers=0) -> dict:
+def evaluate(model, objective, dataset, batch_size, device, data, num_workers=0, dtype=None) -> dict:
     model.eval()
     meter = objective.meter(data, device)
     generator = torch.Generator().manual_seed(0)  # val masks (SimMIM) are the same every epoch
     total, batches = torch.zeros((), device=device), 0
     for batch in epoch_batches(dataset, batch_size, seed=0, epoch=0, shuffle=False, num_workers=num_workers):
         batch = tuple(b.to(device, non_blocking=True) for b in batch)
-        loss, outputs = objective(model, batch, generator=generator)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss, outputs = objective(model, batch, generator=generator)
         total += loss
         batches += 1
         meter.update(outputs, batch)
@@ -114,290 +511,6 @@ def better(score, best, higher_is_better: bool, min_delta: float = 0.0) -> bool:
     if best is None:
         return True
     return score > best + min_delta if higher_is_better else score < best - min_delta
-
-
-def run_meta(cfg, config: dict, phase_names: list[str], parent: dict | None, job: dict) -> dict:
-    """What a tracker needs to name, group and link this run."""
-    overrides = [o for o in job.get("overrides", []) if not o.startswith(("hydra.", "resume.checkpoint="))]
-    saved = parent["state"] if parent else {}
-    return {
-        "config": config, "run_name": ",".join(overrides) or cfg.name, "group": job.get("sweep_dir") or cfg.name,
-        "job_type": cfg.resume.mode, "tags": [*phase_names, cfg.resume.mode],
-        # resume=full continues the tracker run stored in the checkpoint; reset_optimizer links to it
-        "resume_state": saved.get("logger") if parent and parent["mode"] == "full" else None,
-        "parent": {"checkpoint": str(parent["path"]), "logger": saved.get("logger"), "best_score": saved["best_score"],
-                   "best_epoch": saved["best_epoch"]} if parent and parent["mode"] == "reset_optimizer" else None,
-    }
-
-
-def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | None = None) -> dict:
-    """Train as the config says and return a summary.
-
-    `search_dirs` are where resume.checkpoint=latest looks for runs; `job` describes the Hydra job for the
-    tracker ({"overrides": [...], "sweep_dir": str or None}). Bad input raises UserError before any file is
-    written.
-    """
-    check_config(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    typed = [o for o in (job or {}).get("overrides", []) if not o.startswith("hydra.")]
-    overrides = typed
-
-    def recompose(saved_overrides: list[str]):
-        """resume=full: the config the checkpoint's run had, plus what was typed now (run.py only)."""
-        nonlocal overrides
-        overrides = resume.merge_overrides(saved_overrides, typed)
-        try:
-            composed = compose(config_name="config", overrides=overrides)
-        except Exception as e:  # e.g. a saved override that no longer fits the config groups
-            raise UserError(f"Could not rebuild the configuration of the run being continued from its overrides "
-                            f"{overrides}: {e}. Pass the values you want explicitly, or use "
-                            "resume=reset_optimizer.") from None
-        check_config(composed)
-        return composed, OmegaConf.to_container(composed, resolve=True)
-
-    parent = resume.load_parent(cfg, config, run_dir, search_dirs, recompose if job else None)
-    if parent and "cfg" in parent:
-        cfg, config = parent["cfg"], parent["config"]
-    schedule = phases.plan(cfg)
-    if parent and parent.get("finished"):
-        saved = parent["state"]
-        return {"status": "already finished", "epoch": saved["epoch"], "monitor": saved["monitor"],
-                "best_score": saved["best_score"], "best_epoch": saved["best_epoch"], "run_dir": str(run_dir)}
-    t = cfg.trainer
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
-    device = pick_device(t.device)
-    final = phases.build_objective(cfg, schedule[-1])  # its metric decides best_model.pth
-
-    # ---- setup: data and model from the config; phase components are built in enter_phase() ----
-    rng.seed_everything(cfg.seed)
-    data = instantiate(cfg.data)
-    num_workers = data.get("num_workers", 0)
-    model = instantiate(cfg.model, **data["model_args"]).to(device)
-    full_counts = phases.module_counts(model)
-
-    progress = {"epoch": 0, "global_step": 0, "batch_in_epoch": 0, "epoch_loss_sum": 0.0, "epoch_meter": None,
-                "phase_index": 0, "phase_start": 0, "phase_ends": [], "phase_best": {}, "bad_epochs": 0,
-                "phase_stopped": False,
-                "best_score": None, "best_epoch": 0, "val": {}, "train": {}}
-    lineage, parent_best, saved = [], None, None
-    if parent is not None:
-        saved = parent["state"]
-        # a run continuing itself keeps its lineage; a new run descends from the checkpoint
-        lineage = saved["lineage"] + ([] if parent["is_own"] else [parent["lineage_entry"]])
-        if parent["mode"] == "full":
-            saved_schedule = phases.plan(OmegaConf.create(saved["config"]))
-            phases.check_compatible(saved_schedule, schedule, saved["phase_index"], saved["epoch"])
-            phases.drop_modules(model, phases.dropped_before(schedule, saved["phase_index"]))
-            resume.load_weights(model, saved["model_state_dict"], parent["path"])
-            progress.update({k: saved[k] for k in progress if k in saved})
-            progress.update(val=saved["val_metrics"], train=saved["train_metrics"],
-                            bad_epochs=saved["early_stopping"]["bad_epochs"],
-                            phase_stopped=saved["early_stopping"]["stopped"])
-            parent_best = saved.get("parent_best")
-            restore_history(Path(saved["run_dir"]) / "metrics.csv", run_dir / "metrics.csv", saved["epoch"])
-        else:
-            resume.load_matching_weights(model, saved, parent["path"], cfg.resume.ignore_keys)
-            parent_best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "path": str(parent["path"])}
-        if lineage:
-            log.info("Lineage: %s", " -> ".join(f"{e['path']}@{e['epoch']} ({e['mode']})" for e in lineage))
-
-    def enter_phase(index: int, start: int, previous=None):
-        """Drop the phase's modules, build its objective, optimizer (state carried by name) and scheduler."""
-        phase = schedule[index]
-        dropped = phases.drop_modules(model, phase["drop_modules"])
-        objective = phases.build_objective(cfg, phase)
-        optimizer, names = phases.build_optimizer(cfg, phase, model)
-        carried = phases.carry_state(*(previous or (None, None)), optimizer, names)
-        scheduler = phases.build_scheduler(cfg, phase, optimizer, length=phase["end"] - start)
-        if index > 0:
-            log.info("Phase %d/%d %r from epoch %d: dropped %s, new optimizer (state of %d/%d parameters kept), "
-                     "lr %.2e, monitor %s", index + 1, len(schedule), phase["name"], start + 1, dropped or "nothing",
-                     carried, len(names), optimizer.param_groups[0]["lr"], objective.monitor)
-        return phase, objective, optimizer, names, scheduler
-
-    phase, objective, optimizer, names, scheduler = enter_phase(progress["phase_index"], progress["phase_start"])
-    if parent is not None and parent["mode"] == "full":
-        resume.restore_optimizer(optimizer, names, saved, parent["changes"])
-        scheduler.load_state_dict(saved["scheduler_state_dict"])
-        rng.restore(saved["rng"])  # last: nothing after this may draw random numbers before training
-
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ckpt_dir.glob(".*.tmp"):  # writes cut short by a kill; the real files are intact
-        stale.unlink()
-    record_environment(run_dir, device)
-    dropouts = sorted({round(m.p, 6) for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)})
-    log.info("Run dir %s | %s with %.2fM parameters, dropout p=%s, on %s | %d train / %d val samples | "
-             "epochs %d -> %d%s", run_dir, cfg.model._target_.rsplit(".", 1)[-1], sum(full_counts.values()) / 1e6,
-             ",".join(map(str, dropouts)) or "none", device, len(data["train"]), len(data["val"]),
-             progress["epoch"], t.max_epochs,
-             f" (epoch {progress['epoch'] + 1} from batch {progress['batch_in_epoch']})" if progress["batch_in_epoch"] else "")
-    log.info("%s", phases.plan_text(schedule, progress["phase_index"], progress["phase_start"]))
-    log.info("Model components:\n%s", phases.components_table(model, full_counts, phases.dropped_before(
-        schedule, progress["phase_index"])))
-
-    def save(files: list[str]) -> None:
-        best = progress["best_score"]
-        phase_best = progress["phase_best"].get(phase["key"], {})
-        dropped = phases.dropped_before(schedule, phase["index"])
-        state = {
-            "format": checkpoint.FORMAT, "epoch": progress["epoch"], "global_step": progress["global_step"],
-            "phase": phase["name"], "phase_key": phase["key"], "phase_index": phase["index"],
-            "phase_start": progress["phase_start"], "phase_ends": progress["phase_ends"],
-            "phase_best": progress["phase_best"],
-            "is_pretrain": objective.is_pretrain, "dropped_modules": dropped, "decoder_removed": "decoder" in dropped,
-            # mid-epoch position and the epoch's running train statistics (a stop between steps)
-            "batch_in_epoch": progress["batch_in_epoch"], "epoch_loss_sum": progress["epoch_loss_sum"],
-            "epoch_meter": progress["epoch_meter"],
-            "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
-            "optimizer_param_names": names, "scheduler_state_dict": scheduler.state_dict(),
-            "monitor": final.monitor, "best_score": best, "best_epoch": progress["best_epoch"],
-            "val_metrics": progress["val"], "train_metrics": progress["train"],
-            "config": config, "rng": rng.capture(), "lineage": lineage, "parent_best": parent_best,
-            "early_stopping": {"patience": phase["early_stopping"].patience, "bad_epochs": progress["bad_epochs"],
-                               "best": phase_best.get("score"), "stopped": progress["phase_stopped"]},
-            "run_dir": str(run_dir), "logger": logger.state(), "overrides": overrides,
-        }
-        nan = float("nan")  # "no value yet", still printable with :.4f
-        state.update({objective.keys["best"]: phase_best.get("score", nan),
-                      objective.keys["current"]: progress["val"].get(objective.monitor, nan),
-                      final.keys["best"]: nan if best is None else best,
-                      final.keys["current"]: progress["val"].get(final.monitor, nan)})
-        payload = checkpoint.to_bytes(state)
-        for name in files:
-            checkpoint.write_atomic(ckpt_dir / name, payload)
-
-    # ---- train ----
-    logger = instantiate(cfg.logger)(run_dir, run_meta(cfg, config, [p["name"] for p in schedule], parent, job or {}))
-    stop = StopRequest()
-    interrupted, status = None, "failed"  # stays "failed" if an exception leaves the loop
-    try:
-        for epoch in range(progress["epoch"], t.max_epochs):
-            if epoch >= phase["end"] or progress["phase_stopped"] and not phase["last"]:
-                progress.update(phase_index=phase["index"] + 1, phase_start=epoch, bad_epochs=0, phase_stopped=False)
-                phase, objective, optimizer, names, scheduler = enter_phase(
-                    phase["index"] + 1, epoch, previous=(optimizer, names))
-            model.train()
-            meter = objective.meter(data, device)
-            if progress["epoch_meter"] is not None:
-                meter.load(progress["epoch_meter"])
-            start = progress["batch_in_epoch"]
-            batches = epoch_batches(data["train"], t.batch_size, seed=cfg.seed, epoch=epoch, start=start,
-                                    num_workers=num_workers, pin_memory=device.type == "cuda")
-            n_batches = math.ceil(len(data["train"]) / t.batch_size)
-            loss_sum = torch.tensor(progress["epoch_loss_sum"], device=device, dtype=torch.float64)
-            bar = tqdm(batches, total=n_batches, initial=start, desc=f"epoch {epoch + 1}/{t.max_epochs}",
-                       leave=False, disable=None, dynamic_ncols=True)
-            tic, seen = time.perf_counter(), 0
-            for i, batch in enumerate(bar, start=start):
-                batch = tuple(b.to(device, non_blocking=True) for b in batch)
-                loss, outputs = objective(model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach()
-                progress["global_step"] += 1
-                seen += len(batch[0])
-                if progress["global_step"] % t.log_every_n_steps == 0 or i == n_batches - 1:
-                    # train metrics are sampled on these steps only: scoring every batch costs ~3% of a step
-                    meter.update(outputs, batch)
-                    bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - tic):.0f}")
-                if stop.signum:
-                    progress.update(batch_in_epoch=i + 1, epoch_loss_sum=loss_sum.item(), epoch_meter=meter.state())
-                    save(["last.pth"])
-                    log.info("Caught %s: saved %s at epoch %d, batch %d/%d.", stop.name, ckpt_dir / "last.pth",
-                             epoch + 1, i + 1, n_batches)
-                    interrupted = stop.name
-                    if stop.hand_over():
-                        interrupted = None  # the launcher let us go on (submitit ignores SIGTERM)
-                        continue
-                    log.info("Stopped. Continue with: python run.py resume=full resume.checkpoint=%s", run_dir)
-                    break
-            bar.close()
-            if interrupted:
-                break
-
-            train_metrics = {"loss": loss_sum.item() / n_batches, **meter.compute()}
-            lr = optimizer.param_groups[0]["lr"]
-            progress.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_meter=None, train=train_metrics)
-            # validate every trainer.eval_interval epochs of a phase, and at its end; patience counts evaluations
-            evaluate_now = (epoch + 1 - progress["phase_start"]) % t.eval_interval == 0 or epoch + 1 == phase["end"]
-            val, phase_improved, improved = {}, False, False
-            if evaluate_now:
-                val = evaluate(model, objective, data["val"], t.batch_size, device, data, num_workers)
-                progress["val"] = val
-                score = val[objective.monitor]
-                phase_best = progress["phase_best"].get(phase["key"])
-                phase_improved = better(score, phase_best and phase_best["score"], objective.higher_is_better,
-                                        phase["early_stopping"].min_delta)
-                if phase_improved:
-                    progress["phase_best"][phase["key"]] = {"score": score, "epoch": epoch + 1}
-                    progress["bad_epochs"] = 0
-                else:
-                    progress["bad_epochs"] += 1
-                # best_model.pth follows the final phase's metric, over every phase that reports it
-                improved = objective.monitor == final.monitor and better(score, progress["best_score"],
-                                                                         final.higher_is_better)
-                if improved:
-                    progress.update(best_score=score, best_epoch=epoch + 1)
-            # the plateau scheduler reads the metric (as "higher is better"); the closed-form ones ignore it
-            scheduler.step(None if not val else score if objective.higher_is_better else -score)
-            patience = phase["early_stopping"].patience
-            progress["phase_stopped"] = patience is not None and progress["bad_epochs"] >= patience
-            phase_done = progress["phase_stopped"] or epoch + 1 == phase["end"]
-            finished = phase["last"] and phase_done
-
-            # the row goes first: a kill before the save re-does this epoch and restore_history drops the row
-            logger.log_epoch({"epoch": epoch + 1, "phase": phase["name"], "lr": lr, "train_loss": train_metrics["loss"],
-                              **{f"train_{k}": v for k, v in train_metrics.items() if k != "loss"},
-                              **{f"val_{k}": val.get(k, "") for k in train_metrics}})  # same names; "" = not validated
-            files = ["last.pth"]
-            if (epoch + 1) % t.save_interval == 0 or phase_done and len(schedule) > 1:
-                files.append(f"checkpoint_epoch_{epoch + 1}.pth")  # a phase's last epoch is always kept
-            if improved:
-                files.append("best_model.pth")
-            if phase_improved and len(schedule) > 1:
-                files.append(f"{phase['key']}_checkpoint.pth")
-            if finished:
-                files.append("final_model.pth")
-            save(files)
-            if phase_done and not finished:
-                progress["phase_ends"].append(epoch + 1)
-            checkpoint.prune_periodic(ckpt_dir, t.keep_last, protect=set(progress["phase_ends"]))
-
-            log.info("epoch %d/%d  %s  lr %.2e  train loss %.4f %s | %s%s", epoch + 1, t.max_epochs,
-                     phase["name"], lr, train_metrics["loss"], format_metrics(train_metrics),
-                     f"val loss {val['loss']:.4f} {format_metrics(val)}" if val else "no validation this epoch", "  *best*" if improved else "  *phase best*" if phase_improved and len(schedule) > 1 else "")
-            if progress["phase_stopped"]:
-                log.info("Early stopping in phase %r: no improvement of val %s for %d epochs (best %.4f at epoch %d).",
-                         phase["name"], objective.monitor, patience, progress["phase_best"][phase["key"]]["score"],
-                         progress["phase_best"][phase["key"]]["epoch"])
-            if finished:
-                break
-
-        stopped_early = progress["phase_stopped"] and phase["last"]
-        summary = {"status": f"interrupted by {interrupted}" if interrupted else ("early stopped" if stopped_early else "done"),
-                   "epoch": progress["epoch"], "monitor": final.monitor, "best_score": progress["best_score"],
-                   "best_epoch": progress["best_epoch"], "phase_best": progress["phase_best"], "run_dir": str(run_dir)}
-        if parent_best and progress["best_score"] is not None:
-            summary.update(parent_best=parent_best["score"], improvement=progress["best_score"] - parent_best["score"])
-        logger.log_summary(summary)
-        status = "interrupted" if interrupted else "done"
-    finally:
-        stop.close()
-        logger.finish(status)  # also on exceptions and signals: a sweep never hangs on an open tracker run
-
-    if not interrupted and progress["best_score"] is not None:
-        log.info("Best val %s %.4f at epoch %d; checkpoints in %s", final.monitor, progress["best_score"],
-                 progress["best_epoch"], ckpt_dir)
-        if "improvement" in summary:
-            delta = summary["improvement"]
-            log.info("New best %s %.4f (epoch %d) %s the parent's best %.4f (epoch %d of %s) by %+.4f.",
-                     final.monitor, progress["best_score"], progress["best_epoch"],
-                     "beats" if delta > 0 else "does not beat", parent_best["score"], parent_best["epoch"],
-                     parent_best["path"], delta)
-    return summary
 
 
 def format_metrics(metrics: dict) -> str:

@@ -1,7 +1,11 @@
 """Range checks on the composed config, before anything is built or written."""
+import torch
 from omegaconf import DictConfig
 
 from project.errors import UserError
+
+# trainer.precision (Lightning's names) -> the torch.autocast dtype; "32" runs without autocast
+AUTOCAST_DTYPES = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -33,6 +37,25 @@ def check_config(cfg: DictConfig) -> None:
         bad("trainer.keep_last", t.keep_last, "keep at least 1 periodic checkpoint, or null to keep all")
     if t.device not in ("auto", "cpu", "cuda") and not str(t.device).startswith("cuda:"):
         bad("trainer.device", t.device, "choose auto, cpu, cuda or cuda:N")
+    if str(t.precision) not in AUTOCAST_DTYPES:
+        bad("trainer.precision", t.precision, "choose 32, bf16-mixed or 16-mixed (16-mixed adds a GradScaler)")
+    if not (isinstance(t.accumulate_grad_batches, int) and t.accumulate_grad_batches >= 1):
+        bad("trainer.accumulate_grad_batches", t.accumulate_grad_batches,
+            "accumulate the gradients of N >= 1 batches per optimizer step (1 = no accumulation)")
+    if t.gradient_clip_val is not None and not t.gradient_clip_val > 0:
+        bad("trainer.gradient_clip_val", t.gradient_clip_val,
+            "clip the gradient norm to a positive value, e.g. trainer.gradient_clip_val=1.0, or null for no clipping")
+    if t.ema.decay is not None and not 0 < t.ema.decay < 1:
+        bad("trainer.ema.decay", t.ema.decay, "the EMA decay must be in (0, 1), e.g. trainer.ema.decay=0.999, "
+            "or null to turn EMA off")
+    if t.grad_scaler.init_scale <= 0 or t.grad_scaler.growth_interval < 1:
+        bad("trainer.grad_scaler", dict(t.grad_scaler), "init_scale must be > 0 and growth_interval >= 1")
+    if t.on_nonfinite not in ("error", "skip"):
+        bad("trainer.on_nonfinite", t.on_nonfinite, "choose error (stop with exit code 3) or skip (drop the step)")
+    if t.max_nonfinite_skips < 0:
+        bad("trainer.max_nonfinite_skips", t.max_nonfinite_skips, "must be >= 0")
+    if t.compile and t.compile_backend not in ("inductor", "aot_eager", "eager", "cudagraphs"):
+        bad("trainer.compile_backend", t.compile_backend, "choose inductor (default), aot_eager or eager")
     if cfg.loss.get("dice_weight", 0) < 0:
         bad("loss.dice_weight", cfg.loss.dice_weight, "the Dice weight must be >= 0")
     if cfg.data.get("image_size", 32) < 16:

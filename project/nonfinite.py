@@ -1,0 +1,37 @@
+"""The non-finite loss guard (trainer.on_nonfinite): a diverged run must never train on, or save, NaN weights.
+
+The step stays free of host syncs: each loss is checked on the device and the first bad step is recorded in a
+device tensor. `check()` reads it (one sync) on logging steps and before every save, so no checkpoint is ever
+written after a non-finite step. With `skip`, each optimizer step reads its window's flag (one sync a step,
+the price of skipping) and the trainer drops the update, up to trainer.max_nonfinite_skips.
+"""
+import torch
+
+
+class NonFiniteGuard:
+    def __init__(self, mode: str, device):
+        self.mode = mode
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # optimizer step, -1 = none yet
+        self.window_bad = torch.zeros((), dtype=torch.bool, device=device)
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        """Record a batch's loss, which belongs to optimizer step `step` (no host sync)."""
+        bad = ~torch.isfinite(loss.detach())
+        self.window_bad |= bad
+        self.first_bad.masked_fill_(bad & (self.first_bad < 0), step)
+
+    def skip_step(self) -> bool:
+        """skip mode, at an optimizer step: True if this window's loss was not finite (drop the update)."""
+        if self.mode != "skip":
+            return False
+        bad = bool(self.window_bad)
+        self.window_bad.zero_()
+        self.first_bad.fill_(-1)
+        return bad
+
+    def check(self) -> int | None:
+        """The first optimizer step whose loss was not finite, or None (error mode; one host sync)."""
+        if self.mode == "skip":
+            return None
+        step = int(self.first_bad)
+        return None if step < 0 else step
