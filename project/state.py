@@ -62,10 +62,10 @@ def load_state_dicts(state: dict, checkpoint: dict, names: set) -> list[str]:
         if name not in names:
             continue
         saved = saved_entry(checkpoint, name, obj)
-        if saved is None:
-            fresh.append(name)
-        else:
+        if saved is not None:
             obj.load_state_dict(saved)
+        elif obj.state_dict():  # an entry with nothing to keep (logger=csv, a disabled scaler) is not news
+            fresh.append(name)
     return fresh
 
 

@@ -66,3 +66,41 @@ def slurm_cluster():
         pytest.fail(f"could not start the local SLURM cluster:\n{up.stdout}\n{up.stderr}")
     yield
     subprocess.run(["bash", str(ROOT / "scripts" / "slurm-local-down.sh")], capture_output=True, timeout=300)
+
+
+# What a seamless continuation must reproduce: every tensor and value of these entries (Adam's exp_avg,
+# exp_avg_sq and step included; the scheduler; the RNG states; the scaler and the EMA copy when present).
+WHOLE_STATE = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "rng", "scaler_state_dict",
+               "ema_state_dict", "ema_updates", "epoch", "global_step", "best_epoch")
+
+
+def assert_same(a, b, where="checkpoint"):
+    """Recursive equality, tensors bit for bit (dtype included); a list or dict of another length fails."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {sorted(map(str, set(a) ^ set(b)))}"
+        for key in a:
+            assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: lengths {len(a)} vs {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two checkpoints hold the same training state (see WHOLE_STATE); keys absent from both are skipped."""
+    for key in WHOLE_STATE:
+        assert (key in a) == (key in b), f"{key} only in one checkpoint"
+        if key in a:
+            assert_same(a[key], b[key], key)
+    assert a["optimizer_state_dict"]["state"], "no optimizer state to compare"
+
+
+def assert_resumed(log_text: str, checkpoint_path, from_step: int, resumed: dict) -> None:
+    """The run really continued `checkpoint_path` (a run that ignored it and trained from scratch fails this)."""
+    assert f"from {checkpoint_path}" in log_text, f"the log does not name {checkpoint_path}"
+    assert resumed["lineage"][-1]["path"] == str(checkpoint_path)
+    assert resumed["lineage"][-1]["global_step"] == from_step > 0

@@ -8,7 +8,7 @@ import time
 
 from conftest import ROOT, TINY, load, same_weights, train_tiny
 
-CFG = [*TINY, "trainer.max_epochs=6", "data.train_size=128"]
+CFG = [*TINY, "trainer.max_epochs=6", "data.train_size=384"]  # ~1.5 s of training a kill, well past start-up
 
 
 def test_sigkill_at_20_random_moments_then_matches_uninterrupted(tmp_path):

@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from conftest import load, run_cli, same_weights, train_tiny
+from conftest import assert_resumed, assert_same_state, load, run_cli, same_weights, train_tiny
 
 TWO_STAGE = ["schedule=two_stage_lr", "schedule.explore_epochs=2", "trainer.max_epochs=4", "scheduler=none"]
 
@@ -38,12 +38,14 @@ def test_full_resume_in_either_phase_is_bit_exact(two_stage, tmp_path, stop_afte
     """Continue from the end of epoch 1 (explore), 2 (at the switch) or 3 (refine) of an identical run:
     resume=full must end with the same weights as the run that never stopped."""
     ckpt = two_stage / "checkpoints" / f"checkpoint_epoch_{stop_after}.pth"
-    train_tiny(tmp_path / "resumed", *TWO_STAGE, "resume=full", f"resume.checkpoint={ckpt}", cwd=tmp_path)
+    proc = train_tiny(tmp_path / "resumed", *TWO_STAGE, "resume=full", f"resume.checkpoint={ckpt}", cwd=tmp_path)
     expected_phase = "Explore (high LR)" if stop_after < 2 else "Refine (low LR)"
     assert [r["phase"] for r in rows(tmp_path / "resumed")][stop_after] == expected_phase
     a = load(two_stage / "checkpoints" / "final_model.pth")
     b = load(tmp_path / "resumed" / "checkpoints" / "final_model.pth")
-    assert same_weights(a["model_state_dict"], b["model_state_dict"])
+    assert_same_state(a, b)
+    assert_resumed(proc.stdout, ckpt, load(ckpt)["global_step"], b)
+    assert f"epochs {stop_after} -> 4" in proc.stdout  # it trained only the epochs after the checkpoint
     assert [float(r["lr"]) for r in rows(tmp_path / "resumed")] == [float(r["lr"]) for r in rows(two_stage)]
 
 

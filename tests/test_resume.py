@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINY, load, same_weights, train_tiny
+from conftest import ROOT, TINY, assert_resumed, assert_same_state, load, same_weights, train_tiny
 
 
 def lrs(run_dir):
@@ -41,11 +41,12 @@ def test_full_resume_after_sigterm_mid_epoch_is_bit_exact(uninterrupted, tmp_pat
     assert "Caught SIGTERM" in out and not (run_dir / "checkpoints" / "final_model.pth").exists()
     assert (stopped["epoch"], stopped["batch_in_epoch"]) != (4, 0), "the run finished before the signal"
 
-    train_tiny(tmp_path / "resumed", "trainer.max_epochs=4", "resume=full", f"resume.checkpoint={run_dir}",
-               cwd=tmp_path)
+    resumed = train_tiny(tmp_path / "resumed", "trainer.max_epochs=4", "resume=full", f"resume.checkpoint={run_dir}",
+                         cwd=tmp_path)
     ref = load(uninterrupted / "checkpoints" / "final_model.pth")
     got = load(tmp_path / "resumed" / "checkpoints" / "final_model.pth")
-    assert same_weights(got["model_state_dict"], ref["model_state_dict"])
+    assert_same_state(got, ref)
+    assert_resumed(resumed.stdout, run_dir / "checkpoints" / "last.pth", stopped["global_step"], got)
     assert got["global_step"] == ref["global_step"] and got["epoch"] == 4
     assert got["best_f_score"] == ref["best_f_score"] and got["best_epoch"] == ref["best_epoch"]
     assert lrs(tmp_path / "resumed") == lrs(uninterrupted)  # every epoch's LR, history included
@@ -63,9 +64,9 @@ def test_full_resume_extends_and_matches_a_longer_run(tmp_path):
     assert "trainer.max_epochs" in proc.stdout and "schedule is recomputed" in proc.stdout
     a = load(tmp_path / "straight" / "checkpoints" / "final_model.pth")
     b = load(tmp_path / "longer" / "checkpoints" / "final_model.pth")
-    assert same_weights(a["model_state_dict"], b["model_state_dict"])
-    for sa, sb in zip(a["optimizer_state_dict"]["state"].values(), b["optimizer_state_dict"]["state"].values()):
-        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert_same_state(a, b)  # weights, every Adam tensor (exp_avg, exp_avg_sq, step), scheduler, RNG
+    short = tmp_path / "short" / "checkpoints" / "last.pth"
+    assert_resumed(proc.stdout, short, load(short)["global_step"], b)
     assert lrs(tmp_path / "longer") == lrs(tmp_path / "straight")
     assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "longer" / "metrics.csv"))] == ["1", "2", "3", "4"]
 

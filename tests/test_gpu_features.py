@@ -1,0 +1,180 @@
+"""What GPU users turn on (mixed precision, accumulation, clipping, EMA, compile, the NaN guard), each resumed
+bit for bit, in real processes (signals, exit codes), on the CPU."""
+import csv
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import ROOT, TINY, assert_resumed, assert_same, assert_same_state, load, run_cli, train_tiny
+
+FEATURES = ["trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=3", "trainer.gradient_clip_val=1.0",
+            "trainer.ema.decay=0.9"]
+BATCHES = 25  # data.train_size=200 / batch 8: eight windows of 3 and a short last window of 1
+
+
+def rows(run_dir):
+    return list(csv.DictReader(open(run_dir / "metrics.csv")))
+
+
+def stop_with_sigterm(run_dir, *overrides, cwd):
+    """Start a run, send SIGTERM once its first epoch is saved, return its last.pth and output."""
+    cmd = [sys.executable, str(ROOT / "run.py"), *TINY, *overrides, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.pth").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Caught SIGTERM" in out, out
+    return load(run_dir / "checkpoints" / "last.pth"), out
+
+
+def test_sigterm_inside_an_accumulation_window_resumes_bit_exact(tmp_path):
+    """bf16-mixed + accumulation 3 + clipping + EMA: stopped mid-epoch, resumed, equal to a run never stopped:
+    weights, EMA weights, every optimizer tensor, scheduler, RNG, and every row of metrics.csv."""
+    args = [*FEATURES, "trainer.max_epochs=3", "data.train_size=200"]
+    train_tiny(tmp_path / "ref", *args, cwd=tmp_path)
+    stopped, out = stop_with_sigterm(tmp_path / "stopped", *args, cwd=tmp_path)
+    b = stopped["batch_in_epoch"]
+    assert stopped["epoch"] < 3 and 0 < b and (b % 3 == 0 or b == BATCHES), f"saved at batch {b}: not a window edge"
+    assert stopped["global_step"] == stopped["epoch"] * 9 + (b + 2) // 3  # optimizer steps, not batches
+
+    resumed = train_tiny(tmp_path / "resumed", *args, "resume=full", f"resume.checkpoint={tmp_path / 'stopped'}",
+                         cwd=tmp_path)
+    ref = load(tmp_path / "ref" / "checkpoints" / "final_model.pth")
+    got = load(tmp_path / "resumed" / "checkpoints" / "final_model.pth")
+    assert "ema_state_dict" in ref and ref["validated_weights"] == "ema"
+    assert_same_state(got, ref)
+    assert_resumed(resumed.stdout, tmp_path / "stopped" / "checkpoints" / "last.pth", stopped["global_step"], got)
+    assert rows(tmp_path / "resumed") == rows(tmp_path / "ref")  # the stopped epoch's loss and grad norm too
+    assert float(rows(tmp_path / "ref")[0]["train_grad_norm"]) > 0
+    # the EMA copy loads into the model as it is (no `module.` prefix), and is not the raw weights
+    assert ref["ema_state_dict"].keys() == ref["model_state_dict"].keys()
+    assert not all(torch.equal(ref["ema_state_dict"][k], ref["model_state_dict"][k]) for k in ref["ema_state_dict"])
+
+
+SWIN = ["+experiment=swin_admoe", "model=swin_mmoe", "model.embed_dim=8", "data.image_size=32",
+        "data.train_size=32", "data.val_size=16", "trainer.batch_size=8", "trainer.num_threads=1",
+        "schedule.pretrain_epochs=2", "trainer.max_epochs=4", "trainer.save_interval=1", "trainer.keep_last=10",
+        "optimizer.lr=1e-3", "logger=csv", *FEATURES]
+
+
+def test_resume_across_the_pretrain_finetune_switch_with_ema(tmp_path):
+    """SimMIM pretraining, then fine-tuning without the decoder (dropped from the EMA copy too): resume=full from
+    the checkpoint at the switch ends equal to the uninterrupted run, EMA included."""
+    run_cli(*SWIN, f"hydra.run.dir={tmp_path / 'ref'}", cwd=tmp_path)
+    ref = load(tmp_path / "ref" / "checkpoints" / "final_model.pth")
+    assert ref["decoder_removed"] and not [k for k in ref["ema_state_dict"] if k.startswith("decoder.")]
+    switch = tmp_path / "ref" / "checkpoints" / "checkpoint_epoch_2.pth"
+    assert [k for k in load(switch)["ema_state_dict"] if k.startswith("decoder.")]
+    proc = run_cli(*SWIN, "resume=full", f"resume.checkpoint={switch}", f"hydra.run.dir={tmp_path / 'resumed'}",
+                   cwd=tmp_path)
+    got = load(tmp_path / "resumed" / "checkpoints" / "final_model.pth")
+    assert_same_state(got, ref)
+    assert_resumed(proc.stdout, switch, load(switch)["global_step"], got)
+
+
+def test_16_mixed_skips_overflowing_steps_and_resumes_the_scaler(tmp_path):
+    """A scale far too large for fp16 gradients: the first steps overflow, are skipped and counted, the scale
+    backs off; scale and growth tracker continue exactly after a resume."""
+    args = ["trainer.precision=16-mixed", "trainer.grad_scaler.init_scale=1e12",
+            "trainer.grad_scaler.growth_interval=3", "trainer.max_epochs=3", "trainer.save_interval=1",
+            "trainer.keep_last=5"]
+    train_tiny(tmp_path / "ref", *args, cwd=tmp_path)
+    first = load(tmp_path / "ref" / "checkpoints" / "checkpoint_epoch_1.pth")
+    skipped = [int(float(r.get("train_skipped_steps") or 0)) for r in rows(tmp_path / "ref")]
+    assert skipped[0] > 0, rows(tmp_path / "ref")
+    assert first["scaler_state_dict"]["scale"] < 1e12 and first["train_meter"]["skipped_steps"] == skipped[0]
+
+    ckpt = tmp_path / "ref" / "checkpoints" / "checkpoint_epoch_1.pth"
+    proc = train_tiny(tmp_path / "resumed", *args, "resume=full", f"resume.checkpoint={ckpt}", cwd=tmp_path)
+    ref = load(tmp_path / "ref" / "checkpoints" / "final_model.pth")
+    got = load(tmp_path / "resumed" / "checkpoints" / "final_model.pth")
+    assert set(ref["scaler_state_dict"]) >= {"scale", "_growth_tracker"}
+    assert_same_state(got, ref)  # scaler_state_dict included
+    assert_resumed(proc.stdout, ckpt, first["global_step"], got)
+
+
+def test_compiled_checkpoints_resume_in_eager_mode_and_back(tmp_path):
+    compiled = ["trainer.compile=true", "trainer.compile_backend=aot_eager"]
+    train_tiny(tmp_path / "compiled", *compiled, "trainer.max_epochs=1", cwd=tmp_path)
+    ckpt = load(tmp_path / "compiled" / "checkpoints" / "last.pth")
+    assert ckpt["compiled"] and not [k for k in ckpt["model_state_dict"] if "_orig_mod" in k]
+    eager = train_tiny(tmp_path / "eager", "trainer.compile=false", "resume=full",
+                       f"resume.checkpoint={tmp_path / 'compiled'}", cwd=tmp_path)
+    assert "trainer.compile" in eager.stdout  # the change table shows the switch
+    ckpt = load(tmp_path / "eager" / "checkpoints" / "last.pth")
+    assert ckpt["epoch"] == 2 and not ckpt["compiled"]
+    again = train_tiny(tmp_path / "again", *compiled, "trainer.max_epochs=3", "resume=full",
+                       f"resume.checkpoint={tmp_path / 'eager'}", cwd=tmp_path)
+    ckpt = load(tmp_path / "again" / "checkpoints" / "last.pth")
+    assert ckpt["epoch"] == 3 and ckpt["compiled"] and not [k for k in ckpt["model_state_dict"] if "_orig_mod" in k]
+    assert "epochs 2 -> 3" in again.stdout
+
+
+def all_finite(run_dir):
+    def tensors(value):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from tensors(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from tensors(v)
+    files = sorted((run_dir / "checkpoints").glob("*.pth"))
+    assert files
+    return all(torch.isfinite(t.float()).all() for f in files for t in tensors(load(f)) if t.is_floating_point())
+
+
+def test_a_diverging_continuation_stops_with_exit_3_and_saves_nothing_after(tmp_path):
+    train_tiny(tmp_path / "first", "trainer.max_epochs=1", cwd=tmp_path)
+    last = tmp_path / "first" / "checkpoints" / "last.pth"
+    before = hashlib.sha256(last.read_bytes()).hexdigest()
+    proc = train_tiny(tmp_path / "second", "trainer.max_epochs=3", "resume=full",
+                      f"resume.checkpoint={tmp_path / 'first'}", "optimizer.lr=1e12", cwd=tmp_path, check=False)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "Traceback" not in err and "NaN or inf" in err and "epoch 2" in err
+    assert f"The last good checkpoint is {last} (epoch 1)" in err and "optimizer.lr=1e+11" in err
+    assert hashlib.sha256(last.read_bytes()).hexdigest() == before
+    assert all_finite(tmp_path / "first")
+    second = tmp_path / "second" / "checkpoints"
+    assert not second.exists() or not list(second.glob("*.pth")) or all_finite(tmp_path / "second")
+
+
+def test_on_nonfinite_skip_drops_the_steps_then_gives_up(tmp_path):
+    proc = train_tiny(tmp_path / "skip", "trainer.max_epochs=2", "optimizer.lr=1e12", "trainer.on_nonfinite=skip",
+                      "trainer.max_nonfinite_skips=3", cwd=tmp_path, check=False)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 3 and "more than trainer.max_nonfinite_skips=3" in err, proc.stdout + err
+    assert proc.stdout.count("update skipped") == 3 or "update skipped" in proc.stdout + proc.stderr
+
+
+def test_a_v1_checkpoint_resumes_and_matches_its_uninterrupted_run(tmp_path):
+    """tests/fixtures: a last.pth written by main before the v2 format, stopped mid-epoch 2 of 3."""
+    fixture = tmp_path / "old" / "last.pth"
+    fixture.parent.mkdir()
+    shutil.copy(ROOT / "tests" / "fixtures" / "v1_last_mid_epoch_2.ckpt", fixture)
+    assert torch.load(fixture)["format"] == "project-checkpoint-v1"
+    # its saved overrides (data, model and trainer sizes) decide the config, not today's defaults
+    proc = run_cli("resume=full", f"resume.checkpoint={fixture}", f"hydra.run.dir={tmp_path / 'resumed'}",
+                   cwd=tmp_path)
+    ref = torch.load(ROOT / "tests" / "fixtures" / "v1_reference_final.ckpt")
+    got = load(tmp_path / "resumed" / "checkpoints" / "final_model.pth")
+    assert got["format"] == "project-checkpoint-v2" and got["epoch"] == 3
+    for key in ("model_state_dict", "scheduler_state_dict", "global_step", "best_f_score", "best_epoch"):
+        assert_same(got[key], ref[key], key)
+    for a, b in zip(got["optimizer_state_dict"]["state"].values(), ref["optimizer_state_dict"]["state"].values(),
+                    strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "epoch 2 from batch 32" in proc.stdout
+
