@@ -116,10 +116,29 @@ def test_unknown_config_group_option(tmp_path):
     ("model.dropout=-0.1", "model.dropout=-0.1"),
     ("optimizer.lr=-0.001", "optimizer.lr=-0.001"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0"),
+    ("trainer.precision=fp8", "trainer.precision='fp8'"),
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0"),
+    ("trainer.gradient_clip_val=-1.0", "trainer.gradient_clip_val=-1.0"),
+    ("trainer.ema.decay=1.5", "trainer.ema.decay=1.5"),
+    ("trainer.ema.decay=0", "trainer.ema.decay=0"),
+    ("trainer.on_nonfinite=ignore", "trainer.on_nonfinite='ignore'"),
 ])
 def test_out_of_range_values(workspace, override, names):
     cwd, _ = workspace
     fails(cwd, override, expect=[names, "out of range", "Nothing was trained"])
+
+
+def test_compile_that_fails_is_a_clear_error(workspace):
+    """inductor without a working C++ compiler (the one test that compiles with inductor): the compile error
+    surfaces at the first forward and is reported as bad input, before anything is saved."""
+    cwd, _ = workspace
+    before = snapshot(cwd)
+    proc = run_cli(*TINY, "trainer.compile=true", f"hydra.run.dir={cwd / 'outputs' / 'new'}", cwd=cwd, check=False,
+                   env_extra={"CXX": str(cwd / "no-such-compiler")})
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert "trainer.compile=true failed" in err and "'inductor'" in err and "trainer.compile=false" in err
+    assert snapshot(cwd) == before and not list((cwd / "outputs" / "new").rglob("*.pth"))
 
 
 def test_full_resume_of_a_finished_run(workspace):
