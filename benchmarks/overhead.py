@@ -1,12 +1,16 @@
 """Framework overhead: the trainer vs a hand-written PyTorch loop doing the same training and validation.
 
-    python benchmarks/overhead.py [--rounds 3] [--epochs 4] [--threads N]
+    python benchmarks/overhead.py [--rounds 3] [--epochs 4] [--threads N] [--setup default|gpu_features]
 
 Each measurement runs in a fresh process (so peak RSS is its own), trainer and plain loop alternate
 (interleaved, so drift in machine load hits both alike), and the ratios use the medians. The trainer runs with
 everything on: a checkpoint every epoch (last.pth, checkpoint_epoch_N.pth, best_model.pth), metrics.csv,
 training.log, train-set F-score (logger=csv: W&B's one-off start-up is left out). The plain loop is what one writes by hand: the same data, model, loss,
 optimizer and scheduler from the same config, forward/backward/step, and a validation pass per epoch.
+
+--setup gpu_features turns on what GPU users turn on: trainer.precision=bf16-mixed, accumulate_grad_batches=2,
+gradient_clip_val=1.0 and ema.decay=0.99; the plain loop then does the same by hand (autocast, a divided loss
+per window, clip_grad_norm_, an AveragedModel EMA that validation uses).
 """
 import argparse
 import json
@@ -22,11 +26,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def compose(epochs: int, threads: int | None):
+SETUPS = {
+    "default": [],
+    "gpu_features": ["trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=2",
+                     "trainer.gradient_clip_val=1.0", "trainer.ema.decay=0.99"],
+}
+
+
+def compose(epochs: int, threads: int | None, setup: str = "default"):
     from hydra import compose as hydra_compose, initialize_config_dir
 
     # logger=csv: metrics.csv and training.log on; W&B's start-up (a few seconds, once) is not a per-step cost
-    overrides = [f"trainer.max_epochs={epochs}", "trainer.save_interval=1", "trainer.keep_last=2", "logger=csv"]
+    overrides = [f"trainer.max_epochs={epochs}", "trainer.save_interval=1", "trainer.keep_last=2", "logger=csv",
+                 *SETUPS[setup]]
     if threads:
         overrides.append(f"trainer.num_threads={threads}")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -44,41 +56,55 @@ def run_trainer(cfg, work: Path) -> int:
 def run_plain(cfg, work: Path) -> int:
     import torch
     from hydra.utils import instantiate
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from project.data.loader import epoch_batches
     from project.losses import CEDiceLoss
     from project.rng import seed_everything
 
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    t = cfg.trainer
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
     seed_everything(cfg.seed)
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, **data["model_args"])
     loss_fn = CEDiceLoss(dice_weight=cfg.loss.dice_weight)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer)
-    bs = cfg.trainer.batch_size
-    for epoch in range(cfg.trainer.max_epochs):
+    ema = None if t.ema.decay is None else AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema.decay),
+                                                         use_buffers=True)
+    bf16 = str(t.precision) == "bf16-mixed"
+    bs, k = t.batch_size, t.accumulate_grad_batches
+    n = -(-len(data["train"]) // bs)
+    for epoch in range(t.max_epochs):
         model.train()
-        for x, y in epoch_batches(data["train"], bs, seed=cfg.seed, epoch=epoch):
-            loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        for i, (x, y) in enumerate(epoch_batches(data["train"], bs, seed=cfg.seed, epoch=epoch)):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(model(x), y)
+            (loss / min(k, n - i // k * k)).backward()
+            if (i + 1) % k and i + 1 < n:
+                continue
+            if t.gradient_clip_val is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.gradient_clip_val)
             optimizer.step()
-        model.eval()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update_parameters(model)
+        net = model if ema is None else ema.module
+        net.eval()
         correct = total = 0
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for x, y in epoch_batches(data["val"], bs, seed=0, epoch=0, shuffle=False):
-                out = model(x)
+                out = net(x)
                 loss_fn(out, y)
                 correct += (out.argmax(1) == y).sum()
                 total += y.numel()
         scheduler.step((correct / total).item())
-    return cfg.trainer.max_epochs
+    return t.max_epochs
 
 
-def child(kind: str, epochs: int, threads: int | None) -> None:
-    cfg = compose(epochs, threads)
+def child(kind: str, epochs: int, threads: int | None, setup: str) -> None:
+    cfg = compose(epochs, threads, setup)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         done = (run_trainer if kind == "trainer" else run_plain)(cfg, Path(tmp))
@@ -92,15 +118,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--setup", choices=sorted(SETUPS), default="default")
     parser.add_argument("--child", choices=["trainer", "plain"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.epochs, args.threads)
+        return child(args.child, args.epochs, args.threads, args.setup)
 
     results = {"trainer": [], "plain": []}
     for r in range(args.rounds):
         for kind in (("trainer", "plain") if r % 2 == 0 else ("plain", "trainer")):
-            cmd = [sys.executable, __file__, "--child", kind, "--epochs", str(args.epochs)]
+            cmd = [sys.executable, __file__, "--child", kind, "--epochs", str(args.epochs), "--setup", args.setup]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
@@ -110,7 +137,7 @@ def main() -> None:
                   flush=True)
     t = {k: statistics.median(x["seconds"] for x in v) for k, v in results.items()}
     m = {k: statistics.median(x["peak_rss_mb"] for x in v) for k, v in results.items()}
-    print(f"\nmedian over {args.rounds} rounds, {args.epochs} epochs of the default config "
+    print(f"\nmedian over {args.rounds} rounds, {args.epochs} epochs of the default config, setup {args.setup} "
           f"({results['trainer'][0]['epochs']} trained):")
     print(f"  time:        trainer {t['trainer']:.2f} s, plain {t['plain']:.2f} s, ratio {t['trainer'] / t['plain']:.3f}")
     print(f"  peak memory: trainer {m['trainer']:.0f} MB, plain {m['plain']:.0f} MB, ratio "

@@ -176,6 +176,16 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         self.averaged.update_parameters(model)
 
+    def drop_modules(self, names: list[str], like: torch.nn.Module) -> None:
+        """Drop what a phase drops from the model. AveragedModel pairs tensors by position: check that the
+        names still pair one to one, so the average never mixes two parameters."""
+        for name in names:
+            if hasattr(self.module, name):
+                delattr(self.module, name)
+        mine, theirs = (list(dict(m.named_parameters()) | dict(m.named_buffers())) for m in (self.module, like))
+        if mine != theirs:
+            raise RuntimeError(f"the EMA copy no longer pairs with the model by name: {sorted(set(mine) ^ set(theirs))[:5]}")
+
     def state_dict(self) -> dict:
         return {"ema_state_dict": self.module.state_dict(), "ema_updates": self.updates}
 

@@ -169,7 +169,7 @@ def enter_phase(run: Run, index: int, start: int, lr_from_config: bool = False) 
     phase = run.schedule[index]
     dropped = phases.drop_modules(run.model, phase["drop_modules"])
     if "ema" in run.state:
-        phases.drop_modules(run.state["ema"].module, phase["drop_modules"])
+        run.state["ema"].drop_modules(phase["drop_modules"], like=run.model)
     previous = run.state.get("optimizer")
     optimizer = phases.build_optimizer(run.cfg, phase, run.model, lr_from_config)
     carried = phases.carry_state(previous, optimizer)
@@ -217,7 +217,7 @@ def train_epoch(run: Run, epoch: int) -> str | None:
         batch = tuple(b.to(run.device, non_blocking=True) for b in batch)
         window = min(k, n - i // k * k)  # batches in this accumulation window: an epoch's last may be shorter
         loss, outputs = forward(run, batch)
-        run.state["scaler"].scale(loss / window).backward()
+        run.state["scaler"].scale(loss if window == 1 else loss / window).backward()
         meter.loss_sum += loss.detach()
         run.guard.observe(loss, progress.global_step + 1)
         seen += len(batch[0])

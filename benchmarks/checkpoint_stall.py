@@ -1,0 +1,85 @@
+"""How long a checkpoint blocks training: a synchronous save vs the background writer.
+
+    python benchmarks/checkpoint_stall.py [--rounds 5] [--model swin_mmoe_story]
+
+Builds the run as run.py does (+experiment=swin_admoe, so model=swin_mmoe_story with its AdamW state after one
+optimizer step), then, alternating, times
+  - synchronous: serialise the training state and write it atomically (fsync, rename), as the trainer did before
+    the background writer: the training thread waits for all of it;
+  - background: project.train.save() returns once the state is snapshotted to CPU memory; the write happens
+    in the writer thread (its time is printed too, but training does not wait for it).
+The stall ratio is background / synchronous (medians). Target: <= 0.20.
+"""
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(model: str, tmp: Path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from project import train
+    from project.data.loader import epoch_batches
+
+    overrides = ["+experiment=swin_admoe", f"model={model}", "schedule=single", "data.image_size=64",
+                 "data.train_size=8", "data.val_size=4", "trainer.batch_size=4", "logger=csv"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    run = train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), overrides, None, tmp, {})
+    train.announce(run)
+    batch = next(iter(epoch_batches(run.data["train"], 4, seed=0, epoch=0)))
+    loss, _ = train.forward(run, batch)
+    loss.backward()
+    train.optimizer_step(run)  # AdamW now holds exp_avg and exp_avg_sq for every parameter
+    return run
+
+
+def synchronous(run) -> float:
+    from project import checkpoint, state
+    from project.train import summary_keys
+
+    start = time.perf_counter()
+    ckpt = {"format": checkpoint.FORMAT, **state.state_dicts(run.state)}
+    ckpt.update(summary_keys(run, ckpt["early_stopping"]))
+    checkpoint.write_atomic(run.ckpt_dir / "sync.pth", checkpoint.to_bytes(ckpt))
+    return time.perf_counter() - start
+
+
+def background(run) -> tuple[float, float]:
+    from project.train import save
+
+    start = time.perf_counter()
+    save(run, ["last.pth"])
+    stall = time.perf_counter() - start
+    run.writer.wait()
+    return stall, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model", default="swin_mmoe_story")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = build(args.model, Path(tmp))
+        params = sum(p.numel() for p in run.model.parameters())
+        sync, stall, written = [], [], []
+        for _ in range(args.rounds):
+            sync.append(synchronous(run))
+            s, w = background(run)
+            stall.append(s)
+            written.append(w)
+        size_mb = (run.ckpt_dir / "last.pth").stat().st_size / 2**20
+    s, b, w = (statistics.median(x) for x in (sync, stall, written))
+    print(f"model={args.model}: {params / 1e6:.1f}M parameters, checkpoint with AdamW state {size_mb:.0f} MB")
+    print(f"median of {args.rounds}: synchronous save {s * 1000:.0f} ms | background: training blocked "
+          f"{b * 1000:.0f} ms (write finished after {w * 1000:.0f} ms) | stall ratio {b / s:.3f}")
+
+
+if __name__ == "__main__":
+    main()

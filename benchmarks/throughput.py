@@ -1,0 +1,137 @@
+"""Training throughput (images/s): the trainer vs a plain PyTorch loop, at 32, bf16-mixed and compiled.
+
+    python benchmarks/throughput.py [--epochs 3] [--models microsegformer swin_mmoe_story] [--modes 32 bf16 compile]
+                                    [--device auto] [--image-size 64] [--train-size 256]
+
+For each model and mode, the run is built as run.py builds it; the trainer runs its own epoch (train_epoch and
+end_epoch: validation, metrics.csv, a checkpoint every epoch), the plain loop forward/backward/step over the same
+batches plus a validation pass. Epoch 1 is a warm-up (torch.compile compiles there) and is not timed; images/s
+is (epochs - 1) * train images / time. `compile` is trainer.compile=true with the inductor backend, in fp32.
+model=swin_mmoe_story is the story's network (fine-tuning, schedule=single) at --image-size.
+"""
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = {"32": [], "bf16": ["trainer.precision=bf16-mixed"], "compile": ["trainer.compile=true"]}
+MODELS = {"microsegformer": [],
+          "swin_mmoe_story": ["+experiment=swin_admoe", "model=swin_mmoe_story", "schedule=single"]}
+
+
+def compose(model: str, mode: str, args):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    overrides = [*MODELS[model], *MODES[mode], f"data.image_size={args.image_size}",
+                 f"data.train_size={args.train_size}", f"data.val_size={args.train_size // 4}",
+                 f"trainer.max_epochs={args.epochs}", f"trainer.batch_size={args.batch_size}",
+                 f"trainer.device={args.device}", "trainer.save_interval=1", "logger=csv"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides), overrides
+
+
+def trainer(cfg, overrides, tmp: Path) -> float:
+    from omegaconf import OmegaConf
+
+    from project import train
+    from project.runtime import StopRequest
+
+    run = train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), overrides, None, tmp, {})
+    train.announce(run)
+    run.stop = StopRequest()
+    try:
+        start = None
+        for epoch in range(cfg.trainer.max_epochs):
+            if epoch == 1:
+                sync(run.device)
+                start = time.perf_counter()
+            train.train_epoch(run, epoch)
+            train.end_epoch(run, epoch)
+        run.writer.wait()
+        sync(run.device)
+        return time.perf_counter() - start
+    finally:
+        run.stop.close()
+
+
+def plain(cfg, overrides, tmp: Path) -> float:
+    import torch
+    from hydra.utils import instantiate
+
+    from project.data.loader import epoch_batches
+    from project.rng import seed_everything
+    from project.runtime import pick_device
+    from project.validate import AUTOCAST_DTYPES
+
+    t = cfg.trainer
+    device = pick_device(t.device)
+    seed_everything(cfg.seed)
+    data = instantiate(cfg.data)
+    model = instantiate(cfg.model, **data["model_args"]).to(device)
+    net = torch.compile(model, backend=t.compile_backend) if t.compile else model
+    objective = instantiate(cfg.loss)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    dtype = AUTOCAST_DTYPES[str(t.precision)]
+    start = None
+    for epoch in range(t.max_epochs):
+        if epoch == 1:
+            sync(device)
+            start = time.perf_counter()
+        net.train()
+        for batch in epoch_batches(data["train"], t.batch_size, seed=cfg.seed, epoch=epoch):
+            batch = tuple(b.to(device, non_blocking=True) for b in batch)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss, _ = objective(net, batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        net.eval()
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            for batch in epoch_batches(data["val"], t.batch_size, seed=0, epoch=0, shuffle=False):
+                objective(net, tuple(b.to(device, non_blocking=True) for b in batch))
+    sync(device)
+    return time.perf_counter() - start
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def describe_device(name: str) -> str:
+    import torch
+
+    if name != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--train-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    print(f"device: {describe_device(args.device)}; {args.train_size} train images of {args.image_size} px, "
+          f"batch {args.batch_size}, epochs 2-{args.epochs} timed")
+    print("| model | mode | trainer img/s | plain img/s | ratio |")
+    print("|---|---|---|---|---|")
+    for model in args.models:
+        for mode in args.modes:
+            cfg, overrides = compose(model, mode, args)
+            images = (args.epochs - 1) * args.train_size
+            with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+                ours = images / trainer(cfg, overrides, Path(a))
+                theirs = images / plain(cfg, overrides, Path(b))
+            print(f"| {model} | {mode} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
