@@ -46,7 +46,7 @@ def synchronous(run) -> float:
     start = time.perf_counter()
     ckpt = {"format": checkpoint.FORMAT, **state.state_dicts(run.state)}
     ckpt.update(summary_keys(run, ckpt["early_stopping"]))
-    checkpoint.write_atomic(run.ckpt_dir / "sync.pth", checkpoint.to_bytes(ckpt))
+    checkpoint.save_atomic(ckpt, [run.ckpt_dir / "sync.pth"])
     return time.perf_counter() - start
 
 

@@ -5,8 +5,10 @@
 Each measurement runs in a fresh process (so peak RSS is its own), trainer and plain loop alternate
 (interleaved, so drift in machine load hits both alike), and the ratios use the medians. The trainer runs with
 everything on: a checkpoint every epoch (last.pth, checkpoint_epoch_N.pth, best_model.pth), metrics.csv,
-training.log, train-set F-score (logger=csv: W&B's one-off start-up is left out). The plain loop is what one writes by hand: the same data, model, loss,
-optimizer and scheduler from the same config, forward/backward/step, and a validation pass per epoch.
+training.log, train-set F-score (logger=csv: W&B's one-off start-up is left out). The plain loop is what one
+writes by hand to do the same things: the same data, model, loss, optimizer and scheduler from the same config,
+forward/backward/step, the train F-score sampled every trainer.log_every_n_steps steps, a validation pass with
+the F-score per epoch, and torch.save of the weights and optimizer state every epoch.
 
 --setup gpu_features turns on what GPU users turn on: trainer.precision=bf16-mixed, accumulate_grad_batches=2,
 gradient_clip_val=1.0 and ema.decay=0.99; the plain loop then does the same by hand (autocast, a divided loss
@@ -60,6 +62,7 @@ def run_plain(cfg, work: Path) -> int:
 
     from project.data.loader import epoch_batches
     from project.losses import CEDiceLoss
+    from project.metrics import ConfusionMatrix
     from project.rng import seed_everything
 
     t = cfg.trainer
@@ -75,31 +78,38 @@ def run_plain(cfg, work: Path) -> int:
                                                          use_buffers=True)
     bf16 = str(t.precision) == "bf16-mixed"
     bs, k = t.batch_size, t.accumulate_grad_batches
-    n = -(-len(data["train"]) // bs)
+    n, classes, step = -(-len(data["train"]) // bs), data["model_args"]["num_classes"], 0
     for epoch in range(t.max_epochs):
         model.train()
+        train_scores = ConfusionMatrix(classes, "cpu")
         for i, (x, y) in enumerate(epoch_batches(data["train"], bs, seed=cfg.seed, epoch=epoch)):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = loss_fn(model(x), y)
+                out = model(x)
+                loss = loss_fn(out, y)
             (loss / min(k, n - i // k * k)).backward()
             if (i + 1) % k and i + 1 < n:
                 continue
+            step += 1
+            if step % t.log_every_n_steps == 0 or i + 1 == n:
+                train_scores.update(out, y)
             if t.gradient_clip_val is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.gradient_clip_val)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update_parameters(model)
+        train_scores.compute()
         net = model if ema is None else ema.module
         net.eval()
-        correct = total = 0
+        val_scores = ConfusionMatrix(classes, "cpu")
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for x, y in epoch_batches(data["val"], bs, seed=0, epoch=0, shuffle=False):
                 out = net(x)
                 loss_fn(out, y)
-                correct += (out.argmax(1) == y).sum()
-                total += y.numel()
-        scheduler.step((correct / total).item())
+                val_scores.update(out, y)
+        scheduler.step(val_scores.compute()["f_score"])
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "ema": None if ema is None else ema.state_dict()}, work / "last.pth")
     return t.max_epochs
 
 

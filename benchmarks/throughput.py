@@ -4,8 +4,9 @@
                                     [--device auto] [--image-size 64] [--train-size 256]
 
 For each model and mode, the run is built as run.py builds it; the trainer runs its own epoch (train_epoch and
-end_epoch: validation, metrics.csv, a checkpoint every epoch), the plain loop forward/backward/step over the same
-batches plus a validation pass. Epoch 1 is a warm-up (torch.compile compiles there) and is not timed; images/s
+end_epoch: validation with its metrics, metrics.csv, last.pth and best_model.pth in the background writer, as
+configured by default), the plain loop forward/backward/step over the same batches plus a validation pass
+(loss only) and no checkpoint: the lower bound. Epoch 1 is a warm-up (torch.compile compiles there) and is not timed; images/s
 is (epochs - 1) * train images / time. `compile` is trainer.compile=true with the inductor backend, in fp32.
 model=swin_mmoe_story is the story's network (fine-tuning, schedule=single) at --image-size.
 """
@@ -26,7 +27,7 @@ def compose(model: str, mode: str, args):
     overrides = [*MODELS[model], *MODES[mode], f"data.image_size={args.image_size}",
                  f"data.train_size={args.train_size}", f"data.val_size={args.train_size // 4}",
                  f"trainer.max_epochs={args.epochs}", f"trainer.batch_size={args.batch_size}",
-                 f"trainer.device={args.device}", "trainer.save_interval=1", "logger=csv"]
+                 f"trainer.device={args.device}", "logger=csv"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose("config", overrides=overrides), overrides
 

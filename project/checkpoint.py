@@ -4,10 +4,10 @@ A checkpoint is a plain dict of tensors and Python values, so `torch.load(path)`
 default) opens it; nothing in it can run code on load. What goes in it is project/state.py's business.
 """
 import hashlib
-import io
 import os
 import pickle
 import re
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -52,9 +52,7 @@ class BackgroundWriter:
 
     def _write(self, state: dict, paths: list[Path], then) -> None:
         try:
-            payload = to_bytes(state)
-            for path in paths:
-                write_atomic(path, payload)
+            save_atomic(state, paths)
             if then is not None:
                 then()
         except BaseException as e:  # handed to the training thread at the next wait()
@@ -89,31 +87,45 @@ def upgrade(state: dict) -> dict:
     return state
 
 
-def to_bytes(state: dict) -> bytes:
-    """Serialise once; the same bytes go to last.pth, best_model.pth, ... ."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
+def save_atomic(state: dict, paths: list[Path]) -> None:
+    """Serialise `state` once, into a temp file beside the first path (fsync), then give it every name: hard
+    links renamed into place (one copy on disk for last.pth, best_model.pth, ...; a file system without hard
+    links gets copies), each folder fsynced last.
 
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, rename over `path`, fsync the folder.
-
-    A process killed at any instant leaves either the old complete file or the new complete file, never a
-    partial one; a leftover `.tmp` is ignored by every reader and replaced by the next write.
+    A process killed at any instant leaves each name with either its old complete file or the new one, never a
+    partial one; a leftover `.tmp` is ignored by every reader and removed at the next start. Checkpoint files
+    are only ever replaced, never rewritten in place, so names sharing one file never see each other's writes.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    paths = [Path(p) for p in paths]
+    tmp = _temp_name(paths[0])
     with open(tmp, "wb") as f:
-        f.write(payload)
+        torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    for path in paths[1:]:
+        link = _temp_name(path)
+        link.unlink(missing_ok=True)
+        try:
+            os.link(tmp, link)
+        except OSError:  # no hard links here (some network or FAT file systems): a full copy
+            shutil.copyfile(tmp, link)
+            _fsync(link, os.O_RDONLY)
+        os.replace(link, path)
+    os.replace(tmp, paths[0])
+    for folder in {p.parent for p in paths}:
+        _fsync(folder, os.O_RDONLY)
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
 def sha256(path: Path) -> str:

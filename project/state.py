@@ -12,12 +12,12 @@ A checkpoint file is that mapping's state dicts in the layout users read (`<name
 the progress fields flat: `epoch`, `global_step`, ...), plus summary keys derived at save time (`phase`,
 `best_f_score`, `decoder_removed`, ...) which are never read back.
 """
+import random
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-from project import rng
 
 # Which entries each resume mode restores. reset_optimizer loads the weights that were validated (the EMA copy
 # when the parent validated with it, see resume.validated_weights) into "model"; everything else starts fresh.
@@ -196,10 +196,25 @@ class EMA:
 
 
 class RNG:
-    """The global RNGs (python, numpy, torch, CUDA) as one entry; restored last."""
+    """The global RNGs (python, numpy, torch, CUDA) as one entry, restored last. numpy's state is converted to
+    plain values and a tensor: its ndarray would not load with weights_only=True."""
 
     def state_dict(self) -> dict:
-        return rng.capture()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        return {
+            "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        rng.restore(state_dict)
+        random.setstate(state_dict["python"])
+        n = state_dict["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+        torch.set_rng_state(state_dict["torch"])
+        cuda = state_dict["cuda"]
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, TINY, load, same_weights, train_tiny
+from conftest import ROOT, TINY, assert_same_state, load, train_tiny
 
 CFG = [*TINY, "trainer.max_epochs=6", "data.train_size=384"]  # ~1.5 s of training a kill, well past start-up
 
@@ -33,7 +33,7 @@ def test_sigkill_at_20_random_moments_then_matches_uninterrupted(tmp_path):
     ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
     got = load(run_dir / "checkpoints" / "final_model.pth")
     assert got["epoch"] == 6 and got["global_step"] == ref["global_step"]
-    assert same_weights(got["model_state_dict"], ref["model_state_dict"])
+    assert_same_state(got, ref)  # weights, every optimizer tensor, scheduler, RNG
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5", "6"], "a re-done epoch left a duplicate row"
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
@@ -62,4 +62,4 @@ def test_a_corrupt_last_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
     assert "last.pth is unreadable: continuing from" in out and "truncated or corrupt" in out
     ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
     got = load(run_dir / "checkpoints" / "final_model.pth")
-    assert same_weights(got["model_state_dict"], ref["model_state_dict"])
+    assert_same_state(got, ref)

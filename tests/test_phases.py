@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from conftest import assert_resumed, assert_same_state, load, run_cli, same_weights, train_tiny
+from conftest import assert_resumed, assert_same_state, load, run_cli, train_tiny
 
 TWO_STAGE = ["schedule=two_stage_lr", "schedule.explore_epochs=2", "trainer.max_epochs=4", "scheduler=none"]
 

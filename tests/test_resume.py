@@ -7,9 +7,8 @@ import sys
 import time
 
 import pytest
-import torch
 
-from conftest import ROOT, TINY, assert_resumed, assert_same_state, load, same_weights, train_tiny
+from conftest import ROOT, TINY, assert_resumed, assert_same_state, load, train_tiny
 
 
 def lrs(run_dir):

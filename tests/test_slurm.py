@@ -7,7 +7,7 @@ import time
 
 import yaml
 
-from conftest import ROOT, TINY, load, same_weights, train_tiny
+from conftest import ROOT, TINY, assert_same_state, load, train_tiny
 from slurm_cluster import slurm_cluster  # noqa: F401  (session fixture: starts the local cluster)
 
 # The preset with what the localhost cluster has: no GPU, 2 cores, the debug partition.
@@ -91,4 +91,4 @@ def test_preempted_job_is_requeued_resumes_and_matches(slurm_cluster, tmp_path):
     ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
     got = load(run_dir / "checkpoints" / "final_model.pth")
     assert got["epoch"] == 8 and got["global_step"] == ref["global_step"]
-    assert same_weights(got["model_state_dict"], ref["model_state_dict"])
+    assert_same_state(got, ref)
