@@ -9,6 +9,8 @@ configured by default), the plain loop forward/backward/step over the same batch
 (loss only) and no checkpoint: the lower bound. Epoch 1 is a warm-up (torch.compile compiles there) and is not timed; images/s
 is (epochs - 1) * train images / time. `compile` is trainer.compile=true with the inductor backend, in fp32.
 model=swin_mmoe_story is the story's network (fine-tuning, schedule=single) at --image-size.
+--without-saves replaces project.train.save by a no-op in the trainer (a diagnostic: how much of the gap to the
+plain loop is the checkpoint writing).
 """
 import argparse
 import tempfile
@@ -32,12 +34,14 @@ def compose(model: str, mode: str, args):
         return hydra_compose("config", overrides=overrides), overrides
 
 
-def trainer(cfg, overrides, tmp: Path) -> float:
+def trainer(cfg, overrides, tmp: Path, saves: bool = True) -> float:
     from omegaconf import OmegaConf
 
     from project import train
     from project.runtime import StopRequest
 
+    if not saves:
+        train.save = lambda run, files: None
     run = train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), overrides, None, tmp, {})
     train.announce(run)
     run.stop = StopRequest()
@@ -119,9 +123,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--train-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--without-saves", action="store_true")
     args = parser.parse_args()
     print(f"device: {describe_device(args.device)}; {args.train_size} train images of {args.image_size} px, "
-          f"batch {args.batch_size}, epochs 2-{args.epochs} timed")
+          f"batch {args.batch_size}, epochs 2-{args.epochs} timed{', trainer WITHOUT checkpoint writes' if args.without_saves else ''}")
     print("| model | mode | trainer img/s | plain img/s | ratio |")
     print("|---|---|---|---|---|")
     for model in args.models:
@@ -129,7 +134,7 @@ def main() -> None:
             cfg, overrides = compose(model, mode, args)
             images = (args.epochs - 1) * args.train_size
             with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-                ours = images / trainer(cfg, overrides, Path(a))
+                ours = images / trainer(cfg, overrides, Path(a), saves=not args.without_saves)
                 theirs = images / plain(cfg, overrides, Path(b))
             print(f"| {model} | {mode} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.3f} |", flush=True)
 

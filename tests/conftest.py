@@ -1,7 +1,9 @@
 """Shared helpers: tests drive the real command line (python run.py ...) in a temporary working directory."""
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,22 @@ def run_cli(*overrides, cwd: Path, env_extra=None, check=True, timeout=600) -> s
     if check and proc.returncode != 0:
         raise AssertionError(f"run.py {' '.join(overrides)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def stop_with_sigterm(run_dir: Path, *overrides, cwd: Path, env_extra=None) -> str:
+    """Start run.py with `overrides` in `run_dir`, send SIGTERM once its first epoch is saved (a user's kill, a
+    preemption); return what it printed. It must exit 0 after saving."""
+    cmd = [sys.executable, str(ROOT / "run.py"), *overrides, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})})
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.pth").exists():  # epoch 1 done
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Caught SIGTERM" in out, out
+    return out
 
 
 def train_tiny(run_dir: Path, *overrides, cwd: Path, **kwargs) -> subprocess.CompletedProcess:

@@ -2,16 +2,12 @@
 bit for bit, in real processes (signals, exit codes), on the CPU."""
 import csv
 import hashlib
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import torch
 
-from conftest import ROOT, TINY, assert_resumed, assert_same, assert_same_state, load, run_cli, train_tiny
+from conftest import (ROOT, TINY, assert_resumed, assert_same, assert_same_state, load, run_cli, stop_with_sigterm,
+                      train_tiny)
 
 FEATURES = ["trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=3", "trainer.gradient_clip_val=1.0",
             "trainer.ema.decay=0.9"]
@@ -22,27 +18,13 @@ def rows(run_dir):
     return list(csv.DictReader(open(run_dir / "metrics.csv")))
 
 
-def stop_with_sigterm(run_dir, *overrides, cwd):
-    """Start a run, send SIGTERM once its first epoch is saved, return its last.pth and output."""
-    cmd = [sys.executable, str(ROOT / "run.py"), *TINY, *overrides, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "last.pth").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "Caught SIGTERM" in out, out
-    return load(run_dir / "checkpoints" / "last.pth"), out
-
-
 def test_sigterm_inside_an_accumulation_window_resumes_bit_exact(tmp_path):
     """bf16-mixed + accumulation 3 + clipping + EMA: stopped mid-epoch, resumed, equal to a run never stopped:
     weights, EMA weights, every optimizer tensor, scheduler, RNG, and every row of metrics.csv."""
     args = [*FEATURES, "trainer.max_epochs=3", "data.train_size=200"]
     train_tiny(tmp_path / "ref", *args, cwd=tmp_path)
-    stopped, out = stop_with_sigterm(tmp_path / "stopped", *args, cwd=tmp_path)
+    stop_with_sigterm(tmp_path / "stopped", *TINY, *args, cwd=tmp_path)
+    stopped = load(tmp_path / "stopped" / "checkpoints" / "last.pth")
     b = stopped["batch_in_epoch"]
     assert stopped["epoch"] < 3 and 0 < b and (b % 3 == 0 or b == BATCHES), f"saved at batch {b}: not a window edge"
     assert stopped["global_step"] == stopped["epoch"] * 9 + (b + 2) // 3  # optimizer steps, not batches

@@ -1,14 +1,10 @@
 """resume=full continues bit for bit; resume=reset_optimizer restarts from the weights with new values."""
 import csv
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import ROOT, TINY, assert_resumed, assert_same_state, load, train_tiny
+from conftest import TINY, assert_resumed, assert_same_state, load, stop_with_sigterm, train_tiny
 
 
 def lrs(run_dir):
@@ -26,16 +22,7 @@ def uninterrupted(tmp_path_factory):
 def test_full_resume_after_sigterm_mid_epoch_is_bit_exact(uninterrupted, tmp_path):
     """A 4-epoch run stopped by SIGTERM in epoch 2, then `resume=full`, ends with the reference's weights."""
     run_dir = tmp_path / "stopped"
-    cmd = [sys.executable, str(ROOT / "run.py"), *TINY, "trainer.max_epochs=4", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "last.pth").exists():  # epoch 1 done
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    out = stop_with_sigterm(run_dir, *TINY, "trainer.max_epochs=4", cwd=tmp_path)
     stopped = load(run_dir / "checkpoints" / "last.pth")
     assert "Caught SIGTERM" in out and not (run_dir / "checkpoints" / "final_model.pth").exists()
     assert (stopped["epoch"], stopped["batch_in_epoch"]) != (4, 0), "the run finished before the signal"

@@ -2,16 +2,14 @@
 inspect`). Nothing here touches the network: W&B's folders are under tmp and no API key is visible."""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, load, run_cli
+from conftest import ROOT, TINY, load, run_cli, stop_with_sigterm
 
 WANDB = Path(sys.executable).parent / "wandb"
 TINY_NO_DROPOUT = [o for o in TINY if not o.startswith(("model.dropout=", "logger="))]  # the sweep sets model.dropout
@@ -130,16 +128,7 @@ def test_preempted_run_restarted_in_its_dir_keeps_its_wandb_run(wandb_env, tmp_p
     second part logs the remaining epochs to the same run id."""
     run_dir = tmp_path / "run"
     args = [*TINY, "logger=wandb", "trainer.max_epochs=4", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **wandb_env})
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "last.pth").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "Caught SIGTERM" in out, out
+    stop_with_sigterm(run_dir, *args[:-1], cwd=tmp_path, env_extra=wandb_env)
     run_cli(*args, cwd=tmp_path, env_extra=wandb_env)
 
     first, second = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
