@@ -142,24 +142,45 @@ def _first_sentence(error: Exception) -> str:
     return text.split(". ")[0].rstrip(".")[:200]
 
 
-def load(path: Path, map_location="cpu") -> dict:
-    """Load and check one of our checkpoints; every failure is a UserError that names the file and the fix."""
+def numpy_scalar_globals() -> list:
+    """What a numpy scalar in a checkpoint needs (a `best_f_score` saved as np.float64, common in user scripts):
+    the scalar constructor and the dtypes. Only these are allow-listed for weights_only loading."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    kinds = ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
+    return [core.multiarray.scalar, np.dtype, *(type(np.dtype(k)) for k in kinds)]
+
+
+def read(path: Path, map_location="cpu"):
+    """Read any checkpoint file safely (torch.load with weights_only=True; numpy scalars allowed; .safetensors
+    through safetensors); every failure is a UserError that names the file and the fix."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Checkpoint {str(path)!r} does not exist. Pass resume.checkpoint=<a .pth file or a run "
                         "directory>, or resume.checkpoint=latest for the newest run under outputs/ and multirun/.")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device=str(map_location))
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{str(path)!r} is not a readable .safetensors file ({_first_sentence(e)}). Use an "
+                            "intact file.") from None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(numpy_scalar_globals()):
             warnings.simplefilter("ignore")  # pickle-protocol chatter on foreign files; the error below says it all
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         blocked = re.search(r"GLOBAL (\S+)", str(e))
         if blocked:  # the file asks to call Python code: weights_only refused before anything ran
             raise UserError(
                 f"Refused to load {str(path)!r}: it references the Python callable {blocked.group(1)}, which safe "
-                "loading blocks, so nothing in it was executed. Checkpoints written by this framework hold only "
-                "tensors and plain values; resume from one of those, or re-save trusted weights as a plain state "
-                "dict.") from None
+                "loading blocks, so nothing in it was executed. Checkpoints hold only tensors and plain values; if "
+                "you trust the file, re-save its weights as a plain state dict and continue from that: python -c "
+                f"\"import torch; torch.save(torch.load('{path}', weights_only=False)['model_state_dict'], "
+                "'weights.pth')\" (name the key that holds the weights).") from None
         raise UserError(
             f"Checkpoint {str(path)!r} is truncated or corrupt, or not a PyTorch checkpoint, and cannot be read "
             f"safely ({_first_sentence(e)}); nothing in it was executed. Use an intact file instead, e.g. an earlier "
@@ -169,6 +190,19 @@ def load(path: Path, map_location="cpu") -> dict:
             f"Checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({type(e).__name__}: "
             f"{_first_sentence(e)}). Use an intact file instead, e.g. an earlier checkpoint_epoch_N.pth or "
             "best_model.pth of the same run (resume.checkpoint=... to resume from it).") from None
+
+
+def is_ours(state) -> bool:
+    return isinstance(state, dict) and state.get("format") in (FORMAT, FORMAT_V1)
+
+
+def load(path: Path, map_location="cpu") -> dict:
+    """Load and check one of our checkpoints (v1 files upgraded); a foreign file is a UserError here (resume
+    reads those through project/foreign.py)."""
+    return check(path, read(path, map_location))
+
+
+def check(path: Path, state) -> dict:
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_V1):
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise UserError(

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from project import checkpoint, phases
+from project import checkpoint, foreign, phases
 from project.errors import UserError
+from project.foreign import FORMAT as FOREIGN
 from project.runs import flatten
 from project.state import RESTORES
 from project.validate import check_config
@@ -128,9 +129,15 @@ class Plan:
     restores: frozenset = frozenset()  # the training-state entries loaded from the file (state.RESTORES)
 
     @property
+    def foreign(self) -> bool:
+        """A checkpoint another script wrote (project/foreign.py): no config, RNG or data position in it."""
+        return self.checkpoint["format"] == FOREIGN
+
+    @property
     def lr_from_config(self) -> bool:
-        """A changed LR is applied over the restored optimizer state; otherwise the saved one is kept."""
-        return any(k.endswith(".lr") and k.startswith(("optimizer.", "schedule.")) for k in self.changes)
+        """A changed LR is applied over the restored optimizer state; otherwise the saved one is kept. A foreign
+        file has no config to compare with: the current config's LR applies."""
+        return self.foreign or any(k.endswith(".lr") and k.startswith(("optimizer.", "schedule.")) for k in self.changes)
 
     @property
     def lineage_entry(self) -> dict:
@@ -181,29 +188,58 @@ def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None)
     else:
         path = find_checkpoint(str(cfg.resume.checkpoint), mode, search_dirs, exclude=run_dir).resolve()
         log.info("Resuming (%s) from %s", mode, path)
-    # a file the user named must load; one we picked from a run dir may fall back to the newest intact one
-    picked = is_own or not str(cfg.resume.checkpoint).endswith(".pth")
-    path, saved = load_newest_intact(path) if picked and mode == "full" else (path, checkpoint.load(path))
+    # a file we picked from a run dir may fall back to the newest intact one; a file the user named must load
+    if is_own or (mode == "full" and not str(cfg.resume.checkpoint).endswith(".pth")):
+        path, saved = load_newest_intact(path)
+    else:
+        saved = read_any(path, cfg)
+    foreign = saved["format"] == FOREIGN
     overrides = list(typed or [])
     if mode == "full" and typed is not None:
         # continue the run as it was configured (its overrides, then what was typed now), also on a requeue
         cfg, overrides = recompose(saved.get("overrides", []), typed)
         check_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
-    changes = config_changes(saved["config"], config)
-    check_same_model(saved, config, path, cfg, search_dirs, is_own)
+    changes = {} if foreign else config_changes(saved["config"], config)
+    if foreign:
+        check_foreign(saved, mode, cfg, path)
+    else:
+        check_same_model(saved, config, path, cfg, search_dirs, is_own)
     finished = mode == "full" and check_can_continue(saved, changes, cfg.trainer.max_epochs, path, is_own)
-    if mode == "full":
+    if mode == "full" and not foreign:
         phases.check_compatible(phases.plan(OmegaConf.create(saved["config"])), phases.plan(cfg),
                                 saved["phase_index"], saved["epoch"])
     if finished:
         log.info("This run already finished (epoch %d); nothing to do.", saved["epoch"])
     elif changes:
         log.info("Config values that differ from the checkpoint:\n%s", changes_table(changes, mode))
+    elif foreign:
+        log.info("The checkpoint has no config of this framework to compare with: the current config applies.")
     else:
         log.info("Config identical to the checkpoint's.")
     return Plan(mode=mode, path=path, checkpoint=saved, cfg=cfg, config=config, overrides=overrides,
                 changes=changes, is_own=is_own, finished=finished, restores=frozenset(RESTORES[mode]))
+
+
+def read_any(path: Path, cfg) -> dict:
+    """One of our checkpoints, or one another script wrote (project/foreign.py), in our layout."""
+    raw = checkpoint.read(path)
+    if checkpoint.is_ours(raw):
+        return checkpoint.check(path, raw)
+    best_key = phases.build_objective(cfg, phases.plan(cfg)[-1]).keys["best"]
+    return foreign.normalise(raw, path, cfg.resume.get("weights_key"), best_key)
+
+
+def check_foreign(saved: dict, mode: str, cfg, path: Path) -> None:
+    """A foreign file: full needs its optimizer state; the run continues in the phase its epoch falls in."""
+    if mode == "full" and saved["optimizer_state_dict"] is None:
+        raise UserError(
+            f"resume=full keeps the optimizer state, but {path} has none (no optimizer_state_dict or optimizer "
+            "with state and param_groups). Start from its weights with a fresh optimizer: resume=reset_optimizer.")
+    if mode == "full":
+        plan = phases.plan(cfg)
+        phase = next((p for p in plan if p["end"] > saved["epoch"]), plan[-1])
+        saved.update(phase_index=phase["index"], phase_start=phase["start"])
 
 
 def check_same_model(saved: dict, config: dict, path: Path, cfg, search_dirs, is_own: bool) -> None:
@@ -247,8 +283,16 @@ def check_can_continue(saved: dict, changes: dict, max_epochs: int, path: Path, 
     return False
 
 
-def validated_weights(saved: dict) -> tuple[str, dict]:
-    """The weights a checkpoint's scores came from: the EMA copy when its run validated with it."""
+def validated_weights(saved: dict, weights_key: str | None = None) -> tuple[str, dict]:
+    """The weights a checkpoint's scores came from: the EMA copy when its run validated with it, or the key the
+    user named (resume.weights_key)."""
+    if saved.get("format") == FOREIGN:  # its weights were found (or picked by resume.weights_key) when read
+        return saved["weights_key"] or "state dict", saved["model_state_dict"]
+    if weights_key:
+        if weights_key not in saved:
+            raise UserError(f"resume.weights_key={weights_key!r} is not in the checkpoint; it holds "
+                            "model_state_dict" + (" and ema_state_dict" if "ema_state_dict" in saved else "") + ".")
+        return weights_key, saved[weights_key]
     if saved.get("validated_weights") == "ema" and saved.get("ema_state_dict") is not None:
         return "ema", saved["ema_state_dict"]
     return "model", saved["model_state_dict"]
@@ -284,7 +328,7 @@ def describe(report: dict) -> str:
             f"shape-mismatched {show(report['mismatched'])} (checkpoint vs now)")
 
 
-def load_matching_weights(model, saved: dict, path, ignore_keys) -> None:
+def load_matching_weights(model, saved: dict, path, ignore_keys, weights_key: str | None = None) -> None:
     """resume=reset_optimizer: load every weight the checkpoint and the model share, after a matching report.
     The weights are those the checkpoint's run validated (EMA or raw, see validated_weights).
 
@@ -292,13 +336,18 @@ def load_matching_weights(model, saved: dict, path, ignore_keys) -> None:
     for fine-tuning): they keep their fresh initialisation. Keys matching resume.ignore_keys are left out on
     purpose. Anything else missing, unexpected or shape-mismatched is an error.
     """
-    which, weights = validated_weights(saved)
+    which, weights = validated_weights(saved, weights_key)
+    if saved["format"] == FOREIGN:
+        weights, stripped = foreign.strip_prefixes(weights, model.state_dict())
+        if stripped:
+            log.info("Stripped the key prefix %s from %s: then its keys match the model's.",
+                     " and ".join(repr(p) for p in stripped), path)
     report = match_keys(model.state_dict(), weights, ignore_keys)
     dropped = tuple(f"{m}." for m in saved.get("dropped_modules", []))
     expected = [k for k in report["missing"] if k.startswith(dropped)] if dropped else []
     missing = [k for k in report["missing"] if k not in expected]
-    log.info("Starting from the %s weights of %s (the ones its run validated).", "EMA" if which == "ema" else "raw",
-             path)
+    log.info("Starting from the %s weights of %s%s.", "EMA" if which == "ema" else "raw" if which == "model" else which,
+             path, " (the ones its run validated)" if which in ("ema", "model") else "")
     log.info("Parameter matching with %s: %d matched, %d missing (%d expected: modules %s were dropped by the "
              "checkpoint's run), %d unexpected, %d shape-mismatched, %d ignored by resume.ignore_keys",
              path, len(report["matched"]), len(report["missing"]), len(expected),

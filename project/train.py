@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from project import checkpoint, phases, resume, rng
+from project import checkpoint, foreign, phases, resume, rng
 from project.data.loader import epoch_batches
 from project.errors import TrainingDiverged, UserError
 from project.nonfinite import NonFiniteGuard
@@ -147,9 +147,13 @@ def restore(run: Run, plan) -> None:
         return
     progress, saved = run.state["progress"], plan.checkpoint
     if plan.mode == "reset_optimizer":  # weights only: a new run that descends from the checkpoint
-        resume.load_matching_weights(run.model, saved, plan.path, run.cfg.resume.ignore_keys)
+        resume.load_matching_weights(run.model, saved, plan.path, run.cfg.resume.ignore_keys,
+                                     run.cfg.resume.get("weights_key"))
         progress.lineage = saved["lineage"] + [plan.lineage_entry]
-        progress.parent_best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "path": str(plan.path)}
+        if saved["best_score"] is not None:
+            progress.parent_best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "path": str(plan.path)}
+    elif plan.foreign:
+        restore_foreign(run, plan)
     else:
         resume.check_weights_fit(run.model, saved["model_state_dict"], plan.path)
         fresh = load_state_dicts(run.state, saved, plan.restores)
@@ -161,6 +165,40 @@ def restore(run: Run, plan) -> None:
         run.last_saved = (plan.path, saved["epoch"])
     if progress.lineage:
         log.info("Lineage: %s", " -> ".join(f"{e['path']}@{e['epoch']} ({e['mode']})" for e in progress.lineage))
+
+
+def restore_foreign(run: Run, plan) -> None:
+    """resume=full from a file another script wrote: weights, optimizer state, epoch and best score, as far as it
+    has them; everything else starts fresh, and the table says so. Not a bit-exact continuation."""
+    saved, progress, optimizer = plan.checkpoint, run.state["progress"], run.state["optimizer"]
+    weights, stripped = foreign.strip_prefixes(saved["model_state_dict"], run.model.state_dict())
+    resume.check_weights_fit(run.model, weights, plan.path)
+    why = foreign.fits_optimizer(saved["optimizer_state_dict"], optimizer)
+    if why:
+        raise UserError(f"The optimizer state in {plan.path} does not fit the optimizer built now: {why}. Start from "
+                        "its weights with a fresh optimizer instead: resume=reset_optimizer.")
+    run.model.load_state_dict(weights)
+    optimizer.load_state_dict(saved["optimizer_state_dict"])
+    progress.epoch, progress.global_step = saved["epoch"], saved["global_step"]
+    progress.best_score, progress.best_epoch = saved["best_score"], saved["best_epoch"] if saved["best_score"] else 0
+    # the LR follows from the restored epoch and the current config, as for our own files
+    run.state["scheduler"].load_state_dict({"last_epoch": saved["epoch"] - progress.phase_start})
+    progress.lineage = [plan.lineage_entry]
+    best = "none in the file" if saved["best_score"] is None else f"{saved['best_name']} {saved['best_score']:.4f}"
+    rows = [("restored", "weights", f"{saved['weights_key'] or 'the bare state dict'}, {len(weights)} tensors"
+             + (f", prefix {' '.join(stripped)} stripped" if stripped else "")),
+            ("restored", "optimizer state", f"{len(saved['optimizer_state_dict']['state'])} parameters, "
+             f"positional; hyperparameters from the current config"),
+            ("restored", "epoch", f"{saved['epoch']}: training goes on with epoch {saved['epoch'] + 1}"),
+            ("restored", "best score", f"{best} (best_model.pth must beat it)"),
+            ("derived", "learning rate", f"{optimizer.param_groups[0]['lr']:.3g}: the schedule at epoch "
+             f"{saved['epoch']} under the current config"),
+            ("fresh", "RNG", "the file has none: seeded from seed"),
+            ("fresh", "data position", "the epoch starts at its first batch"),
+            ("fresh", "early stopping", "counter at 0"),
+            ("fresh", "scaler, EMA", "if turned on")]
+    table = "\n".join(f"  {a:8s}  {b:15s}  {c}" for a, b, c in rows)
+    log.info("Continuing %s, written by another script: NOT a bit-exact continuation.\n%s", plan.path, table)
 
 
 def enter_phase(run: Run, index: int, start: int, lr_from_config: bool = False) -> None:

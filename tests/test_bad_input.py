@@ -64,8 +64,13 @@ def test_corrupt_checkpoint(workspace):
 def test_not_our_checkpoint(workspace):
     cwd, _ = workspace
     foreign = cwd / "foreign.pth"
-    torch.save({"conv.weight": torch.zeros(3)}, foreign)  # a bare state dict from somewhere else
-    fails(cwd, "resume=full", f"resume.checkpoint={foreign}", expect=["foreign.pth", "not a checkpoint of this"])
+    torch.save({"conv.weight": torch.zeros(3)}, foreign)  # a bare state dict of another network
+    fails(cwd, "resume=full", f"resume.checkpoint={foreign}", expect=["foreign.pth", "has none",
+                                                                       "resume=reset_optimizer"])
+    fails(cwd, "resume=reset_optimizer", f"resume.checkpoint={foreign}",
+          expect=["foreign.pth", "do not fit the model", "unexpected 1 (conv.weight)"])
+    fails(cwd, "resume=reset_optimizer", f"resume.checkpoint={foreign}", "resume.weights_key=ema",
+          expect=["resume.weights_key='ema'", "no state dict under that key"])
 
 
 class Exploit:
@@ -81,7 +86,8 @@ def test_malicious_checkpoint_is_refused_without_running(workspace):
     marker = cwd / "pwned"
     evil = cwd / "evil.pth"
     torch.save({"format": "project-checkpoint-v1", "payload": Exploit(marker)}, evil)
-    fails(cwd, "resume=full", f"resume.checkpoint={evil}", expect=["evil.pth", "Refused to load", "system"])
+    fails(cwd, "resume=full", f"resume.checkpoint={evil}", expect=["evil.pth", "Refused to load", "system",
+                                                                    "weights_only=False"])  # the re-save line
     raw = cwd / "raw_pickle.pth"
     raw.write_bytes(pickle.dumps({"payload": Exploit(marker)}))
     fails(cwd, "resume=full", f"resume.checkpoint={raw}", expect=["raw_pickle.pth", "nothing in it was executed"])
