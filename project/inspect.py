@@ -92,6 +92,51 @@ def describe(path: Path, state: dict) -> dict:
     }
 
 
+def describe_foreign(path: Path, raw) -> dict:
+    """A checkpoint another script wrote: what resume can take from it, and what it lacks."""
+    from project import foreign
+
+    key, weights = foreign.find_weights(raw, path, None)
+    info = raw if isinstance(raw, dict) and key is not None else {}
+    keys = {}
+    for name, value in info.items():
+        if foreign.is_state_dict(value):
+            keys[str(name)] = f"{len(value)} tensors"
+        elif isinstance(value, dict) and "state" in value and "param_groups" in value:
+            keys[str(name)] = f"optimizer state of {len(value['state'])} parameters"
+        elif foreign.number(value) is not None:
+            keys[str(name)] = foreign.number(value)
+        else:
+            keys[str(name)] = type(value).__name__
+    normalised = foreign.normalise(raw, path, None, "best_f_score")
+    prefixes = [p for p in foreign.PREFIXES if all(k.startswith(p) for k in weights)]
+    holds = ["weights"] + (["optimizer state"] if normalised["optimizer_state_dict"] is not None else []) + (
+        [f"epoch {normalised['epoch']}"] if "epoch" in info else []) + (
+        [f"{normalised['best_name']} {normalised['best_score']:.4f}"] if normalised["best_score"] is not None else [])
+    return {"path": str(path), "size_mb": round(path.stat().st_size / 2**20, 2), "format": "foreign",
+            "weights_key": key, "tensors": len(weights), "values": sum(t.numel() for t in weights.values()),
+            "prefixes": prefixes, "keys": keys, "holds": holds,
+            "lacks": [k for k, present in (("optimizer state", normalised["optimizer_state_dict"] is not None),
+                                           ("epoch", "epoch" in info), ("best score", normalised["best_score"] is not None),
+                                           ("config", False), ("RNG state", False), ("data position", False)) if not present]}
+
+
+def foreign_report(info: dict) -> str:
+    lines = [f"Checkpoint {info['path']} ({info['size_mb']} MB, not written by this framework)",
+             f"  weights      {'under ' + repr(info['weights_key']) if info['weights_key'] else 'a bare state dict'}: "
+             f"{info['tensors']} tensors, {info['values']:,} values"
+             + (f"; every key starts with {' '.join(info['prefixes'])} (stripped on resume)" if info["prefixes"] else "")]
+    if info["keys"]:
+        lines.append("  keys         " + ", ".join(f"{k}={v}" if isinstance(v, (int, float)) else f"{k} ({v})"
+                                                  for k, v in info["keys"].items()))
+    lines.append(f"  holds        {', '.join(info['holds'])}")
+    lines.append(f"  lacks        {', '.join(info['lacks'])}")
+    full = "resume=full can continue it (not bit-exact: what it lacks starts fresh)" if "optimizer state" in \
+        info["holds"] else "resume=full cannot (no optimizer state)"
+    lines.append(f"  resume       resume=reset_optimizer starts from its weights; {full}")
+    return "\n".join(lines)
+
+
 def other_config(spec) -> tuple[str, dict]:
     """The config to compare with: a checkpoint's, a run directory's, or a YAML file's (a composed config such as
     .hydra/config.yaml, or a primary config such as conf/config.yaml, composed with Hydra as run.py would)."""
@@ -190,8 +235,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print plain JSON instead of text")
     args = parser.parse_args(argv)
     try:
+        from project import checkpoint  # torch is imported here, after the arguments are parsed
+
         path = resolve(args.checkpoint)
-        state = load(path)
+        raw = checkpoint.read(path)
+        if not checkpoint.is_ours(raw):
+            info = describe_foreign(path, raw)
+            if args.diff:
+                raise UserError(f"{path} was not written by this framework and has no config to --diff.")
+            print(json.dumps(plain(info), indent=1, default=str) if args.json else foreign_report(info))
+            return 0
+        state = checkpoint.check(path, raw)
         info = describe(path, state)
         if args.diff:
             name, theirs = other_config(args.diff)

@@ -95,3 +95,18 @@ def test_full_without_optimizer_state_suggests_reset_optimizer(files, tmp_path):
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 2 and "Traceback" not in err
     assert "bare.pth has none" in err and "resume=reset_optimizer" in err
+
+
+def test_inspect_describes_their_file(files):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "project.inspect", str(files / "their_best_model.pth")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "not written by this framework" in proc.stdout and "under 'model_state_dict': 104 tensors" in proc.stdout
+    assert "holds        weights, optimizer state, epoch 92, best_f_score 0.6889" in proc.stdout
+    assert "lacks        config, RNG state, data position" in proc.stdout
+    ddp = subprocess.run([sys.executable, "-m", "project.inspect", str(files / "ddp.pth")], capture_output=True,
+                         text=True, cwd=ROOT).stdout
+    assert "every key starts with module." in ddp and "resume=full cannot (no optimizer state)" in ddp
