@@ -217,7 +217,7 @@ def analyze(run_dir, out=None, streak: int = 3) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="analyze", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="project-analyze", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run directory (holds metrics.csv)")
     parser.add_argument("--out", help="where to write the PNG (default: RUN_DIR/analysis.png)")
     parser.add_argument("--streak", type=int, default=3,

@@ -157,7 +157,7 @@ def compare(paths: list[str], out=None) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="project-compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="a sweep directory, or run directories")
     parser.add_argument("--out", help="directory for comparison.md/.csv/.png")
     parser.add_argument("--json", action="store_true", help="print the ranked runs as JSON")

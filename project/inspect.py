@@ -229,7 +229,7 @@ def diff_report(name: str, diff: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="inspect", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="project-inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a .pth file written by run.py, or a run directory (its last.pth)")
     parser.add_argument("--diff", metavar="OTHER", help="another checkpoint, run directory or config YAML")
     parser.add_argument("--json", action="store_true", help="print plain JSON instead of text")

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -269,3 +270,18 @@ def test_metrics_csv_keeps_a_metric_that_appears_in_a_later_phase(tmp_path):
     assert list(rows[0]) == ["epoch", "phase", "val_recon_loss", "val_loss", "val_f_score"]
     assert rows[0]["val_f_score"] == "" and rows[1]["val_f_score"] == "0.3" and rows[1]["val_recon_loss"] == ""
     assert math.isnan(metric_rows(tmp_path)[0]["val_f_score"])
+
+
+def test_console_scripts_are_prefixed_and_shadow_nothing():
+    """`compare` is ImageMagick's; ours are project-inspect, project-analyze, project-compare (setup.cfg)."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    scripts = dict(line.split(" = ") for line in parser["options.entry_points"]["console_scripts"].strip().splitlines())
+    assert scripts == {"project-inspect": "project.inspect:main", "project-analyze": "project.analyze:main",
+                       "project-compare": "project.compare:main"}
+    installed = Path(sys.executable).parent / "project-inspect"
+    if installed.exists():  # the venv of the README's install command
+        proc = subprocess.run([str(installed), "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stdout.startswith("usage: project-inspect")
