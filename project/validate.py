@@ -1,6 +1,6 @@
 """Range checks on the composed config, before anything is built or written."""
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from project.errors import UserError
 
@@ -8,8 +8,14 @@ from project.errors import UserError
 AUTOCAST_DTYPES = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
+HINTS = {"model._target_": "model._target_=mypkg.nets.MyNet (your class, on PYTHONPATH)",
+         "data.root": "data.root=/path/to/your/data"}
+
+
 def check_config(cfg: DictConfig) -> None:
     problems = []
+    for key in sorted(OmegaConf.missing_keys(cfg)):  # `???` in a config: a value only the user can give
+        problems.append(f"{key} has no value (??? in its config); set it, e.g. {HINTS.get(key, key + '=...')}.")
 
     def bad(key, value, rule):
         problems.append(f"{key}={value!r} is out of range: {rule}.")
