@@ -98,6 +98,8 @@ def save_atomic(state: dict, paths: list[Path]) -> None:
     """
     paths = [Path(p) for p in paths]
     tmp = _temp_name(paths[0])
+    # a temp name left by a save that failed half-way may be a hard link to a published file: never write through it
+    tmp.unlink(missing_ok=True)
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()

@@ -50,3 +50,20 @@ def test_sigkill_during_save_never_breaks_a_checkpoint(tmp_path):
     run_cli(*TINY_DATA, f"hydra.run.dir={tmp_path / 'continued'}", "data.train_size=16",
             f"trainer.max_epochs={last['epoch'] + 1}", "resume=full", f"resume.checkpoint={run_dir}", cwd=tmp_path)
     assert load(tmp_path / "continued" / "checkpoints" / "final_model.pth")["epoch"] == last["epoch"] + 1
+
+
+def test_a_temp_name_left_by_a_failed_save_never_writes_through_to_a_published_file(tmp_path):
+    """A save that failed after linking best_model.pth leaves .last.pth.<pid>.tmp pointing at that file; the next
+    save must not truncate it through that name."""
+    import os
+
+    import torch
+
+    from project.checkpoint import save_atomic
+
+    save_atomic({"epoch": 1}, [tmp_path / "last.pth", tmp_path / "best_model.pth"])
+    stale = tmp_path / f".last.pth.{os.getpid()}.tmp"
+    os.link(tmp_path / "best_model.pth", stale)  # as if the process died between the two renames
+    save_atomic({"epoch": 2}, [tmp_path / "last.pth"])
+    assert torch.load(tmp_path / "best_model.pth") == {"epoch": 1}
+    assert torch.load(tmp_path / "last.pth") == {"epoch": 2} and not stale.exists()
