@@ -90,10 +90,6 @@ class Progress:
     lineage: list = field(default_factory=list)
     parent_best: dict | None = None
 
-    FIELDS = ("epoch", "global_step", "batch_in_epoch", "phase_index", "phase_start", "phase_ends", "phase_best",
-              "best_score", "best_epoch", "val_metrics", "train_metrics", "early_stopping", "nonfinite_skips",
-              "lineage", "parent_best")
-
     def state_dict(self) -> dict:
         d = asdict(self)
         # the file keeps today's layout: early stopping counters in one dict
@@ -106,6 +102,9 @@ class Progress:
         d.update(bad_epochs=es.get("bad_epochs", 0), phase_stopped=es.get("stopped", False))
         for key, value in d.items():
             setattr(self, key, value)
+
+
+Progress.FIELDS = tuple(Progress().state_dict())  # its keys at the top level of a checkpoint, derived
 
 
 class TrainMeter:
