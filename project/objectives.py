@@ -17,6 +17,7 @@ class Segmentation:
     """Per-pixel classes; batches are (images, masks). Scored by mean foreground F-score."""
 
     monitor, higher_is_better, is_pretrain = "f_score", True, False
+    tasks = ("segmentation",)  # the data tasks it trains (project/tasks.py)
     keys = {"best": "best_f_score", "current": "val_f_score"}
 
     def __init__(self, dice_weight: float = 1.0, ignore_index: int = 255):
@@ -55,6 +56,7 @@ class Classification:
     Scored by accuracy, averaged over tasks."""
 
     monitor, higher_is_better, is_pretrain = "acc", True, False
+    tasks = ("classification", "multitask")
     keys = {"best": "best_val_acc", "current": "val_acc"}
 
     def __init__(self, label_smoothing: float = 0.0, task_weights: dict | None = None):

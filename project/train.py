@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from project import checkpoint, foreign, phases, resume, rng
+from project import checkpoint, foreign, phases, resume, rng, tasks
 from project.data.loader import epoch_batches
 from project.errors import TrainingDiverged, UserError
 from project.nonfinite import NonFiniteGuard
@@ -116,11 +116,13 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     device = pick_device(t.device)
     schedule = phases.plan(cfg)
     rng.seed_everything(cfg.seed)
-    data = instantiate(cfg.data)
-    model = instantiate(cfg.model, **data["model_args"]).to(device)
+    final = phases.build_objective(cfg, schedule[-1])
+    data = tasks.build_data(cfg)
+    tasks.check_objective(cfg, final, data)
+    model = tasks.build_model(cfg, data).to(device)
+    tasks.probe_model(cfg, model, data, device)
     run = Run(cfg=cfg, config=config, overrides=overrides, run_dir=run_dir, device=device, data=data,
-              schedule=schedule, final=phases.build_objective(cfg, schedule[-1]), model=model,
-              full_counts=phases.module_counts(model))
+              schedule=schedule, final=final, model=model, full_counts=phases.module_counts(model))
     index, start = plan.phase if plan is not None else (0, 0)
     phases.drop_modules(model, phases.dropped_before(schedule, index))
 

@@ -118,11 +118,18 @@ def write_image_folder(root, classes=("cat", "dog", "owl"), n=4):
 
 def test_image_folder_with_resnet(tmp_path):
     write_image_folder(tmp_path / "imgs")
+    # no loss=: classification data selects cross-entropy and accuracy
     run_cli("model=resnet", "data=image_folder", f"data.root={tmp_path / 'imgs'}", "data.image_size=32",
-            "data.num_workers=0", "loss=cross_entropy", "trainer.batch_size=4", "trainer.max_epochs=2",
+            "data.num_workers=0", "trainer.batch_size=4", "trainer.max_epochs=2",
             "trainer.num_threads=1", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     ckpt = load(tmp_path / "run" / "checkpoints" / "best_model.pth")
     assert 0 <= ckpt["best_val_acc"] <= 1 and ckpt["model_state_dict"]["fc.weight"].shape[0] == 3
     bad = run_cli("model=resnet", "data=image_folder", f"data.root={tmp_path / 'nope'}", "loss=cross_entropy",
                   cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "data.root=" in " ".join(bad.stderr.split())
+    # a segmentation model on classification data: exit 2, one paragraph, no traceback, nothing written
+    wrong = run_cli("model=unet", "data=image_folder", f"data.root={tmp_path / 'imgs'}", "data.num_workers=0",
+                    f"hydra.run.dir={tmp_path / 'wrong'}", cwd=tmp_path, check=False)
+    err = " ".join(wrong.stderr.split())
+    assert wrong.returncode == 2 and "Traceback" not in err and not (tmp_path / "wrong" / "checkpoints").exists()
+    assert "model=unet and data=image_folder (classification data) do not fit" in err, err

@@ -1,0 +1,125 @@
+"""Data decides the task: does the chosen objective and model fit it?
+
+Each data config declares `task` (segmentation, classification or multitask) and selects its default objective in
+its defaults list. What cannot work (classification data with a segmentation loss or model, a model whose output
+classes or input channels disagree with the data) stops here, before training, with one paragraph that names
+both choices and the fix: the objective is checked against the declared task, the model by one forward pass on
+two validation samples (eval mode, no gradients, nothing random drawn).
+"""
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import open_dict
+from torch.utils.data import default_collate
+
+from project.errors import UserError
+
+FITS = {  # what trains each task, for the fix in the messages
+    "segmentation": "model=microsegformer or model=unet with loss=ce_dice",
+    "classification": "model=resnet with loss=cross_entropy",
+    "multitask": "model=swin_mmoe with loss=cross_entropy",
+}
+
+
+def build_data(cfg) -> dict:
+    """The data's builder gets its config without `task`, which is a declaration for the checks here."""
+    spec = cfg.data.copy()
+    with open_dict(spec):
+        task = spec.pop("task", None)
+    data = instantiate(spec)
+    data.setdefault("task", task)
+    return data
+
+
+def build_model(cfg, data: dict) -> torch.nn.Module:
+    """The model with the data's runtime arguments (classes, channels, tasks); a model that cannot take them
+    does not fit the data."""
+    try:
+        return instantiate(cfg.model, **data["model_args"])
+    except InstantiationException as e:
+        if not isinstance(e.__cause__, TypeError) or cfg.model.get("_target_") is None:
+            raise
+        task = data.get("task") or "this"
+        reason = " ".join(str(e.__cause__).split())[:300]
+        raise UserError(
+            f"{choice(cfg, 'model')} cannot be built for {choice(cfg, 'data')} ({task} data), which passes it "
+            f"{sorted(data['model_args'])}: {reason}. For {task} data use {FITS.get(task, 'a model made for it')}. "
+            "Nothing was trained or written.") from None
+
+
+def choice(cfg, group: str) -> str:
+    """`group=option` as the user typed or defaulted it; the class path where Hydra's choices are unknown."""
+    from hydra.core.hydra_config import HydraConfig
+    if HydraConfig.initialized() and HydraConfig.get().runtime.choices.get(group):
+        return f"{group}={HydraConfig.get().runtime.choices[group]}"
+    return f"{group}._target_={cfg[group].get('_target_')}"
+
+
+def check_objective(cfg, objective, data: dict) -> None:
+    """The final objective against the data's declared task."""
+    task, fits = data.get("task"), getattr(objective, "tasks", None)
+    if task is None or fits is None:
+        return  # a user's own data or objective that declares nothing: the model probe still runs
+    if task not in fits:
+        raise UserError(
+            f"{choice(cfg, 'loss')} trains {' or '.join(fits)} but {choice(cfg, 'data')} is {task} data, so "
+            f"they cannot train together. Leave loss= out (the data selects its objective), or for {task} use "
+            f"{FITS.get(task, 'an objective made for it')}. Nothing was trained or written.")
+    unknown = sorted(set(cfg.loss.get("task_weights") or {}) - set(data.get("tasks") or {"label": 0}))
+    if unknown:
+        raise UserError(
+            f"loss.task_weights names {unknown}, which {choice(cfg, 'data')} does not have (its tasks: "
+            f"{sorted(data.get('tasks') or ['label'])}). Weigh only the data's tasks. Nothing was trained or written.")
+
+
+def probe_model(cfg, model: torch.nn.Module, data: dict, device: torch.device) -> None:
+    """One forward pass on two validation samples: the output must be what the data's task scores."""
+    batch = tuple(b.to(device) for b in default_collate([data["val"][i] for i in range(min(2, len(data["val"])))]))
+    task = data.get("task") or infer_task(batch)
+    names = f"{choice(cfg, 'model')} and {choice(cfg, 'data')} ({task} data)"
+    fix = f"For {task} data use {FITS.get(task, 'a model made for it')}, or make the model fit the data."
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(*batch[:2]) if task == "multitask" else model(batch[0])
+    except Exception as e:  # noqa: BLE001 - any failure here means the two do not fit; say which and why
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        raise UserError(f"{names} do not fit: the model fails on the data's batches "
+                        f"(images {tuple(batch[0].shape)}): {type(e).__name__}: {reason}. {fix} "
+                        "Nothing was trained or written.") from None
+    finally:
+        model.train(was_training)
+    problem = output_problem(task, outputs, batch, data)
+    if problem:
+        raise UserError(f"{names} do not fit: {problem}. {fix} Nothing was trained or written.")
+
+
+def output_problem(task: str, outputs, batch: tuple, data: dict) -> str | None:
+    """What is wrong with the model's outputs for this task, or None."""
+    n = len(batch[0])
+    if task == "multitask":
+        tasks = data.get("tasks") or {}
+        if not isinstance(outputs, dict) or set(outputs) != set(tasks):
+            got = sorted(outputs) if isinstance(outputs, dict) else f"one {type(outputs).__name__}"
+            return f"the model returns {got}, but the data has the tasks {sorted(tasks)} (a dict of logits is needed)"
+        wrong = {t: tuple(o.shape) for t, o in outputs.items() if tuple(o.shape) != (n, tasks[t])}
+        return f"per-task logits {wrong} should be (batch, classes of the task)" if wrong else None
+    if not torch.is_tensor(outputs):
+        return f"the model returns {type(outputs).__name__}, but {task} needs one tensor of logits"
+    classes = len(data["classes"])
+    if task == "segmentation":
+        want = (n, classes, *batch[1].shape[1:])
+        what = "per-pixel logits (batch, classes, height, width)"
+    else:
+        want, what = (n, classes), "class logits (batch, classes)"
+    if tuple(outputs.shape) != want:
+        return (f"the model outputs {tuple(outputs.shape)}, but the data's {classes} classes need {what} = {want}")
+    return None
+
+
+def infer_task(batch: tuple) -> str:
+    """For data that declares no task: (images, masks), (images, labels) or (images, tabular, labels...)."""
+    if len(batch) > 2:
+        return "multitask"
+    return "segmentation" if batch[1].dim() == 3 else "classification"
