@@ -31,6 +31,7 @@ def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     cwd = Path(os.getcwd())
     job = {"overrides": list(hc.overrides.task),
+           "choices": {g: c for g, c in hc.runtime.choices.items() if c is not None and not g.startswith("hydra")},
            "sweep_dir": str(Path(hc.sweep.dir).resolve()) if hc.mode.name == "MULTIRUN" else None}
     try:
         summary = train(cfg, Path(hc.runtime.output_dir), [cwd / "outputs", cwd / "multirun"], job)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"32": [], "bf16": ["trainer.precision=bf16-mixed"], "compile": ["trainer.compile=true"]}
-MODELS = {"microsegformer": [],
+MODELS = {"microsegformer": ["model=microsegformer"],
           "swin_mmoe_story": ["+experiment=swin_admoe", "model=swin_mmoe_story", "schedule=single"]}
 
 

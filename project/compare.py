@@ -5,8 +5,10 @@
 
 Runs are sorted by their best val metric (from metrics.csv). For continuations (resume=reset_optimizer) the
 parent's best and the difference are shown. Writes comparison.md, comparison.csv and comparison.png (val curves
-of all runs) to --out (default: the directory given when there is one, else the current directory). Needs
-only the run directories, not W&B.
+of all runs) to --out (default: the directory given when there is one, else the current directory). For a sweep
+over two values it also writes grid.csv and heatmap.png (the best score of each cell, failed and missing cells
+marked); for an Optuna search trials.png (each trial's score over the searched values) and marks the best trial.
+Needs only the run directories, not W&B.
 """
 import argparse
 import csv
@@ -16,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from project import sweeps
 from project.errors import UserError
 from project.runs import (check_run_dir, fail, final_checkpoint, flatten, fmt, fmt_value, guess_monitor,
                           higher_is_better, metric_rows, plain, run_config)
@@ -142,15 +145,38 @@ def compare(paths: list[str], out=None) -> dict:
                         "cannot be ranked together. Compare runs of the same task.")
     runs = rank(runs)
     keys = swept_keys(runs)
+    sweep_dir = Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "metrics.csv").is_file() else None
+    search = sweeps.trials(sweep_dir, runs) if sweep_dir else None
+    if search and search["best"] is not None:
+        best_dir = search["best"]["dir"]
+        for r in runs:
+            r["status"] += " (best trial)" if Path(r["run_dir"]).resolve() == best_dir else ""
     rows = table_rows(runs, keys)
     out = Path(out) if out else Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path.cwd()
     out.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out / "comparison.md", "csv": out / "comparison.csv", "png": out / "comparison.png"}
-    files["markdown"].write_text(markdown(rows) + "\n")
+    text = markdown(rows) + "\n"
+    where = paths[0] if len(paths) == 1 else f"{len(runs)} runs"
+    m, higher = runs[0]["monitor"], runs[0]["higher"]
+    g = sweeps.grid(sweep_dir, runs) if sweep_dir else None
+    if g:  # a grid over two values: the best score of each cell, as text and as a heatmap
+        files["grid"], files["heatmap"] = out / "grid.csv", out / "heatmap.png"
+        sweeps.write_grid_csv(g, files["grid"])
+        text += f"\nBest val {m} per grid cell ({g['y']} down, {g['x']} across):\n\n" + markdown(sweeps.grid_rows(g)) + "\n"
+        sweeps.heatmap(g, m, higher, f"Best val {m}: {where}", files["heatmap"])
+    if search:  # an Optuna search: the score of each trial over the searched values
+        files["trials"] = out / "trials.png"
+        failed = sum(t["failed"] for t in search["trials"])
+        b = search["best"]
+        values = ", ".join(f"{k}={b['overrides'].get(k)}" for k in search["params"]) if b else ""
+        text += (f"\nOptuna search ({search['direction']}, {len(search['trials'])} trials, {failed} failed): "
+                 + (f"best trial #{b['num']} ({values}) with best val {m} {fmt(b['best'])}\n" if b else
+                    "no trial finished\n"))
+        sweeps.trial_plot(search, m, f"Optuna trials: {where}", files["trials"])
+    files["markdown"].write_text(text)
     with open(files["csv"], "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    where = paths[0] if len(paths) == 1 else f"{len(runs)} runs"
-    plot(runs, keys, f"Val {runs[0]['monitor']}: {where} (best run: {runs[0]['name']})", files["png"])
+    plot(runs, keys, f"Val {m}: {where} (best run: {runs[0]['name']})", files["png"])
     return {"monitor": runs[0]["monitor"], "swept": keys, "table": rows, "files": {k: str(v) for k, v in files.items()},
             "runs": [{k: (str(v) if k == "run_dir" else v) for k, v in r.items() if k not in ("config", "curve")}
                      | {"values": {k: r["config"].get(k) for k in keys}} for r in runs]}
@@ -169,7 +195,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(plain(result), indent=1, default=str))
         return 0
-    print(markdown(result["table"]))
+    print(Path(result["files"]["markdown"]).read_text().rstrip())  # the table, and the grid or search summary
     print("\nwrote " + ", ".join(result["files"].values()))
     return 0
 

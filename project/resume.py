@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from project import checkpoint, foreign, phases
 from project.errors import UserError
@@ -127,6 +127,7 @@ class Plan:
     is_own: bool               # a requeued or restarted job continuing its own run dir
     finished: bool = False     # is_own and nothing left to do
     restores: frozenset = frozenset()  # the training-state entries loaded from the file (state.RESTORES)
+    choices: dict | None = None  # resume=full: the continued run's config-group choices (None: this run's own)
 
     @property
     def foreign(self) -> bool:
@@ -154,18 +155,57 @@ class Plan:
         return 0, 0
 
 
-def recompose(saved: list[str], typed: list[str]) -> tuple[DictConfig, list[str]]:
-    """resume=full: the config the checkpoint's run had (its overrides), then what was typed now. Needs Hydra's
-    global state, as run.py has it."""
+# Checkpoints record the run's config-group choices since the default model became unet; a run saved before
+# that was composed when the default model was microsegformer.
+LEGACY_CHOICES = {"model": ("microsegformer", "project.models.MicroSegFormer")}
+
+
+def recompose(saved: dict, typed: list[str]) -> tuple[DictConfig, list[str], dict]:
+    """resume=full: the config the checkpoint's run had, then what was typed now: its group choices and
+    overrides give the structure, its saved values every key not typed now (so a default changed since, e.g.
+    optimizer.lr, does not change a run that is being continued). Returns (cfg, overrides, choices). Needs
+    Hydra's global state, as run.py has it."""
     from hydra import compose
 
-    overrides = merge_overrides(saved, typed)
+    overrides = merge_overrides(saved.get("overrides", []), typed)
+    config = saved.get("config") or {}  # none in a file another script wrote
+    choices = dict(saved.get("choices") or legacy_choices(config))
+    chosen = {override_key(o) for o in overrides}
+    choices.update({override_key(o): o.split("=", 1)[1] for o in typed if "." not in override_key(o) and "=" in o})
+    pinned = [f"{g}={c}" for g, c in choices.items() if g not in chosen and g != "resume"]
     try:
-        return compose(config_name="config", overrides=overrides), overrides
+        cfg = compose(config_name="config", overrides=pinned + overrides)
     except Exception as e:  # e.g. a saved override that no longer fits the config groups
         raise UserError(f"Could not rebuild the configuration of the run being continued from its overrides "
-                        f"{overrides}: {e}. Pass the values you want explicitly, or use "
+                        f"{pinned + overrides}: {e}. Pass the values you want explicitly, or use "
                         "resume=reset_optimizer.") from None
+    keep_saved_values(cfg, config, {override_key(o) for o in typed} | {"resume"})
+    return cfg, overrides, choices
+
+
+def legacy_choices(config: dict) -> dict:
+    """The choices of a run saved before checkpoints recorded them, where today's default differs."""
+    return {group: option for group, (option, target) in LEGACY_CHOICES.items()
+            if config.get(group, {}).get("_target_") == target}
+
+
+def keep_saved_values(node: DictConfig, saved: dict, typed: set[str], prefix: str = "") -> None:
+    """Set every value of `node` that was not typed now to the saved one. Interpolations stay (they follow the
+    values they name: scheduler.max_epochs follows a new trainer.max_epochs); keys added since keep today's
+    default; keys removed since come back."""
+    for key, value in saved.items():
+        path = prefix + key
+        if path in typed:
+            continue
+        if key not in node:
+            with open_dict(node):
+                node[key] = value
+        elif OmegaConf.is_interpolation(node, key):
+            continue
+        elif isinstance(node[key], DictConfig) and isinstance(value, dict):
+            keep_saved_values(node[key], value, typed, path + ".")
+        else:
+            node[key] = value
 
 
 def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None) -> Plan | None:
@@ -194,10 +234,10 @@ def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None)
     else:
         saved = read_any(path, cfg)
     foreign = saved["format"] == FOREIGN
-    overrides = list(typed or [])
+    overrides, choices = list(typed or []), None
     if mode == "full" and typed is not None:
         # continue the run as it was configured (its overrides, then what was typed now), also on a requeue
-        cfg, overrides = recompose(saved.get("overrides", []), typed)
+        cfg, overrides, choices = recompose(saved, typed)
         check_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     changes = {} if foreign else config_changes(saved["config"], config)
@@ -218,7 +258,8 @@ def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None)
     else:
         log.info("Config identical to the checkpoint's.")
     return Plan(mode=mode, path=path, checkpoint=saved, cfg=cfg, config=config, overrides=overrides,
-                changes=changes, is_own=is_own, finished=finished, restores=frozenset(RESTORES[mode]))
+                changes=changes, is_own=is_own, finished=finished, restores=frozenset(RESTORES[mode]),
+                choices=choices)
 
 
 def read_any(path: Path, cfg) -> dict:

@@ -45,6 +45,7 @@ class Run:
     model: torch.nn.Module         # the eager model: its state_dict never holds `_orig_mod.` keys
     full_counts: dict              # parameters per top-level module, before any phase dropped one
     state: dict = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)  # the config-group choices that give cfg ({"model": "unet", ...})
     phase: dict | None = None
     objective: object = None
     net: torch.nn.Module | None = None   # what the step calls: the model, compiled when trainer.compile
@@ -84,12 +85,15 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
         saved = plan.checkpoint
         return {"status": "already finished", "epoch": saved["epoch"], "monitor": saved["monitor"],
                 "best_score": saved["best_score"], "best_epoch": saved["best_epoch"], "run_dir": str(run_dir)}
+    choices = (job or {}).get("choices", {})
     if plan is not None:
         cfg, config, overrides = plan.cfg, plan.config, plan.overrides
+        choices = plan.choices if plan.choices is not None else choices
     else:
         config, overrides = OmegaConf.to_container(cfg, resolve=True), typed
 
     run = setup(cfg, config, overrides, plan, run_dir, job or {})
+    run.choices = choices
     announce(run)
     tracker = run.state["tracker"]
     tracker.start()
@@ -430,7 +434,7 @@ def summary_keys(run: Run, early_stopping: dict) -> dict:
                            "best": phase_best.get("score")},
         "validated_weights": "ema" if run.validates_ema else "model",
         "precision": str(t.precision), "compiled": bool(t.compile),
-        "config": run.config, "overrides": run.overrides, "run_dir": str(run.run_dir),
+        "config": run.config, "overrides": run.overrides, "choices": run.choices, "run_dir": str(run.run_dir),
         objective.keys["best"]: phase_best.get("score", nan),
         objective.keys["current"]: progress.val_metrics.get(objective.monitor, nan),
         final.keys["best"]: nan if progress.best_score is None else progress.best_score,

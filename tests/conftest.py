@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # logger=csv: W&B has its own tests (test_wandb.py); here it would only add start-up time to every run
 TINY_TRAINER = ["trainer.batch_size=8", "trainer.num_threads=1", "trainer.max_epochs=2", "logger=csv"]
 TINY_DATA = ["data.train_size=48", "data.val_size=16", "data.image_size=32", *TINY_TRAINER]
-TINY = TINY_DATA + ["model.embed_dims=[8,16,32]", "model.num_heads=[1,1,2]", "model.decoder_dim=16",
+TINY = TINY_DATA + ["model=microsegformer", "model.embed_dims=[8,16,32]", "model.num_heads=[1,1,2]", "model.decoder_dim=16",
                     "model.dropout=0.1"]
 
 

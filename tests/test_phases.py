@@ -53,8 +53,8 @@ def test_full_resume_refuses_a_schedule_that_reinterprets_finished_epochs(two_st
     ckpt = two_stage / "checkpoints" / "checkpoint_epoch_2.pth"
     proc = run_cli(*[a for a in TWO_STAGE if "explore_epochs" not in a], "schedule.explore_epochs=1",
                    "trainer.max_epochs=6", "data.train_size=48", "data.val_size=16", "data.image_size=32",
-                   "trainer.batch_size=8", "model.embed_dims=[8,16,32]", "model.num_heads=[1,1,2]",
-                   "model.decoder_dim=16", "model.dropout=0.1", "trainer.num_threads=1", "resume=full",
+                   "trainer.batch_size=8", "model=microsegformer", "model.embed_dims=[8,16,32]",
+                   "model.num_heads=[1,1,2]", "model.decoder_dim=16", "model.dropout=0.1", "trainer.num_threads=1", "resume=full",
                    f"resume.checkpoint={ckpt}", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path, check=False)
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 2, proc.stderr

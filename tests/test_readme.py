@@ -51,7 +51,7 @@ def test_default_job_then_continuations_on_a_clean_checkout(tmp_path):
     python()
     (first,) = (clone / "outputs").glob("*/*/checkpoints/final_model.pth")
     parent = torch.load(first.parent / "best_model.pth")
-    assert parent["epoch"] >= 1 and 0 < parent["best_f_score"] <= 1
+    assert parent["epoch"] >= 1 and 0.6 <= parent["best_f_score"] <= 1, "the embedded default should show learning"
     rows = (first.parents[1] / "metrics.csv").read_text().splitlines()
     f_scores = [float(r.split(",")[header.index("val_f_score")]) for header in [rows[0].split(",")] for r in rows[1:]]
     assert max(f_scores[-4:]) > f_scores[0] + 0.05, f"val F-score did not clearly rise: {f_scores}"

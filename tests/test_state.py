@@ -144,6 +144,26 @@ def test_override_merging():
     assert resume.merge_overrides(saved[:1], ["+experiment=x"]) == ["model.dropout=0.2", "+experiment=x"]
 
 
+def test_resume_full_keeps_the_saved_values_over_defaults_changed_since(config, finished_run):
+    """A run continued with resume=full keeps its own values where today's defaults differ (here: a run saved
+    before checkpoints recorded their group choices, when the default model was microsegformer and the default
+    lr 8e-4); what is typed now wins, interpolations follow it, keys added since get today's default."""
+    saved = checkpoint.load(finished_run / "checkpoints" / "last.pth")
+    saved.pop("choices")
+    saved["overrides"] = [o for o in saved["overrides"] if o != "model=microsegformer"]  # it was the default then
+    saved["config"]["optimizer"]["lr"] = 8e-4
+    del saved["config"]["data"]["task"]
+    cfg, overrides, choices = resume.recompose(saved, ["resume=full", "trainer.max_epochs=5"])
+    assert cfg.model._target_ == "project.models.MicroSegFormer" and cfg.model.embed_dims == [8, 16, 32]
+    assert cfg.optimizer.lr == 8e-4 and cfg.trainer.max_epochs == 5 and cfg.scheduler.max_epochs == 5
+    assert cfg.data.task == "segmentation" and cfg.resume.mode == "full"
+    assert choices["model"] == "microsegformer" and "trainer.max_epochs=5" in overrides
+    # with the choices recorded, a group chosen now replaces the saved one
+    saved["choices"] = {"model": "microsegformer", "optimizer": "adamw"}
+    cfg, _, choices = resume.recompose(saved, ["resume=full", "optimizer=sgd"])
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and choices["optimizer"] == "sgd"
+
+
 def test_reset_optimizer_starts_from_the_weights_that_were_validated():
     raw, ema = {"w": torch.zeros(1)}, {"w": torch.ones(1)}
     assert resume.validated_weights({"model_state_dict": raw, "ema_state_dict": ema,

@@ -4,7 +4,8 @@ Hydra's joblib launcher reuses worker processes (CUDA, allocator and wandb state
 submitit_local gives every job GPU 0. Here every job is a new *spawned* interpreter whose CUDA_VISIBLE_DEVICES
 names its own GPU from a pool; the next job starts as soon as a GPU frees up. Without GPUs, `n_jobs` jobs run at
 once on the CPU. A failing job (an exception, sys.exit, a crash) does not stop the others; at the end the sweep
-lists every failed job (overrides, run dir, how to rerun it) and exits with 1.
+lists every failed job (overrides, run dir, how to rerun it) and exits with 1; under a search sweeper (Optuna)
+a failed job is a failed trial and the search goes on.
 
 The per-job setup mirrors Hydra's own launchers (basic, joblib, submitit): the parent composes each job's config
 with load_sweep_config and sets hydra.job.id / hydra.job.num; the child restores Hydra's singletons and resolvers
@@ -30,6 +31,7 @@ import cloudpickle
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, open_dict
 
@@ -67,9 +69,10 @@ def visible_gpus() -> list[str]:
     return re.findall(r"^GPU (\d+):", out, flags=re.MULTILINE)
 
 
-class JobFailed(SystemExit):
-    """The return value of a failed job: Hydra's sweeper raises it when it reads the job's result, so the sweep
-    exits with 1 and a one-line message (the summary is logged just before), after every job has ended."""
+class JobFailed(CompactHydraException):
+    """The return value of a failed job. Hydra's basic sweeper raises it when it reads the job's result, so the
+    sweep exits with 1 and a one-line message (the summary is logged just before), after every job has ended. A
+    search sweeper (Optuna) catches it as any Exception, records the trial as failed and goes on."""
 
 
 def _run_in_child(conn, payload: bytes) -> None:
@@ -264,10 +267,8 @@ class LocalGpusLauncher(Launcher):
             summary.append(f"{len(failed)} of {len(done)} jobs failed:\n" + "\n".join(lines))
         summary = "\n".join(summary)
         log.error("%s", summary)
-        failure = JobFailed(f"Sweep failed: {len(failed)} of {len(done)} jobs failed (details above)" if failed else
-                            f"Sweep stopped by {signal.Signals(self.stop_signal).name} (details above)")
-        if failed:
-            for _, r in failed:
-                r._return_value = failure  # the sweeper raises it when it reads the first failed result
-        else:
-            raise failure  # every started job finished, but the sweep is incomplete
+        for job, r in failed:  # what a sweeper raises (basic) or records as a failed trial (Optuna) when it reads it
+            r._return_value = JobFailed(f"Sweep failed: job #{job.idx} failed ({r._return_value}); "
+                                        f"{len(failed)} of {len(done)} jobs failed (details above)")
+        if not failed:  # every started job finished, but the sweep is incomplete
+            raise JobFailed(f"Sweep stopped by {signal.Signals(self.stop_signal).name} (details above)")
