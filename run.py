@@ -9,12 +9,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from project.errors import TrainingDiverged, UserError
+from project import rundir
+from project.errors import DiskError, Interrupted, RunDirUnavailable, TrainingDiverged, UserError
 
 log = logging.getLogger("run")
 
-
-EXIT_CODES = {UserError: 2, TrainingDiverged: 3}  # 2: bad input, nothing written; 3: the loss became NaN/inf
+# 2: bad input, nothing written; 3: the loss became NaN/inf; 4: the disk is full or unwritable
+EXIT_CODES = {UserError: 2, TrainingDiverged: 3, DiskError: 4}
 
 
 def user_error(e: BaseException | None) -> UserError | TrainingDiverged | None:
@@ -24,27 +25,42 @@ def user_error(e: BaseException | None) -> UserError | TrainingDiverged | None:
     return e
 
 
+def exit_code(error: BaseException) -> int:
+    return next(code for kind, code in EXIT_CODES.items() if isinstance(error, kind))
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from project.train import train  # torch is imported here, after Hydra has parsed the command line
-
+    logging.raiseExceptions = False  # a full disk under training.log must not print tracebacks; saves report it
     hc = HydraConfig.get()
-    cwd = Path(os.getcwd())
+    cwd, run_dir, multirun = Path(os.getcwd()), Path(hc.runtime.output_dir), hc.mode.name == "MULTIRUN"
+    made_now = run_dir.is_dir() and not any(run_dir.iterdir())  # Hydra has just made it (it writes nothing else)
     job = {"overrides": list(hc.overrides.task),
            "choices": {g: c for g, c in hc.runtime.choices.items() if c is not None and not g.startswith("hydra")},
-           "sweep_dir": str(Path(hc.sweep.dir).resolve()) if hc.mode.name == "MULTIRUN" else None}
+           "sweep_dir": str(Path(hc.sweep.dir).resolve()) if multirun else None}
     try:
-        summary = train(cfg, Path(hc.runtime.output_dir), [cwd / "outputs", cwd / "multirun"], job)
+        rundir.acquire(run_dir)  # one process per run dir, before anything is written into it
+        rundir.write_records(run_dir, cfg, hc, job["overrides"])
+        from project.train import train  # torch is imported here, after Hydra has parsed the command line
+
+        summary = train(cfg, run_dir, [cwd / "outputs", cwd / "multirun"], job)
     except Exception as e:
         error = user_error(e)
         if error is None:
             raise
-        log.error("Error: %s", error)  # training.log keeps it too
-        if hc.mode.name == "MULTIRUN":
+        refused = not multirun and type(error) is UserError and rundir.remove_if_unused(run_dir, not made_now)
+        if not (refused or isinstance(error, RunDirUnavailable)):
+            log.error("Error: %s", error)  # training.log keeps it too (never another process's log)
+        if multirun:
             raise error from None  # the launcher records this job as failed and goes on with the others
         print("\n" + textwrap.fill(f"Error: {error}", width=110, break_long_words=False, break_on_hyphens=False),
               file=sys.stderr)
-        sys.exit(EXIT_CODES[type(error)])
+        sys.exit(exit_code(error))
+    if summary["status"].startswith("interrupted"):
+        signum = summary["signal"]  # stopped by a signal after saving last.pth: not a finished run
+        if multirun:
+            raise Interrupted(f"stopped by {signum.name} after saving last.pth; continue it with the rerun command")
+        sys.exit(128 + signum)  # 130 for SIGINT, 143 for SIGTERM, as shells expect
     return summary["best_score"]  # what a Hydra sweeper would optimise
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from project import rundir
 from project.errors import UserError
 
 FORMAT = "project-checkpoint-v2"
@@ -97,25 +98,50 @@ def save_atomic(state: dict, paths: list[Path]) -> None:
     are only ever replaced, never rewritten in place, so names sharing one file never see each other's writes.
     """
     paths = [Path(p) for p in paths]
-    tmp = _temp_name(paths[0])
+    temps = [_temp_name(p) for p in paths]
+    try:
+        _publish(state, paths, temps)
+    except OSError as e:  # a full disk, a quota, a read-only mount: no temp file may keep holding the space
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        error = rundir.disk_error(e, paths[0], _nbytes(state))
+        if error is None:
+            raise
+        raise error from None
+
+
+def _publish(state: dict, paths: list[Path], temps: list[Path]) -> None:
+    tmp = temps[0]
     # a temp name left by a save that failed half-way may be a hard link to a published file: never write through it
     tmp.unlink(missing_ok=True)
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
-    for path in paths[1:]:
-        link = _temp_name(path)
+    for path, link in zip(paths[1:], temps[1:]):
         link.unlink(missing_ok=True)
         try:
             os.link(tmp, link)
-        except OSError:  # no hard links here (some network or FAT file systems): a full copy
+        except OSError as e:  # no hard links here (some network or FAT file systems): a full copy
+            if e.errno in rundir.DISK_ERRNOS:
+                raise
             shutil.copyfile(tmp, link)
             _fsync(link, os.O_RDONLY)
         os.replace(link, path)
     os.replace(tmp, paths[0])
     for folder in {p.parent for p in paths}:
         _fsync(folder, os.O_RDONLY)
+
+
+def _nbytes(tree) -> int:
+    """What serialising `tree` writes, roughly: its tensors' bytes."""
+    if torch.is_tensor(tree):
+        return tree.nbytes
+    if isinstance(tree, dict):
+        return sum(_nbytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(_nbytes(v) for v in tree)
+    return 0
 
 
 def _temp_name(path: Path) -> Path:

@@ -9,3 +9,18 @@ class UserError(Exception):
 class TrainingDiverged(Exception):
     """The loss became NaN or inf (trainer.on_nonfinite). run.py prints the message, which names the last good
     checkpoint and the command to continue from it, and exits with status 3. Nothing was saved after the bad step."""
+
+
+class RunDirUnavailable(UserError):
+    """The run dir is held by another live process, or cannot be written. Reported without writing anything
+    into it (not even training.log: it may be another run's)."""
+
+
+class DiskError(Exception):
+    """No space, no quota, no permission or a read-only file system while writing a run's files. run.py prints
+    the message (the file, bytes needed and free, which checkpoints are intact, how to continue) and exits 4."""
+
+
+class Interrupted(Exception):
+    """A sweep job stopped by a signal after saving last.pth: a launcher reports it as interrupted, not failed, and
+    a search sweeper does not take its partial score."""

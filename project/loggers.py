@@ -244,6 +244,18 @@ def first_line(error: BaseException) -> str:
 def append_rows(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
+    try:
+        _append_rows(path, rows)
+    except OSError as e:  # a full disk or a read-only mount: say so plainly (project/rundir.py)
+        from project.rundir import disk_error
+
+        error = disk_error(e, path)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _append_rows(path: Path, rows: list[dict]) -> None:
     fields = header(path)
     wider = fields + [k for k in dict.fromkeys(k for row in rows for k in row) if k not in fields]
     if fields and wider != fields:

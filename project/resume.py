@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from project import checkpoint, foreign, phases
+from project import checkpoint, foreign, phases, rundir
 from project.errors import UserError
 from project.foreign import FORMAT as FOREIGN
 from project.runs import flatten
@@ -29,15 +29,26 @@ def find_checkpoint(spec: str, mode: str, search_dirs: list[Path], exclude: Path
     """Resolve resume.checkpoint (latest | a .pth file | a run directory) to one file."""
     name = FILE_FOR_MODE[mode]
     if spec == "latest":
-        candidates = [p for d in search_dirs if d.is_dir() for p in d.rglob(f"checkpoints/{name}")
-                      if exclude not in p.parents]
+        candidates = sorted((p for d in search_dirs if d.is_dir() for p in d.rglob(f"checkpoints/{name}")
+                             if exclude not in p.parents), key=lambda p: p.stat().st_mtime, reverse=True)
+        live = [p for p in candidates if mode == "full" and rundir.is_locked(p.parents[1])]
+        if live and live[0] == candidates[0]:  # the newest run is still training: never continue it twice
+            log.warning("resume.checkpoint=latest skips %s: %s", live[0].parents[1], still_training(live[0].parents[1]))
+        candidates = [p for p in candidates if p not in live]
         if not candidates:
             where = " or ".join(str(d) for d in search_dirs)
+            busy = f" ({len(live)} run(s) with one are still training, e.g. {live[0].parents[1]})" if live else ""
             raise UserError(
-                f"resume.checkpoint=latest found no run with checkpoints/{name} under {where}. Train one first "
-                "(python run.py), or name the checkpoint: resume.checkpoint=/path/to/run_dir or /path/to/file.pth.")
-        return max(candidates, key=lambda p: p.stat().st_mtime)
+                f"resume.checkpoint=latest found no run with checkpoints/{name} under {where}{busy}. Train one "
+                "first (python run.py), or name the checkpoint: resume.checkpoint=/path/to/run_dir or "
+                "/path/to/file.pth.")
+        return candidates[0]
     path = Path(spec).expanduser()
+    source = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if mode == "full" and source.is_dir() and source.resolve() != exclude.resolve() and rundir.is_locked(source):
+        raise UserError(f"resume=full of {source}, but {still_training(source)} Continuing it now would train it "
+                        "twice at once. Wait for it to end or stop it (its last.pth is then saved), then run this "
+                        "again; or start from its best weights with resume=reset_optimizer.")
     if path.is_dir():
         for candidate in (path / "checkpoints" / name, path / name):
             if candidate.is_file():
@@ -48,6 +59,10 @@ def find_checkpoint(spec: str, mode: str, search_dirs: list[Path], exclude: Path
         raise UserError(f"resume.checkpoint={spec!r} does not exist. Pass a .pth file, a run directory "
                         "(outputs/<date>/<time>), or latest.")
     return path
+
+
+def still_training(run_dir: Path) -> str:
+    return f"it is still training ({rundir.describe(rundir.holder(run_dir))})."
 
 
 def load_newest_intact(path: Path) -> tuple[Path, dict]:

@@ -69,6 +69,7 @@ def record_environment(run_dir: Path, device) -> None:
     starts = json.loads(path.read_text()) if path.exists() else []
     keys = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
     starts.append({"hostname": socket.gethostname(), "pid": os.getpid(), "device": str(device),
+                   "cpu_threads": torch.get_num_threads(), "cores_usable": len(os.sched_getaffinity(0)),
                    **{k: os.environ.get(k) for k in keys}, "time": datetime.now().isoformat(timespec="milliseconds")})
     path.write_text(json.dumps(starts, indent=1))
 

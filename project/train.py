@@ -9,6 +9,8 @@ to restore, is decided before anything is built (project/resume.py).
 import functools
 import logging
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from tqdm import tqdm
 
 from project import checkpoint, foreign, phases, resume, rng, tasks
 from project.data.loader import epoch_batches
-from project.errors import TrainingDiverged, UserError
+from project.errors import DiskError, TrainingDiverged, UserError
 from project.nonfinite import NonFiniteGuard
 from project.runtime import StopRequest, pick_device, record_environment, restore_history
 from project.state import EMA, RNG, Progress, TrainMeter, load_state_dicts, state_dicts
@@ -100,23 +102,39 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
     run.stop = StopRequest()
     status = "failed"  # stays "failed" if an exception leaves the loop
     try:
-        summary = train_loop(run)
-        status = "interrupted" if summary["status"].startswith("interrupted") else "done"
-    finally:
-        run.stop.close()
         try:
-            run.writer.wait()  # the last checkpoint is on disk before the run ends
+            summary = train_loop(run)
+            status = "interrupted" if summary["status"].startswith("interrupted") else "done"
         finally:
-            tracker.finish(status)  # also on exceptions and signals: a sweep never hangs on an open tracker run
+            run.stop.close()
+            try:
+                run.writer.wait()  # the last checkpoint is on disk before the run ends
+            finally:
+                tracker.finish(status)  # also on exceptions and signals: a sweep never hangs on an open tracker run
+    except DiskError as e:
+        raise DiskError(f"{e} {what_is_intact(run)}") from None
     report(run, summary)
     return summary
+
+
+def what_is_intact(run: Run) -> str:
+    """For a disk error: which checkpoints survived, and how to continue once there is space."""
+    last = run.ckpt_dir / "last.pth"
+    try:
+        epoch = checkpoint.load(last)["epoch"] if last.is_file() else None
+    except UserError:
+        epoch = None
+    intact = (f"The checkpoints written before are intact: {last} holds epoch {epoch}." if epoch is not None else
+              "No checkpoint of this run was written yet.")
+    return (f"{intact} Nothing partial was left behind. Free space (or fix the mount), then continue with: python "
+            f"run.py resume=full resume.checkpoint={run.run_dir}")
 
 
 def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     """Build every component from the config, in the phase the run continues in, then restore what the plan says."""
     t = cfg.trainer
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
+    # never more threads than the cores this process may use (a launcher's share, taskset, a SLURM allocation)
+    torch.set_num_threads(t.num_threads or min(torch.get_num_threads(), len(os.sched_getaffinity(0))))
     device = pick_device(t.device)
     schedule = phases.plan(cfg)
     rng.seed_everything(cfg.seed)
@@ -479,7 +497,8 @@ def summarize(run: Run, interrupted: str | None) -> dict:
     stopped_early = progress.phase_stopped and run.phase["last"]
     summary = {"status": f"interrupted by {interrupted}" if interrupted else "early stopped" if stopped_early else "done",
                "epoch": progress.epoch, "monitor": run.final.monitor, "best_score": progress.best_score,
-               "best_epoch": progress.best_epoch, "phase_best": progress.phase_best, "run_dir": str(run.run_dir)}
+               "best_epoch": progress.best_epoch, "phase_best": progress.phase_best, "run_dir": str(run.run_dir),
+               "signal": signal.Signals[interrupted] if interrupted else None}
     parent = progress.parent_best
     if parent and progress.best_score is not None:
         summary.update(parent_best=parent["score"], improvement=progress.best_score - parent["score"])

@@ -11,8 +11,9 @@ from conftest import TINY, TINY_DATA, run_cli
 
 
 def snapshot(root):
+    """Every file under root (checkpoints, logs, metrics, records), by content and modification time."""
     return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*.pth"))}
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -31,9 +32,8 @@ def fails(cwd, *overrides, expect=(), code=2, base=TINY):
     assert "Traceback" not in err, err
     for text in expect:
         assert text in err, f"{text!r} not in:\n{err}"
-    assert snapshot(cwd) == before, "a checkpoint was written, changed or removed"
-    assert not (cwd / "outputs" / "new" / "checkpoints").exists() or \
-        not any((cwd / "outputs" / "new" / "checkpoints").iterdir())
+    assert snapshot(cwd) == before, "a file was written, changed or removed"
+    assert not (cwd / "outputs" / "new").exists(), "a refused run left its run dir behind"
     return err
 
 
@@ -144,7 +144,10 @@ def test_compile_that_fails_is_a_clear_error(workspace):
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 2 and "Traceback" not in err, err
     assert "trainer.compile=true failed" in err and "'inductor'" in err and "trainer.compile=false" in err
-    assert snapshot(cwd) == before and not list((cwd / "outputs" / "new").rglob("*.pth"))
+    # it failed after the run had started (its run dir stays, with its log), but before any checkpoint
+    new = cwd / "outputs" / "new"
+    assert {k: v for k, v in snapshot(cwd).items() if not k.startswith(str(new))} == before
+    assert not list(new.rglob("*.pth")) and "trainer.compile=true failed" in (new / "training.log").read_text()
 
 
 def test_full_resume_of_a_finished_run(workspace):

@@ -5,31 +5,68 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from conftest import ROOT, TINY, assert_same_state, load, train_tiny
 
-CFG = [*TINY, "trainer.max_epochs=6", "data.train_size=384"]  # ~1.5 s of training a kill, well past start-up
+CFG = [*TINY, "trainer.max_epochs=6", "data.train_size=384"]  # ~1.5 s epochs, each ending with a last.pth write
+KILLS = 12
 
 
-def test_sigkill_at_20_random_moments_then_matches_uninterrupted(tmp_path):
+def writing(ckpts: Path, pid: int) -> bool:
+    """A checkpoint write of process `pid` is in flight: its temp file exists (checkpoint.save_atomic)."""
+    return ckpts.is_dir() and any(p.name.endswith(f".{pid}.tmp") for p in ckpts.iterdir())
+
+
+def kill_when(proc, run_dir: Path, aim_at_write: bool, rng: random.Random, starts_before: int) -> dict:
+    """SIGKILL the run once it trains: either the moment a checkpoint write is seen in flight (its temp file), or
+    at a random moment up to 1.5 s after this start announced itself. Returns what was true at the kill."""
+    ckpts, log = run_dir / "checkpoints", run_dir / "training.log"
+    while not (log.exists() and log.read_text().count("Run dir ") > starts_before):
+        if proc.poll() is not None:
+            return {}
+        time.sleep(0.005)
+    deadline = time.time() + (10 if aim_at_write else rng.uniform(0.0, 1.5))
+    while time.time() < deadline and proc.poll() is None:
+        if aim_at_write and writing(ckpts, proc.pid):
+            break
+        time.sleep(0.001)
+    in_write = writing(ckpts, proc.pid)
+    had_checkpoint = (ckpts / "last.pth").exists()
+    if proc.poll() is not None:
+        return {}
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return {"in_write": in_write, "after_checkpoint": had_checkpoint}
+
+
+def test_sigkill_at_random_moments_and_inside_writes_then_matches_uninterrupted(tmp_path):
+    """Kills timed by the run's progress (not by wall-clock from launch, which mostly hits the ~6 s import of
+    torch): half aimed at checkpoint writes, half at random moments of training. After every kill every checkpoint
+    file must load; the restarts must have continued from a checkpoint; the end equals an uninterrupted run."""
     train_tiny(tmp_path / "reference", *CFG[len(TINY):], cwd=tmp_path)
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "run.py"), *CFG, f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     rng = random.Random(0)
-    kills = 0
-    for _ in range(20):
+    kills = []
+    for i in range(KILLS):
+        starts = (run_dir / "training.log").read_text().count("Run dir ") if (run_dir / "training.log").exists() else 0
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 4.0))  # start-up, training steps, validation or a checkpoint write
-        if proc.poll() is not None:
+        kill = kill_when(proc, run_dir, aim_at_write=i % 2 == 1, rng=rng, starts_before=starts)
+        if not kill:
             break  # it finished before this kill
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-    assert kills >= 8, f"the run finished after only {kills} kills; make it longer"
+        kills.append(kill)
+        for path in (run_dir / "checkpoints").glob("*.pth"):
+            load(path)  # every published checkpoint loads after every kill
+    assert len(kills) >= 8, f"the run finished after only {len(kills)} kills; make it longer"
+    assert sum(k["after_checkpoint"] for k in kills) >= len(kills) - 1, kills
+    assert sum(k["in_write"] for k in kills) >= 3, f"too few kills landed inside a checkpoint write: {kills}"
     # the same command again: it continues from its newest complete checkpoint (or says it is done)
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+    continued = (run_dir / "training.log").read_text().count("Resuming (full) from this run's own")
+    assert continued >= len(kills) - 1, f"only {continued} of {len(kills) + 1} starts continued from a checkpoint"
     ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
     got = load(run_dir / "checkpoints" / "final_model.pth")
     assert got["epoch"] == 6 and got["global_step"] == ref["global_step"]

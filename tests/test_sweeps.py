@@ -107,7 +107,7 @@ def test_a_failing_job_is_reported_and_the_others_complete(tmp_path):
                  cwd=tmp_path, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = proc.stdout + proc.stderr
-    assert "1 of 2 jobs failed" in out and "#1" in out and "model.dropout=1.5: UserError" in out
+    assert "1 of 2 jobs failed" in out and "#1" in out and "model.dropout=1.5: failed: UserError" in out
     assert f"run dir: {tmp_path / 'sweep' / '1'}" in out
     assert f"rerun:   python {ROOT / 'run.py'} hydra.run.dir={tmp_path / 'sweep' / '1'}" in out
     runs = jobs(tmp_path / "sweep")
@@ -196,9 +196,9 @@ def test_exit_kill_and_exception_fail_their_job_only(tmp_path):
     (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
     assert (sweep_dir / "multirun.yaml").exists() and sorted(toy_jobs(sweep_dir)) == [0, 1, 2, 3]
     assert "3 of 4 jobs failed" in out
-    assert "#1 +sleep=0 +fail=exit +big=1000000: its process exited with code 2 without a result" in out
-    assert "#2 +sleep=0 +fail=kill +big=1000000: its process was killed by SIGKILL without a result" in out
-    assert "#3 +sleep=0 +fail=raise +big=1000000: ValueError: bad value" in out
+    assert "#1 +sleep=0 +fail=exit +big=1000000: failed: its process exited with code 2 without a result" in out
+    assert "#2 +sleep=0 +fail=kill +big=1000000: failed: its process was killed by SIGKILL without a result" in out
+    assert "#3 +sleep=0 +fail=raise +big=1000000: failed: ValueError: bad value" in out
     assert "#0 " not in out.split("jobs failed")[1]
 
 

@@ -122,6 +122,7 @@ class LocalGpusLauncher(Launcher):
         self.config = self.hydra_context = self.task_function = None
         self.running: dict[Any, _Job] = {}  # process sentinel -> job, while launch() runs
         self.stop_signal = None  # set by SIGTERM/SIGINT to the sweep process
+        self.threads_per_job = 1
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -155,15 +156,19 @@ class LocalGpusLauncher(Launcher):
         # cloudpickle: the task function is @hydra.main's function in __main__, which plain pickle cannot name
         payload = cloudpickle.dumps((self.hydra_context, self.task_function, job.config, Singleton.get_state()))
         job.process = ctx.Process(target=_run_in_child, args=(sender, payload), name=f"hydra-job-{job.idx}")
-        previous = os.environ.get("CUDA_VISIBLE_DEVICES")
-        os.environ["CUDA_VISIBLE_DEVICES"] = job.slot  # inherited by the child before it can import torch
+        # inherited by the child before it imports torch: its GPU, and its share of the cores (jobs that each spin
+        # OpenMP threads on every core slow each other down several times over)
+        env = {"CUDA_VISIBLE_DEVICES": job.slot, "OMP_NUM_THREADS": str(self.threads_per_job)}
+        previous = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
             job.process.start()
         finally:
-            if previous is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES")
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = previous
+            for k, v in previous.items():
+                if v is None:
+                    os.environ.pop(k)
+                else:
+                    os.environ[k] = v
         sender.close()  # only the child holds the write end now: its exit means EOF here
         job.receiver = receiver
         log.info("\t#%d : %s -> %s, %s", job.idx, " ".join(filter_overrides(job.overrides)),
@@ -185,8 +190,9 @@ class LocalGpusLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         free = self.slots()
-        log.info("Launching %d jobs locally, %d at a time, %s", len(job_overrides), len(free),
-                 f"on GPUs {sorted(set(free))}" if any(free) else "on the CPU")
+        self.threads_per_job = max(1, len(os.sched_getaffinity(0)) // len(free))
+        log.info("Launching %d jobs locally, %d at a time, %s, %d CPU threads each", len(job_overrides), len(free),
+                 f"on GPUs {sorted(set(free))}" if any(free) else "on the CPU", self.threads_per_job)
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per job: nothing leaks between jobs
         pending = list(enumerate(job_overrides, start=initial_job_idx))
         self.running, self.stop_signal = {}, None
@@ -253,7 +259,9 @@ class LocalGpusLauncher(Launcher):
         program = shlex.quote(sys.argv[0])
         lines = []
         for job, r in failed:
-            lines += [f"  #{job.idx} {' '.join(filter_overrides(job.overrides))}: {r._return_value}",
+            # a job stopped by a signal saved last.pth (run.py raises Interrupted): its rerun continues it
+            kind = "interrupted" if str(r._return_value).startswith("Interrupted") else "failed"
+            lines += [f"  #{job.idx} {' '.join(filter_overrides(job.overrides))}: {kind}: {r._return_value}",
                       f"      run dir: {job.run_dir}",
                       f"      rerun:   python {program} hydra.run.dir={shlex.quote(str(job.run_dir))} "
                       + " ".join(shlex.quote(o) for o in job.overrides)]
@@ -264,7 +272,9 @@ class LocalGpusLauncher(Launcher):
                            f"save their last.pth and stop; jobs not started: {not_started or 'none'}. The same sweep "
                            f"command with hydra.sweep.dir={sweep_dir} continues every job where it stopped.")
         if failed:
-            summary.append(f"{len(failed)} of {len(done)} jobs failed:\n" + "\n".join(lines))
+            stopped = sum("interrupted: " in line for line in lines)
+            summary.append(f"{len(failed)} of {len(done)} jobs failed" + (f" ({stopped} interrupted)" if stopped else "")
+                           + ":\n" + "\n".join(lines))
         summary = "\n".join(summary)
         log.error("%s", summary)
         for job, r in failed:  # what a sweeper raises (basic) or records as a failed trial (Optuna) when it reads it
