@@ -25,6 +25,24 @@ def user_error(e: BaseException | None) -> UserError | TrainingDiverged | None:
     return e
 
 
+def quiet_logging() -> None:
+    """Ranks other than 0: no training.log (rank 0's), warnings and errors only on the console."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+        else:
+            handler.setLevel(logging.WARNING)
+
+
+def report_rank_error(run_dir: Path, rank: int, error: BaseException) -> None:
+    import traceback
+
+    with open(run_dir / f"rank_{rank}.log", "a") as f:
+        f.write("".join(traceback.format_exception(error)))
+    print(f"rank {rank} failed: {type(error).__name__}: {error} (see {run_dir / f'rank_{rank}.log'})", file=sys.stderr)
+
+
 def exit_code(error: BaseException) -> int:
     return next(code for kind, code in EXIT_CODES.items() if isinstance(error, kind))
 
@@ -38,14 +56,26 @@ def main(cfg: DictConfig) -> float | None:
     job = {"overrides": list(hc.overrides.task),
            "choices": {g: c for g, c in hc.runtime.choices.items() if c is not None and not g.startswith("hydra")},
            "sweep_dir": str(Path(hc.sweep.dir).resolve()) if multirun else None}
+    from project import distributed  # torch is imported here, after Hydra has parsed the command line
+
+    dist = distributed.init(cfg.trainer.dist_timeout_s)  # one process unless torchrun or SLURM tasks say otherwise
+    if dist.enabled:  # one run dir per job: rank 0's; the others remove the one Hydra made for them
+        own, run_dir = run_dir, Path(distributed.broadcast(str(run_dir)))
+        if not dist.main:
+            quiet_logging()
+            if own != run_dir:
+                rundir.remove_if_unused(own, not made_now)
     try:
-        rundir.acquire(run_dir)  # one process per run dir, before anything is written into it
-        rundir.write_records(run_dir, cfg, hc, job["overrides"])
-        from project.train import train  # torch is imported here, after Hydra has parsed the command line
+        if dist.main:
+            rundir.acquire(run_dir)  # one process per run dir, before anything is written into it
+            rundir.write_records(run_dir, cfg, hc, job["overrides"])
+        from project.train import train
 
         summary = train(cfg, run_dir, [cwd / "outputs", cwd / "multirun"], job)
     except Exception as e:
         error = user_error(e)
+        if not dist.main:  # the ranks other than 0 write only when they have an error to report
+            report_rank_error(run_dir, dist.rank, e)
         if error is None:
             raise
         refused = not multirun and type(error) is UserError and rundir.remove_if_unused(run_dir, not made_now)

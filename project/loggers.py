@@ -48,6 +48,28 @@ class CSVLogger:
         pass
 
 
+class NullTracker:
+    """The tracker entry of the ranks other than 0 in a several-process job: rank 0 logs the job."""
+
+    def start(self) -> None:
+        pass
+
+    def log_epoch(self, row: dict) -> None:
+        pass
+
+    def log_summary(self, summary: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+    def finish(self, status: str = "done") -> None:
+        pass
+
+
 class WandbLogger(CSVLogger):
     """metrics.csv as CSVLogger, and one W&B run per training run in <run dir>/wandb/.
 

@@ -63,20 +63,22 @@ def restore_history(src: Path, dst: Path, upto_epoch: int) -> None:
         os.replace(tmp, dst)
 
 
-def record_environment(run_dir: Path, device) -> None:
+def record_environment(run_dir: Path, device, world_size: int = 1) -> None:
     """Append where and as what this start of the run happened (GPU assignment, SLURM ids, requeues)."""
     path = run_dir / "environment.json"
     starts = json.loads(path.read_text()) if path.exists() else []
     keys = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
     starts.append({"hostname": socket.gethostname(), "pid": os.getpid(), "device": str(device),
                    "cpu_threads": torch.get_num_threads(), "cores_usable": len(os.sched_getaffinity(0)),
+                   "world_size": world_size,
                    **{k: os.environ.get(k) for k in keys}, "time": datetime.now().isoformat(timespec="milliseconds")})
     path.write_text(json.dumps(starts, indent=1))
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """trainer.device; `auto` is this rank's GPU (cuda:LOCAL_RANK) when there is one."""
+    if name == "auto" or name == "cuda" and local_rank:
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"trainer.device={name} but no CUDA GPU is visible to this process "
                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Use trainer.device=auto "

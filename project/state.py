@@ -12,6 +12,7 @@ A checkpoint file is that mapping's state dicts in the layout users read (`<name
 the progress fields flat: `epoch`, `global_step`, ...), plus summary keys derived at save time (`phase`,
 `best_f_score`, `decoder_removed`, ...) which are never read back.
 """
+import logging
 import random
 from dataclasses import asdict, dataclass, field
 
@@ -196,9 +197,35 @@ class EMA:
 
 class RNG:
     """The global RNGs (python, numpy, torch, CUDA) as one entry, restored last. numpy's state is converted to
-    plain values and a tensor: its ndarray would not load with weights_only=True."""
+    plain values and a tensor: its ndarray would not load with weights_only=True. In a several-process job the
+    file holds every rank's states (`ranks`, rank 0's also at the top): each rank gets its own back when the
+    job resumes on as many processes; on another number they cannot be matched up, which the log says."""
 
     def state_dict(self) -> dict:
+        from project import distributed
+
+        own = self.own_state()
+        if not distributed.current().enabled:
+            return own
+        return {**own, "ranks": distributed.gather(own)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        from project import distributed
+
+        dist, ranks = distributed.current(), state_dict.get("ranks")
+        if ranks is not None and len(ranks) == dist.world:
+            state_dict = ranks[dist.rank]
+        elif ranks is not None or dist.enabled:
+            saved = len(ranks) if ranks is not None else 1
+            if dist.main:
+                logging.getLogger(__name__).warning(
+                    "The checkpoint was written by %d process(es), this job has %d: the data order and position "
+                    "continue exactly, but the random numbers (dropout masks) are rank 0's, not bit-exact.",
+                    saved, dist.world)
+        self.load_own(state_dict)
+
+    @staticmethod
+    def own_state() -> dict:
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         return {
             "python": random.getstate(),
@@ -208,7 +235,8 @@ class RNG:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    @staticmethod
+    def load_own(state_dict: dict) -> None:
         random.setstate(state_dict["python"])
         n = state_dict["numpy"]
         np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],

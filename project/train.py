@@ -20,11 +20,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from project import checkpoint, foreign, phases, resume, rng, tasks
+from project import checkpoint, distributed, foreign, phases, resume, rng, tasks
 from project.data.loader import epoch_batches
 from project.errors import DiskError, TrainingDiverged, UserError
 from project.nonfinite import NonFiniteGuard
 from project.runtime import StopRequest, pick_device, record_environment, restore_history
+from project.loggers import NullTracker
 from project.state import EMA, RNG, Progress, TrainMeter, load_state_dicts, state_dicts
 from project.validate import AUTOCAST_DTYPES, check_config
 
@@ -133,9 +134,13 @@ def what_is_intact(run: Run) -> str:
 def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     """Build every component from the config, in the phase the run continues in, then restore what the plan says."""
     t = cfg.trainer
-    # never more threads than the cores this process may use (a launcher's share, taskset, a SLURM allocation)
-    torch.set_num_threads(t.num_threads or min(torch.get_num_threads(), len(os.sched_getaffinity(0))))
-    device = pick_device(t.device)
+    dist = distributed.current()
+    # never more threads than the cores this process may use (a launcher's share, taskset, a SLURM allocation,
+    # the other ranks of this job on the same host)
+    cores = max(1, len(os.sched_getaffinity(0)) // dist.local_world)
+    torch.set_num_threads(t.num_threads or min(torch.get_num_threads(), cores))
+    distributed.check_batch(t.batch_size)
+    device = pick_device(t.device, dist.local_rank)
     schedule = phases.plan(cfg)
     rng.seed_everything(cfg.seed)
     final = phases.build_objective(cfg, schedule[-1])
@@ -158,7 +163,9 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
                                                enabled=str(t.precision) == "16-mixed")
     run.state["progress"] = Progress(phase_index=index, phase_start=start)
     run.state["train_meter"] = TrainMeter(run.objective.meter(data, device), device)
-    run.state["tracker"] = instantiate(cfg.logger)(run_dir, run_meta(cfg, config, schedule, plan, job))
+    # only rank 0 logs the run (W&B, metrics.csv); the other ranks keep an entry that saves and loads the same
+    tracker = instantiate(cfg.logger)(run_dir, run_meta(cfg, config, schedule, plan, job)) if dist.main else None
+    run.state["tracker"] = tracker or NullTracker()
     run.state["rng"] = RNG()
     restore(run, plan)
     run.guard = NonFiniteGuard(t.on_nonfinite, device)
@@ -185,7 +192,8 @@ def restore(run: Run, plan) -> None:
             log.info("Not in the checkpoint, so starting fresh: %s", ", ".join(fresh))
         if not plan.is_own:  # a run continuing itself keeps its lineage; a new run descends from the checkpoint
             progress.lineage = progress.lineage + [plan.lineage_entry]
-        restore_history(Path(saved["run_dir"]) / "metrics.csv", run.run_dir / "metrics.csv", saved["epoch"])
+        if distributed.current().main:
+            restore_history(Path(saved["run_dir"]) / "metrics.csv", run.run_dir / "metrics.csv", saved["epoch"])
         run.last_saved = (plan.path, saved["epoch"])
     if progress.lineage:
         log.info("Lineage: %s", " -> ".join(f"{e['path']}@{e['epoch']} ({e['mode']})" for e in progress.lineage))
@@ -239,7 +247,11 @@ def enter_phase(run: Run, index: int, start: int, lr_from_config: bool = False) 
     run.state["scheduler"] = phases.build_scheduler(run.cfg, phase, optimizer, length=phase["end"] - start)
     run.phase, run.objective = phase, phases.build_objective(run.cfg, phase)
     t = run.cfg.trainer
-    run.net = torch.compile(run.model, backend=t.compile_backend) if t.compile else run.model
+    net = run.model
+    if distributed.current().enabled:  # gradients averaged across the ranks; a dropped module means a new wrapper
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    run.net = torch.compile(net, backend=t.compile_backend) if t.compile else net
     if previous is not None:
         log.info("Phase %d/%d %r from epoch %d: dropped %s, new optimizer (state of %d/%d parameters kept), "
                  "lr %.2e, monitor %s", index + 1, len(run.schedule), phase["name"], start + 1, dropped or "nothing",
@@ -270,7 +282,8 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     if run.num_workers:
         run.writer.wait()  # DataLoader workers are forked: never while the writer thread runs
     batches = epoch_batches(run.data["train"], t.batch_size, seed=run.cfg.seed, epoch=epoch, start=start,
-                            num_workers=run.num_workers, pin_memory=run.device.type == "cuda")
+                            num_workers=run.num_workers, pin_memory=run.device.type == "cuda",
+                            shard=distributed.shard if distributed.current().enabled else None)
     bar = tqdm(batches, total=n, initial=start, desc=f"epoch {epoch + 1}/{t.max_epochs}", leave=False,
                disable=None, dynamic_ncols=True)
     run.model.train()
@@ -279,7 +292,10 @@ def train_epoch(run: Run, epoch: int) -> str | None:
         batch = tuple(b.to(run.device, non_blocking=True) for b in batch)
         window = min(k, n - i // k * k)  # batches in this accumulation window: an epoch's last may be shorter
         loss, outputs = forward(run, batch)
-        run.state["scaler"].scale(loss if window == 1 else loss / window).backward()
+        # several ranks: DDP averages their gradients; weighing each by its share of the global batch makes that
+        # the global batch's mean even when the batch does not split evenly
+        share = len(batch[0]) * distributed.current().world / global_size(run, i)
+        run.state["scaler"].scale(loss * share / window if share != 1 or window != 1 else loss).backward()
         meter.loss_sum += loss.detach()
         run.guard.observe(loss, progress.global_step + 1)
         seen += len(batch[0])
@@ -288,6 +304,8 @@ def train_epoch(run: Run, epoch: int) -> str | None:
         optimizer_step(run)
         progress.global_step += 1
         progress.batch_in_epoch = i + 1
+        if distributed.current().enabled:  # every rank stops at the same step, whichever caught the signal
+            run.stop.signum = distributed.agree_stop(run.stop.signum)
         if progress.global_step % t.log_every_n_steps == 0 or i + 1 == n:
             check_finite(run)
             # train metrics are sampled on these steps only: scoring every batch costs ~3% of a step
@@ -298,6 +316,11 @@ def train_epoch(run: Run, epoch: int) -> str | None:
             return run.stop.caught
     bar.close()
     return None
+
+
+def global_size(run: Run, i: int) -> int:
+    """Samples in global batch i of an epoch (the last may be smaller)."""
+    return min(run.cfg.trainer.batch_size, len(run.data["train"]) - i * run.cfg.trainer.batch_size)
 
 
 def forward(run: Run, batch: tuple):
@@ -344,9 +367,11 @@ def stop_here(run: Run, epoch: int, n: int) -> bool:
     run.stop.caught = run.stop.name
     save(run, ["last.pth"])
     run.writer.wait()  # on disk before the launcher's handler (submitit's requeue) may end the process
+    distributed.barrier()  # no rank leaves before rank 0's file is on disk
     log.info("Caught %s: saved %s at epoch %d, batch %d/%d.", run.stop.caught, run.ckpt_dir / "last.pth",
              epoch + 1, progress.batch_in_epoch, n)
-    if run.stop.hand_over():
+    # rank 0 hands the signal to the launcher (submitit acts on rank 0 only) and tells the others what it decided
+    if distributed.broadcast(run.stop.hand_over() if distributed.current().main else None):
         return False  # the launcher let us go on (submitit ignores SIGTERM)
     log.info("Stopped. Continue with: python run.py resume=full resume.checkpoint=%s", run.run_dir)
     return True
@@ -354,16 +379,22 @@ def stop_here(run: Run, epoch: int, n: int) -> bool:
 
 def end_epoch(run: Run, epoch: int) -> bool:
     """Validate, update best scores and early stopping, record, save. True when training is finished."""
-    t, phase, progress = run.cfg.trainer, run.phase, run.state["progress"]
-    train_metrics = run.state["train_meter"].compute(math.ceil(len(run.data["train"]) / t.batch_size))
+    t, phase, progress, meter = run.cfg.trainer, run.phase, run.state["progress"], run.state["train_meter"]
+    meter.loss_sum = distributed.mean(meter.loss_sum)  # the job's train loss, not one rank's (metrics: rank 0's)
+    train_metrics = meter.compute(math.ceil(len(run.data["train"]) / t.batch_size))
     lr = run.state["optimizer"].param_groups[0]["lr"]
     progress.epoch, progress.batch_in_epoch, progress.train_metrics = epoch + 1, 0, train_metrics
     # validate every trainer.eval_interval epochs of a phase, and at its end; patience counts validations
     val = {}
     if (epoch + 1 - progress.phase_start) % t.eval_interval == 0 or epoch + 1 == phase["end"]:
-        model = run.state["ema"].module if run.validates_ema else run.net
-        val = evaluate(model, run.objective, run.data["val"], t.batch_size, run.device, run.data, run.num_workers,
-                       run.autocast_dtype)
+        # several ranks: rank 0 validates the whole set (the job's numbers, as one process would) with the
+        # unwrapped model, the others take its result so that every rank decides the same
+        model = run.state["ema"].module if run.validates_ema else run.net if not distributed.current().enabled \
+            else run.model
+        if distributed.current().main:
+            val = evaluate(model, run.objective, run.data["val"], t.batch_size, run.device, run.data,
+                           run.num_workers, run.autocast_dtype)
+        val = distributed.broadcast(val)
         progress.val_metrics = val
     improved, phase_improved = record_scores(run, val, epoch)
     # the plateau scheduler reads the metric (as "higher is better"); the closed-form ones ignore it
@@ -431,8 +462,12 @@ def save(run: Run, files: list[str]) -> None:
     check_finite(run)  # never a checkpoint after a non-finite step
     run.writer.wait()
     progress = run.state["progress"]
-    ckpt = {"format": checkpoint.FORMAT, **state_dicts(run.state)}
+    ckpt = {"format": checkpoint.FORMAT, **state_dicts(run.state)}  # every rank: the RNG entry gathers them all
     ckpt.update(summary_keys(run, ckpt["early_stopping"]))
+    meter = ckpt["train_meter"]  # the job's running loss (a copy): any number of ranks resumes from it
+    ckpt["train_meter"] = {**meter, "loss_sum": distributed.mean(meter["loss_sum"].to(run.device)).cpu()}
+    if not distributed.current().main:
+        return
     prune = functools.partial(checkpoint.prune_periodic, run.ckpt_dir, run.cfg.trainer.keep_last,
                               protect=set(progress.phase_ends))
     run.writer.submit(checkpoint.snapshot(ckpt), [run.ckpt_dir / name for name in files], then=prune)
@@ -451,7 +486,7 @@ def summary_keys(run: Run, early_stopping: dict) -> dict:
         "early_stopping": {**early_stopping, "patience": phase["early_stopping"].patience,
                            "best": phase_best.get("score")},
         "validated_weights": "ema" if run.validates_ema else "model",
-        "precision": str(t.precision), "compiled": bool(t.compile),
+        "precision": str(t.precision), "compiled": bool(t.compile), "world_size": distributed.current().world,
         "config": run.config, "overrides": run.overrides, "choices": run.choices, "run_dir": str(run.run_dir),
         objective.keys["best"]: phase_best.get("score", nan),
         objective.keys["current"]: progress.val_metrics.get(objective.monitor, nan),
@@ -522,10 +557,11 @@ def report(run: Run, summary: dict) -> None:
 def announce(run: Run) -> None:
     """Prepare the run dir and say what this run is."""
     t, progress, model = run.cfg.trainer, run.state["progress"], run.model
-    run.ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run.ckpt_dir.glob(".*.tmp"):  # writes cut short by a kill; the real files are intact
-        stale.unlink()
-    record_environment(run.run_dir, run.device)
+    if distributed.current().main:  # rank 0 writes the run dir
+        run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run.ckpt_dir.glob(".*.tmp"):  # writes cut short by a kill; the real files are intact
+            stale.unlink()
+        record_environment(run.run_dir, run.device, distributed.current().world)
     dropouts = sorted({round(m.p, 6) for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)})
     extras = [f"precision {t.precision}"] + [f"{name} {value}" for name, value in (
         ("accumulate", t.accumulate_grad_batches if t.accumulate_grad_batches > 1 else None),

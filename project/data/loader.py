@@ -29,9 +29,13 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = 
 
 
 def epoch_batches(dataset, batch_size: int, *, seed: int, epoch: int, start: int = 0, shuffle: bool = True,
-                  num_workers: int = 0, pin_memory: bool = False):
-    """Yield batches (tuples of tensors) start, start+1, ... of this epoch's order."""
+                  num_workers: int = 0, pin_memory: bool = False, shard=None):
+    """Yield batches (tuples of tensors) start, start+1, ... of this epoch's order. `shard` maps a global batch's
+    indices to this process's part (several processes, one job): the order, hence the samples of each optimizer
+    step, do not depend on how many processes share them."""
     batches = batch_order(len(dataset), batch_size, seed, epoch, shuffle)[start:]
+    if shard is not None:
+        batches = [shard(b) for b in batches]
     if isinstance(dataset, TensorSamples):
         return (dataset[b] for b in batches)
     return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=num_workers,

@@ -1,0 +1,131 @@
+"""One job on several processes: torch.distributed (DDP), started by torchrun or by SLURM tasks.
+
+The ranks come from the launcher's environment (torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT;
+SLURM with several tasks: submitit's TorchDistributedEnvironment). One process, as before, when nothing says
+otherwise. Rank 0 decides the run dir and is the only one that writes it; every step consumes the global batch
+a single process would (trainer.batch_size split across the ranks); the ranks agree on stopping at step edges.
+"""
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+from project.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+_current = Dist()
+_device = torch.device("cpu")  # where small collectives put their tensors: the GPU under NCCL
+
+
+def current() -> Dist:
+    return _current
+
+
+def from_env() -> Dist:
+    """The ranks the launcher started: torchrun's variables, else SLURM's tasks (through submitit)."""
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1")) > 1 and "RANK" in env:
+        return Dist(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")),
+                    int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])))
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        tde = TorchDistributedEnvironment().export()  # sets MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK
+        return Dist(tde.rank, tde.world_size, tde.local_rank, tde.local_world_size)
+    return Dist()
+
+
+def init(timeout_s: float) -> Dist:
+    """Join the process group (NCCL on GPUs, gloo on the CPU); a no-op for one process."""
+    global _current, _device
+    dist = from_env()
+    if dist.enabled and not torch_dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(dist.local_rank)
+            _device = torch.device("cuda", dist.local_rank)
+        torch_dist.init_process_group(backend, rank=dist.rank, world_size=dist.world,
+                                      timeout=datetime.timedelta(seconds=timeout_s))
+    _current = dist
+    return dist
+
+
+def broadcast(obj):
+    """Rank 0's value on every rank."""
+    if not _current.enabled:
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj) -> list:
+    """Every rank's value, in rank order, on every rank."""
+    if not _current.enabled:
+        return [obj]
+    out = [None] * _current.world
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def agree_stop(signum: int | None) -> int | None:
+    """The stop signal any rank caught (the highest number), on every rank: all ranks stop at the same step."""
+    if not _current.enabled:
+        return signum
+    flag = torch.tensor([signum or 0], dtype=torch.int64, device=_device)
+    torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)  # one tiny collective per optimizer step
+    return int(flag.item()) or None
+
+
+def mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks (a copy), e.g. the epoch's train loss."""
+    if not _current.enabled:
+        return value
+    value = value.clone()
+    torch_dist.all_reduce(value)
+    return value / _current.world
+
+
+def shard(indices: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a global batch (contiguous parts, sizes differ by at most one)."""
+    if not _current.enabled:
+        return indices
+    return indices.tensor_split(_current.world)[_current.rank]
+
+
+def check_batch(batch_size: int) -> None:
+    if _current.enabled and batch_size % _current.world:
+        raise UserError(f"trainer.batch_size={batch_size} does not divide by the {_current.world} processes of this "
+                        f"job: it is the global batch, split across them. Use a multiple of {_current.world}, e.g. "
+                        f"trainer.batch_size={_current.world * max(1, batch_size // _current.world)}.")
+
+
+def barrier() -> None:
+    if _current.enabled:
+        torch_dist.barrier()
+
+
+def close() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

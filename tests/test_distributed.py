@@ -1,0 +1,84 @@
+"""One job on several processes (issue 12), on the CPU with gloo and real torchrun processes
+(`python -m torch.distributed.run`, as the venv's torchrun may not be on PATH)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+from conftest import ROOT, TINY, assert_same_state, load, run_cli
+from project.loggers import read_rows
+
+# the math is the same on 1 and 2 processes: no dropout, no Dice (a per-batch ratio), no BatchNorm (tests/tiny_nets.py;
+# batch statistics of a shard are not those of the global batch)
+SAME_MATH = [o for o in TINY if not o.startswith(("model", "trainer.num_threads"))] + [
+    "model=custom", "model._target_=tiny_nets.NoNormNet", "loss.dice_weight=0"]
+ENV = {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+
+
+def torchrun(*overrides, cwd, nproc=2, check=True, timeout=600, popen=False):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "run.py"), *overrides]
+    env = {**os.environ, **ENV, "OMP_NUM_THREADS": "1"}
+    if popen:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    return proc
+
+
+def test_two_processes_write_one_run_dir_and_match_one_process(tmp_path):
+    torchrun(*SAME_MATH, cwd=tmp_path)
+    runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, f"one job, one run dir: {runs}"
+    run = runs[0]
+    assert [r["epoch"] for r in read_rows(run / "metrics.csv")] == ["1", "2"]
+    two = load(run / "checkpoints" / "final_model.pth")
+    assert two["world_size"] == 2 and not any(k.startswith("module.") for k in two["model_state_dict"])
+    assert not list(run.glob("rank_*.log")), "ranks other than 0 write only errors"
+    run_cli(*SAME_MATH, f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path, env_extra=ENV)
+    one = load(tmp_path / "one" / "checkpoints" / "final_model.pth")
+    diff = max((two["model_state_dict"][k].float() - v.float()).abs().max().item()
+               for k, v in one["model_state_dict"].items())
+    assert diff < 1e-4, f"2 processes vs 1 with the same global batch: max abs weight difference {diff}"
+    assert two["global_step"] == one["global_step"]
+    assert abs(two["val_f_score"] - one["val_f_score"]) < 0.01
+
+
+def test_two_ranks_stopped_by_sigterm_resume_bit_exact_and_on_one_rank(tmp_path):
+    cfg = [*[o for o in TINY if not o.startswith(("trainer.num_threads", "data.train_size", "trainer.max_epochs"))],
+           "data.train_size=400", "trainer.max_epochs=3"]
+    torchrun(*cfg, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    run_dir = tmp_path / "stopped"
+    proc = torchrun(*cfg, f"hydra.run.dir={run_dir}", cwd=tmp_path, popen=True)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.pth").exists():  # epoch 1 done
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGTERM)  # what a preemption does: every process of the job gets it
+    out, _ = proc.communicate(timeout=120)
+    assert "Caught SIGTERM" in out, out[-5000:]
+    saved = load(run_dir / "checkpoints" / "last.pth")
+    assert saved["epoch"] < 3 and saved["world_size"] == 2 and len(saved["rng"]["ranks"]) == 2
+    stopped = tmp_path / "stopped_last.pth"
+    stopped.write_bytes((run_dir / "checkpoints" / "last.pth").read_bytes())
+    # the same command again on two ranks: bit for bit the uninterrupted two-rank run
+    torchrun(*cfg, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert_same_state(load(run_dir / "checkpoints" / "final_model.pth"),
+                      load(tmp_path / "reference" / "checkpoints" / "final_model.pth"))
+    # resumed on one process from the stopped state: it completes the same global batches, none twice
+    one = tmp_path / "one"
+    run_cli(*cfg, "resume=full", f"resume.checkpoint={stopped}", f"hydra.run.dir={one}", cwd=tmp_path)
+    final = load(one / "checkpoints" / "final_model.pth")
+    ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
+    assert final["global_step"] == ref["global_step"] == 3 * 400 // 8
+    assert [r["epoch"] for r in read_rows(one / "metrics.csv")] == ["1", "2", "3"]
+
+
+def test_a_batch_that_does_not_split_is_a_clear_error(tmp_path):
+    proc = torchrun(*TINY, "trainer.batch_size=7", cwd=tmp_path, check=False)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode != 0 and "trainer.batch_size=7 does not divide by the 2 processes" in out, out[-3000:]
