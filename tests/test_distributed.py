@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-
 from conftest import ROOT, TINY, assert_same_state, load, run_cli
 from project.loggers import read_rows
 
