@@ -81,3 +81,14 @@ def test_a_batch_that_does_not_split_is_a_clear_error(tmp_path):
     proc = torchrun(*TINY, "trainer.batch_size=7", cwd=tmp_path, check=False)
     out = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode != 0 and "trainer.batch_size=7 does not divide by the 2 processes" in out, out[-3000:]
+
+
+def test_a_rank_that_raises_ends_the_job_with_its_error(tmp_path):
+    run_dir = tmp_path / "run"
+    tic = time.time()
+    proc = torchrun(*SAME_MATH, "model._target_=tiny_nets.FailsOnRank1", "trainer.dist_timeout_s=30",
+                    f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and time.time() - tic < 120, out[-3000:]
+    assert "rank 1 failed: RuntimeError: rank 1 broke on purpose" in out, out[-3000:]
+    assert "rank 1 broke on purpose" in (run_dir / "rank_1.log").read_text()

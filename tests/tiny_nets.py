@@ -14,3 +14,19 @@ class NoNormNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x))
+
+
+class FailsOnRank1(NoNormNet):
+    """A network whose forward raises on rank 1 of a several-process job at its 3rd training call: one rank
+    crashing while the others wait in a collective."""
+
+    calls = 0
+
+    def forward(self, x):
+        import torch.distributed as dist
+
+        if self.training and dist.is_initialized() and dist.get_rank() == 1:
+            FailsOnRank1.calls += 1
+            if FailsOnRank1.calls == 3:
+                raise RuntimeError("rank 1 broke on purpose")
+        return super().forward(x)
