@@ -88,7 +88,7 @@ def soak(args, run_dir: Path, cmd: list[str]) -> dict:
             counts["fills"] += 1
             counts["exit_4"] += proc.returncode == 4
             counts["tmp_left"] += len(list((run_dir / "checkpoints").glob("*.tmp")))
-            (Path(args.disk_full) / "filler").unlink()
+            (Path(args.disk_full) / "filler").unlink(missing_ok=True)
         counts["unloadable"] += check_files(run_dir)
         print(f"\r{counts}", end="", flush=True)
     print()
@@ -96,13 +96,14 @@ def soak(args, run_dir: Path, cmd: list[str]) -> dict:
 
 
 def fill(path: Path) -> None:
-    with open(path, "wb") as f:
-        try:
+    """Take every free byte of path's file system (a full file system may refuse even the open: then it is full)."""
+    try:
+        with open(path, "ab") as f:
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass
 
 
 def main() -> None:

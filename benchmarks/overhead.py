@@ -61,6 +61,7 @@ def run_plain(cfg, work: Path) -> int:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from project.data.loader import epoch_batches
+    from project.tasks import build_data
     from project.losses import CEDiceLoss
     from project.metrics import ConfusionMatrix
     from project.rng import seed_everything
@@ -69,7 +70,7 @@ def run_plain(cfg, work: Path) -> int:
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     seed_everything(cfg.seed)
-    data = instantiate(cfg.data)
+    data = build_data(cfg)  # the data config without its `task` declaration
     model = instantiate(cfg.model, **data["model_args"])
     loss_fn = CEDiceLoss(dice_weight=cfg.loss.dice_weight)
     optimizer = instantiate(cfg.optimizer)(model.parameters())

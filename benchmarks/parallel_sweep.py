@@ -2,6 +2,8 @@
 
 Times, each as a fresh `python run.py` (start-up included), the default config for `--epochs` epochs:
   alone       one job with the cores it may use;
+  alone_share one job with the threads each sweep job gets (cores // N): the sweep's lower bound, since a job
+              cannot run faster on its share than alone on it;
   sweep       N jobs through `hydra/launcher=local_gpus hydra.launcher.n_jobs=N` (N slots, no GPU): each job gets
               cores // N threads from the launcher;
   unlimited   (--unlimited) N plain `python run.py` started at once, each with torch's default threads: what two
@@ -43,11 +45,14 @@ def main() -> None:
     env.update(PYTHONPATH=str(ROOT), WANDB_MODE="offline")
     run = [sys.executable, str(ROOT / "run.py"), f"trainer.max_epochs={args.epochs}", "logger=csv"]
     values = ",".join(str(round(0.1 + 0.01 * i, 2)) for i in range(args.jobs))
-    results = {"alone": [], "sweep": [], "unlimited": []}
+    results = {"alone": [], "alone_share": [], "sweep": [], "unlimited": []}
+    share = max(1, len(os.sched_getaffinity(0)) // args.jobs)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for r in range(args.rounds):
             results["alone"].append(timed([[*run, f"hydra.run.dir={work}/alone{r}"]], work, env))
+            results["alone_share"].append(timed([[*run, f"trainer.num_threads={share}",
+                                                  f"hydra.run.dir={work}/share{r}"]], work, env))
             results["sweep"].append(timed([[*run[:2], "-m", *run[2:], "hydra/launcher=local_gpus",
                                             f"hydra.launcher.n_jobs={args.jobs}", "hydra.launcher.gpus=[]",
                                             f"model.dropout={values}", f"hydra.sweep.dir={work}/sweep{r}"]], work, env))

@@ -65,6 +65,7 @@ def plain(cfg, overrides, tmp: Path) -> float:
     from hydra.utils import instantiate
 
     from project.data.loader import epoch_batches
+    from project.tasks import build_data
     from project.rng import seed_everything
     from project.runtime import pick_device
     from project.validate import AUTOCAST_DTYPES
@@ -72,7 +73,7 @@ def plain(cfg, overrides, tmp: Path) -> float:
     t = cfg.trainer
     device = pick_device(t.device)
     seed_everything(cfg.seed)
-    data = instantiate(cfg.data)
+    data = build_data(cfg)  # the data config without its `task` declaration
     model = instantiate(cfg.model, **data["model_args"]).to(device)
     net = torch.compile(model, backend=t.compile_backend) if t.compile else model
     objective = instantiate(cfg.loss)

@@ -45,6 +45,17 @@ def test_optuna_search_of_two_trials(tmp_path, capsys):
     assert_png(sweep / "trials.png", min_size=(800, 300))
 
 
+def test_optuna_search_of_two_trials_through_local_gpus(tmp_path):
+    """The preset as users type it, two trials at once on the CPU slots of local_gpus."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "hparams_search=optuna", "hydra/launcher=local_gpus", "hydra.launcher.gpus=[]",
+                   "hydra.launcher.n_jobs=2", "hydra.sweeper.n_trials=2", *ONE_EPOCH, f"hydra.sweep.dir={sweep}",
+                   cwd=tmp_path)
+    assert "Launching 2 jobs locally, 2 at a time" in proc.stdout + proc.stderr
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert result["best_value"] == max(best_score(sweep / n) for n in ("0", "1"))
+
+
 def test_optuna_through_local_gpus_goes_on_after_a_failed_trial(tmp_path, capsys):
     """max_epochs 1 or 0 (an invalid value: that trial fails before training), two trials at once on the CPU slots
     of local_gpus, the study in SQLite. The seeded random sampler draws 0 then 1 for the first batch: one trial
