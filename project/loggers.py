@@ -21,7 +21,30 @@ from urllib.parse import urlsplit
 log = logging.getLogger(__name__)
 
 
-class CSVLogger:
+class NullTracker:
+    """A tracker that records nothing: the entry of the ranks other than 0 in a several-process job (rank 0 logs
+    the job), and the base of the others."""
+
+    def start(self) -> None:
+        pass
+
+    def log_epoch(self, row: dict) -> None:
+        pass
+
+    def log_summary(self, summary: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+    def finish(self, status: str = "done") -> None:
+        pass
+
+
+class CSVLogger(NullTracker):
     """Append one row per epoch to <run dir>/metrics.csv; the columns are those of the first row, widened when a
     later phase reports another metric."""
 
@@ -31,43 +54,6 @@ class CSVLogger:
 
     def log_epoch(self, row: dict) -> None:
         append_rows(self.path, [row])
-
-    def start(self) -> None:
-        pass
-
-    def log_summary(self, summary: dict) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        pass
-
-    def finish(self, status: str = "done") -> None:
-        pass
-
-
-class NullTracker:
-    """The tracker entry of the ranks other than 0 in a several-process job: rank 0 logs the job."""
-
-    def start(self) -> None:
-        pass
-
-    def log_epoch(self, row: dict) -> None:
-        pass
-
-    def log_summary(self, summary: dict) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        pass
-
-    def finish(self, status: str = "done") -> None:
-        pass
 
 
 class WandbLogger(CSVLogger):
