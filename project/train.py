@@ -6,6 +6,7 @@ parameters for the optimizer, the optimizer for the scheduler, the run dir for t
 Everything a resume restores is one entry of `run.state` (project/state.py); what to continue from, and what
 to restore, is decided before anything is built (project/resume.py).
 """
+import contextlib
 import functools
 import logging
 import math
@@ -51,7 +52,8 @@ class Run:
     choices: dict = field(default_factory=dict)  # the config-group choices that give cfg ({"model": "unet", ...})
     phase: dict | None = None
     objective: object = None
-    net: torch.nn.Module | None = None   # what the step calls: the model, compiled when trainer.compile
+    net: torch.nn.Module | None = None   # what the step calls: the model, DDP-wrapped and compiled as configured
+    ddp: torch.nn.Module | None = None   # the DDP wrapper of a several-process job (for no_sync)
     guard: NonFiniteGuard | None = None
     stop: StopRequest | None = None
     writer: checkpoint.BackgroundWriter = field(default_factory=checkpoint.BackgroundWriter)
@@ -148,6 +150,12 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     tasks.check_objective(cfg, final, data)
     model = tasks.build_model(cfg, data).to(device)
     tasks.probe_model(cfg, model, data, device)
+    if t.sync_batchnorm and dist.enabled:  # BatchNorm statistics over the global batch, not each rank's part
+        if device.type != "cuda":
+            raise UserError("trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm runs on CUDA only. On the "
+                            "CPU leave it off (each rank normalises its part of the batch) or use a model without "
+                            "BatchNorm. Nothing was trained or written.")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     run = Run(cfg=cfg, config=config, overrides=overrides, run_dir=run_dir, device=device, data=data,
               schedule=schedule, final=final, model=model, full_counts=phases.module_counts(model))
     index, start = plan.phase if plan is not None else (0, 0)
@@ -247,10 +255,10 @@ def enter_phase(run: Run, index: int, start: int, lr_from_config: bool = False) 
     run.state["scheduler"] = phases.build_scheduler(run.cfg, phase, optimizer, length=phase["end"] - start)
     run.phase, run.objective = phase, phases.build_objective(run.cfg, phase)
     t = run.cfg.trainer
-    net = run.model
+    net, run.ddp = run.model, None
     if distributed.current().enabled:  # gradients averaged across the ranks; a dropped module means a new wrapper
         ids = [run.device.index] if run.device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        net = run.ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
     run.net = torch.compile(net, backend=t.compile_backend) if t.compile else net
     if previous is not None:
         log.info("Phase %d/%d %r from epoch %d: dropped %s, new optimizer (state of %d/%d parameters kept), "
@@ -291,15 +299,17 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     for i, batch in enumerate(bar, start=start):
         batch = tuple(b.to(run.device, non_blocking=True) for b in batch)
         window = min(k, n - i // k * k)  # batches in this accumulation window: an epoch's last may be shorter
-        loss, outputs = forward(run, batch)
-        # several ranks: DDP averages their gradients; weighing each by its share of the global batch makes that
-        # the global batch's mean even when the batch does not split evenly
-        share = len(batch[0]) * distributed.current().world / global_size(run, i)
-        run.state["scaler"].scale(loss * share / window if share != 1 or window != 1 else loss).backward()
+        steps_now = not ((i + 1) % k and i + 1 < n)  # the window's last batch: the optimizer steps after it
+        # several ranks: gradients are averaged once per window (no_sync before), each rank's weighed by its share
+        # of the global batch, which makes the average the global batch's mean even when it does not split evenly
+        with run.ddp.no_sync() if run.ddp is not None and not steps_now else contextlib.nullcontext():
+            loss, outputs = forward(run, batch)
+            share = len(batch[0]) * distributed.current().world / global_size(run, i)
+            run.state["scaler"].scale(loss * share / window if share != 1 or window != 1 else loss).backward()
         meter.loss_sum += loss.detach()
         run.guard.observe(loss, progress.global_step + 1)
         seen += len(batch[0])
-        if (i + 1) % k and i + 1 < n:
+        if not steps_now:
             continue  # inside a window: gradients accumulate, and a stop waits for the window's end
         optimizer_step(run)
         progress.global_step += 1

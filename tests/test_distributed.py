@@ -47,6 +47,23 @@ def test_two_processes_write_one_run_dir_and_match_one_process(tmp_path):
     assert abs(two["val_f_score"] - one["val_f_score"]) < 0.01
 
 
+def test_accumulation_under_ddp_matches_one_process(tmp_path):
+    """Gradients are all-reduced once per accumulation window (no_sync inside it): still the same updates."""
+    torchrun(*SAME_MATH, "trainer.accumulate_grad_batches=2", f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path)
+    run_cli(*SAME_MATH, "trainer.accumulate_grad_batches=2", f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path,
+            env_extra=ENV)
+    two, one = (load(tmp_path / d / "checkpoints" / "final_model.pth") for d in ("two", "one"))
+    assert two["global_step"] == one["global_step"] == 2 * 48 // 16
+    diff = max((two["model_state_dict"][k] - v).abs().max().item() for k, v in one["model_state_dict"].items())
+    assert diff < 1e-4, diff
+
+
+def test_sync_batchnorm_on_the_cpu_is_a_clear_error(tmp_path):
+    proc = torchrun(*TINY, "trainer.sync_batchnorm=true", cwd=tmp_path, check=False)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode != 0 and "trainer.sync_batchnorm=true needs GPUs" in out, out[-3000:]
+
+
 def test_two_ranks_stopped_by_sigterm_resume_bit_exact_and_on_one_rank(tmp_path):
     cfg = [*[o for o in TINY if not o.startswith(("trainer.num_threads", "data.train_size", "trainer.max_epochs"))],
            "data.train_size=400", "trainer.max_epochs=3"]
