@@ -109,3 +109,20 @@ def test_a_rank_that_raises_ends_the_job_with_its_error(tmp_path):
     assert proc.returncode != 0 and time.time() - tic < 120, out[-3000:]
     assert "rank 1 failed: RuntimeError: rank 1 broke on purpose" in out, out[-3000:]
     assert "rank 1 broke on purpose" in (run_dir / "rank_1.log").read_text()
+
+
+def test_local_gpus_runs_each_job_as_two_processes(tmp_path):
+    """hydra/launcher=local_gpus with procs_per_job=2 on the CPU (gpus_per_job on GPUs): each job of the sweep is
+    started by torch's elastic launch API as two gloo ranks, one run dir each, the same result as one process."""
+    sweep = tmp_path / "sweep"
+    run_cli("-m", "hydra/launcher=local_gpus", "hydra.launcher.gpus=[]", "hydra.launcher.n_jobs=1",
+            "hydra.launcher.procs_per_job=2", "+model.width=6,8", *SAME_MATH, f"hydra.sweep.dir={sweep}",
+            cwd=tmp_path, env_extra=ENV)
+    for job, width in (("0", 6), ("1", 8)):
+        ckpt = load(sweep / job / "checkpoints" / "final_model.pth")
+        assert ckpt["world_size"] == 2 and ckpt["model_state_dict"]["body.0.weight"].shape[0] == width
+        assert [r["epoch"] for r in read_rows(sweep / job / "metrics.csv")] == ["1", "2"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    run_cli(*SAME_MATH, "+model.width=6", f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path, env_extra=ENV)
+    one, two = (load(d / "checkpoints" / "final_model.pth") for d in (tmp_path / "one", sweep / "0"))
+    assert max((two["model_state_dict"][k] - v).abs().max().item() for k, v in one["model_state_dict"].items()) < 1e-4

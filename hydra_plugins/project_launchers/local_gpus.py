@@ -48,6 +48,10 @@ class LocalGpusLauncherConf:
     jobs_per_gpu: int = 1
     # jobs at once when there is no GPU (they run with CUDA_VISIBLE_DEVICES="")
     n_jobs: int = 2
+    # GPUs per job: each job runs as that many torch.distributed processes (DDP), one per GPU
+    gpus_per_job: int = 1
+    # without GPUs: torch.distributed processes per job (gloo), e.g. to test the several-process path on a CPU
+    procs_per_job: int = 1
 
 
 # Registered here (not as a yaml in an app's conf/) so that any Hydra app with this package installed gets
@@ -75,8 +79,50 @@ class JobFailed(CompactHydraException):
     search sweeper (Optuna) catches it as any Exception, records the trial as failed and goes on."""
 
 
-def _run_in_child(conn, payload: bytes) -> None:
-    """Entry point of a job's process: restore Hydra's global state, run the job, send back its JobReturn."""
+def _run_in_child(conn, payload: bytes, procs: int = 1) -> None:
+    """Entry point of a job's process: run the job (itself, or as `procs` torch.distributed processes), send back
+    its JobReturn."""
+    ret = _run_hydra_job(payload) if procs == 1 else _run_ranks(payload, procs)
+    if ret.status == JobStatus.FAILED:  # send the reason, not the exception object (it may not pickle)
+        ret._return_value = f"{type(ret._return_value).__name__}: {ret._return_value}"
+    try:
+        data = cloudpickle.dumps(ret)
+    except Exception as e:  # a return value that cannot travel: keep the job's success, say what was lost
+        log.warning("Job %s: its return value cannot be sent to the sweep (%s); sending its repr instead",
+                    ret.hydra_cfg.hydra.job.num, e)
+        ret._return_value = repr(ret._return_value)
+        data = cloudpickle.dumps(ret)
+    conn.send_bytes(data)
+    conn.close()
+
+
+def _run_ranks(payload: bytes, procs: int) -> JobReturn:
+    """A job of several processes, started by torch's own elastic launch API (what torchrun uses): each rank runs
+    the Hydra job with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT set; rank 0's JobReturn is the job's. A rank
+    that fails ends the job (torch stops the others) and the job exits without a result."""
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=procs, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
+                          start_method="spawn")
+    try:
+        results = elastic_launch(config, _run_rank)(payload)
+    except Exception as e:  # torch's ChildFailedError names the failing rank and its exit code
+        sys.exit(f"a rank of this job failed: {' '.join(str(e).split())[:500]}")
+    return cloudpickle.loads(results[0])
+
+
+def _run_rank(payload: bytes) -> bytes:
+    ret = _run_hydra_job(payload)
+    if ret.status == JobStatus.FAILED:
+        raise RuntimeError(f"{type(ret._return_value).__name__}: {ret._return_value}")
+    return cloudpickle.dumps(ret)
+
+
+def _run_hydra_job(payload: bytes) -> JobReturn:
+    """Restore Hydra's global state of the sweep process and run the job in this process."""
     from hydra.core.plugins import Plugins
 
     # Hydra's plugin scan re-executes every hydra_plugins module, redefining their config dataclasses; scan
@@ -86,19 +132,8 @@ def _run_in_child(conn, payload: bytes) -> None:
     singleton_state["instances"][Plugins] = plugins  # set_state would otherwise scan (and redefine) again
     Singleton.set_state(singleton_state)  # ConfigStore, JobRuntime, OmegaConf resolvers of the sweep process
     setup_globals()  # ${now:}, ${hydra:} resolvers (hydra.sweep.dir is multirun/${now:...} by default)
-    ret = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
-                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-    if ret.status == JobStatus.FAILED:  # send the reason, not the exception object (it may not pickle)
-        ret._return_value = f"{type(ret._return_value).__name__}: {ret._return_value}"
-    try:
-        data = cloudpickle.dumps(ret)
-    except Exception as e:  # a return value that cannot travel: keep the job's success, say what was lost
-        log.warning("Job %s: its return value cannot be sent to the sweep (%s); sending its repr instead",
-                    config.hydra.job.num, e)
-        ret._return_value = repr(ret._return_value)
-        data = cloudpickle.dumps(ret)
-    conn.send_bytes(data)
-    conn.close()
+    return run_job(hydra_context=hydra_context, task_function=task_function, config=config,
+                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
 
 @dataclass
@@ -114,15 +149,19 @@ class _Job:
 
 
 class LocalGpusLauncher(Launcher):
-    def __init__(self, gpus=None, jobs_per_gpu: int = 1, n_jobs: int = 2) -> None:
+    def __init__(self, gpus=None, jobs_per_gpu: int = 1, n_jobs: int = 2, gpus_per_job: int = 1,
+                 procs_per_job: int = 1) -> None:
         self.gpus = None if gpus is None else [str(g) for g in gpus]
         self.jobs_per_gpu, self.n_jobs = int(jobs_per_gpu), int(n_jobs)
-        if self.jobs_per_gpu < 1 or self.n_jobs < 1:
-            raise ValueError(f"hydra.launcher.jobs_per_gpu ({jobs_per_gpu}) and n_jobs ({n_jobs}) must be >= 1")
+        self.gpus_per_job, self.procs_per_job = int(gpus_per_job), int(procs_per_job)
+        if min(self.jobs_per_gpu, self.n_jobs, self.gpus_per_job, self.procs_per_job) < 1:
+            raise ValueError(f"hydra.launcher.jobs_per_gpu ({jobs_per_gpu}), n_jobs ({n_jobs}), gpus_per_job "
+                             f"({gpus_per_job}) and procs_per_job ({procs_per_job}) must be >= 1")
         self.config = self.hydra_context = self.task_function = None
         self.running: dict[Any, _Job] = {}  # process sentinel -> job, while launch() runs
         self.stop_signal = None  # set by SIGTERM/SIGINT to the sweep process
         self.threads_per_job = 1
+        self.procs_per_run = 1
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -131,8 +170,18 @@ class LocalGpusLauncher(Launcher):
         """One CUDA_VISIBLE_DEVICES value per job that may run at once."""
         gpus = self.gpus if self.gpus is not None else visible_gpus()
         if gpus:
-            return [g for _ in range(self.jobs_per_gpu) for g in gpus]  # 0,1,0,1: spread before sharing
+            k = self.gpus_per_job  # a job of k GPUs gets k of them: "0,1", "2,3"; GPUs left over stay idle
+            groups = [",".join(gpus[i:i + k]) for i in range(0, len(gpus) - k + 1, k)]
+            if not groups:
+                raise ValueError(f"hydra.launcher.gpus_per_job={k} but only {len(gpus)} GPU(s) are visible: {gpus}")
+            return [g for _ in range(self.jobs_per_gpu) for g in groups]  # 0,1,0,1: spread before sharing
         return [""] * self.n_jobs  # CPU jobs: "" hides every GPU from them
+
+    @property
+    def procs(self) -> int:
+        """torch.distributed processes per job: one per GPU of the job, or procs_per_job on the CPU."""
+        gpus = self.gpus if self.gpus is not None else visible_gpus()
+        return self.gpus_per_job if gpus else self.procs_per_job
 
     def take_slot(self, free: list[str]) -> str:
         """A free slot on the GPU that runs the fewest jobs now (with jobs_per_gpu > 1, spread before sharing)."""
@@ -155,7 +204,8 @@ class LocalGpusLauncher(Launcher):
         receiver, sender = ctx.Pipe(duplex=False)
         # cloudpickle: the task function is @hydra.main's function in __main__, which plain pickle cannot name
         payload = cloudpickle.dumps((self.hydra_context, self.task_function, job.config, Singleton.get_state()))
-        job.process = ctx.Process(target=_run_in_child, args=(sender, payload), name=f"hydra-job-{job.idx}")
+        job.process = ctx.Process(target=_run_in_child, args=(sender, payload, self.procs_per_run),
+                                  name=f"hydra-job-{job.idx}")
         # inherited by the child before it imports torch: its GPU, and its share of the cores (jobs that each spin
         # OpenMP threads on every core slow each other down several times over)
         env = {"CUDA_VISIBLE_DEVICES": job.slot, "OMP_NUM_THREADS": str(self.threads_per_job)}
@@ -191,8 +241,10 @@ class LocalGpusLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         free = self.slots()
         self.threads_per_job = max(1, len(os.sched_getaffinity(0)) // len(free))
-        log.info("Launching %d jobs locally, %d at a time, %s, %d CPU threads each", len(job_overrides), len(free),
-                 f"on GPUs {sorted(set(free))}" if any(free) else "on the CPU", self.threads_per_job)
+        self.procs_per_run = self.procs
+        log.info("Launching %d jobs locally, %d at a time, %s, %d CPU threads each%s", len(job_overrides),
+                 len(free), f"on GPUs {sorted(set(free))}" if any(free) else "on the CPU", self.threads_per_job,
+                 f", {self.procs_per_run} processes per job (DDP)" if self.procs_per_run > 1 else "")
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per job: nothing leaks between jobs
         pending = list(enumerate(job_overrides, start=initial_job_idx))
         self.running, self.stop_signal = {}, None
