@@ -380,11 +380,23 @@ def stop_here(run: Run, epoch: int, n: int) -> bool:
     distributed.barrier()  # no rank leaves before rank 0's file is on disk
     log.info("Caught %s: saved %s at epoch %d, batch %d/%d.", run.stop.caught, run.ckpt_dir / "last.pth",
              epoch + 1, progress.batch_in_epoch, n)
-    # rank 0 hands the signal to the launcher (submitit acts on rank 0 only) and tells the others what it decided
-    if distributed.broadcast(run.stop.hand_over() if distributed.current().main else None):
+    if go_on_after_hand_over(run):
         return False  # the launcher let us go on (submitit ignores SIGTERM)
     log.info("Stopped. Continue with: python run.py resume=full resume.checkpoint=%s", run.run_dir)
     return True
+
+
+def go_on_after_hand_over(run: Run) -> bool:
+    """Rank 0 hands the signal to the launcher (submitit acts on rank 0 only) and tells the other ranks what it
+    decided. When the launcher ends rank 0 instead (submitit's requeue), the others stop too: the connection to
+    rank 0 is gone, and SLURM requeues the whole job."""
+    if distributed.current().main:
+        return distributed.broadcast(run.stop.hand_over())
+    try:
+        return distributed.broadcast(None)
+    except RuntimeError:
+        log.warning("Rank 0 ended after saving (its launcher took the signal over): this rank stops as well.")
+        return False
 
 
 def end_epoch(run: Run, epoch: int) -> bool:

@@ -92,3 +92,35 @@ def test_preempted_job_is_requeued_resumes_and_matches(slurm_cluster, tmp_path):
     got = load(run_dir / "checkpoints" / "final_model.pth")
     assert got["epoch"] == 8 and got["global_step"] == ref["global_step"]
     assert_same_state(got, ref)
+
+
+def test_two_task_job_preempted_is_requeued_and_resumes_on_both_ranks(slurm_cluster, tmp_path):
+    """tasks_per_node=2: one job of two gloo ranks from SLURM's tasks (submitit's TorchDistributedEnvironment).
+    USR2 reaches both tasks; submitit acts on rank 0 only; the ranks stop at the same step, rank 0 saves, the job
+    is requeued, both ranks resume from the same last.pth and end equal to an uninterrupted two-rank job."""
+    from test_distributed import torchrun
+
+    cfg = [*[o for o in TINY if not o.startswith("trainer.num_threads")], "trainer.max_epochs=6",
+           "data.train_size=160"]
+    torchrun(*cfg, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    run_dir = tmp_path / "sweep" / "0"
+    proc = subprocess.Popen([sys.executable, "-u", str(ROOT / "run.py"), "-m", *SLURM, *cfg,
+                             "hydra.launcher.tasks_per_node=2", "model.dropout=0.1",
+                             f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.pth").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    job_id = json.loads((run_dir / "environment.json").read_text())[0]["SLURM_JOB_ID"]
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    starts = json.loads((run_dir / "environment.json").read_text())
+    assert len(starts) == 2 and all(s["world_size"] == 2 for s in starts), starts
+    log = (run_dir / "training.log").read_text()
+    assert "Caught SIGUSR2" in log and log.count("Run dir ") == 2
+    got = load(run_dir / "checkpoints" / "final_model.pth")
+    ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
+    assert got["world_size"] == 2 and got["epoch"] == 6
+    assert_same_state(got, ref)
