@@ -153,3 +153,22 @@ def test_parallel_cpu_jobs_share_the_cores(tmp_path):
     assert one_core.returncode == 0, one_core.stderr
     start_ = json.loads((tmp_path / "one" / "environment.json").read_text())[-1]
     assert start_["cores_usable"] == 1 and start_["cpu_threads"] == 1, start_
+
+
+def test_a_sweep_stopped_by_sigterm_lists_its_jobs_as_interrupted(tmp_path):
+    """run.py jobs under local_gpus: SIGTERM to the sweep reaches the jobs, each saves last.pth and ends as
+    interrupted (not failed), with the rerun command that continues it."""
+    sweep = tmp_path / "sweep"
+    proc = start("-m", "hydra/launcher=local_gpus", "hydra.launcher.gpus=[]", "hydra.launcher.n_jobs=2",
+                 "model.dropout=0.1,0.2", *[o for o in LONG if not o.startswith("model.dropout")],
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    for job in ("0", "1"):
+        wait_for(sweep / job / "checkpoints" / "last.pth", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out
+    assert "2 of 2 jobs failed (2 interrupted)" in out, out[-3000:]
+    assert out.count(": interrupted: Interrupted: stopped by SIGTERM after saving last.pth") == 2, out[-3000:]
+    for job in ("0", "1"):
+        assert load(sweep / job / "checkpoints" / "last.pth")["epoch"] < 30
+        assert "rerun:   python" in out and f"hydra.run.dir={sweep / job}" in out
