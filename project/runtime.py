@@ -77,8 +77,10 @@ def record_environment(run_dir: Path, device, world_size: int = 1) -> None:
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """trainer.device; `auto` is this rank's GPU (cuda:LOCAL_RANK) when there is one."""
-    if name == "auto" or name == "cuda" and local_rank:
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)  # an explicit index: DDP and the checkpoint loads need one
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"trainer.device={name} but no CUDA GPU is visible to this process "
                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Use trainer.device=auto "
