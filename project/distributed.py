@@ -107,6 +107,30 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     return value / _current.world
 
 
+def sum_counts(tree):
+    """A metric meter's state (counts and sums: tensors, numbers, dicts of them) summed over the ranks: the
+    job's counts. One process: unchanged."""
+    if not _current.enabled:
+        return tree
+    if isinstance(tree, dict):
+        return {k: sum_counts(v) for k, v in tree.items()}
+    if torch.is_tensor(tree):
+        total = tree.to(_device, copy=True)
+        torch_dist.all_reduce(total)
+        return total.to(tree.device)
+    total = torch.tensor(float(tree), dtype=torch.float64, device=_device)
+    torch_dist.all_reduce(total)
+    return type(tree)(total.item())
+
+
+def zeros_like(tree):
+    """The same structure with every count 0: what ranks other than 0 resume a meter with (rank 0 holds the job's
+    counts so far)."""
+    if isinstance(tree, dict):
+        return {k: zeros_like(v) for k, v in tree.items()}
+    return torch.zeros_like(tree) if torch.is_tensor(tree) else type(tree)(0)
+
+
 def shard(indices: torch.Tensor) -> torch.Tensor:
     """This rank's part of a global batch (contiguous parts, sizes differ by at most one)."""
     if not _current.enabled:

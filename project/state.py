@@ -143,8 +143,12 @@ class TrainMeter:
                 "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        from project import distributed
+
         self.loss_sum = state_dict["loss_sum"].to(self.device, torch.float64)
-        self.meter.load_state_dict(state_dict["meter"])
+        # the file holds the job's metric counts: rank 0 carries them on, the other ranks count from zero
+        meter = state_dict["meter"]
+        self.meter.load_state_dict(meter if distributed.current().main else distributed.zeros_like(meter))
         self.grad_norm_sum = state_dict.get("grad_norm_sum", torch.zeros((), dtype=torch.float64)).to(self.device)
         self.grad_norms = state_dict.get("grad_norms", torch.zeros((), dtype=torch.int64)).to(self.device)
         self.skipped_steps = state_dict.get("skipped_steps", 0)

@@ -402,7 +402,8 @@ def go_on_after_hand_over(run: Run) -> bool:
 def end_epoch(run: Run, epoch: int) -> bool:
     """Validate, update best scores and early stopping, record, save. True when training is finished."""
     t, phase, progress, meter = run.cfg.trainer, run.phase, run.state["progress"], run.state["train_meter"]
-    meter.loss_sum = distributed.mean(meter.loss_sum)  # the job's train loss, not one rank's (metrics: rank 0's)
+    meter.loss_sum = distributed.mean(meter.loss_sum)  # the job's train loss and metrics, not one rank's
+    meter.meter.load_state_dict(distributed.sum_counts(meter.meter.state_dict()))
     train_metrics = meter.compute(math.ceil(len(run.data["train"]) / t.batch_size))
     lr = run.state["optimizer"].param_groups[0]["lr"]
     progress.epoch, progress.batch_in_epoch, progress.train_metrics = epoch + 1, 0, train_metrics
@@ -486,8 +487,9 @@ def save(run: Run, files: list[str]) -> None:
     progress = run.state["progress"]
     ckpt = {"format": checkpoint.FORMAT, **state_dicts(run.state)}  # every rank: the RNG entry gathers them all
     ckpt.update(summary_keys(run, ckpt["early_stopping"]))
-    meter = ckpt["train_meter"]  # the job's running loss (a copy): any number of ranks resumes from it
-    ckpt["train_meter"] = {**meter, "loss_sum": distributed.mean(meter["loss_sum"].to(run.device)).cpu()}
+    meter = ckpt["train_meter"]  # the job's running loss and counts (copies): any number of ranks resumes them
+    ckpt["train_meter"] = {**meter, "loss_sum": distributed.mean(meter["loss_sum"].to(run.device)).cpu(),
+                           "meter": distributed.sum_counts(meter["meter"])}
     if not distributed.current().main:
         return
     prune = functools.partial(checkpoint.prune_periodic, run.ckpt_dir, run.cfg.trainer.keep_last,

@@ -45,6 +45,10 @@ def test_two_processes_write_one_run_dir_and_match_one_process(tmp_path):
     assert diff < 1e-4, f"2 processes vs 1 with the same global batch: max abs weight difference {diff}"
     assert two["global_step"] == one["global_step"]
     assert abs(two["val_f_score"] - one["val_f_score"]) < 0.01
+    # the logs show the job's numbers: train loss averaged, train metric counts summed over the ranks
+    for a, b in zip(read_rows(run / "metrics.csv"), read_rows(tmp_path / "one" / "metrics.csv")):
+        for key in ("train_loss", "train_f_score", "train_pixel_acc", "val_f_score"):
+            assert abs(float(a[key]) - float(b[key])) < 1e-3, (key, a[key], b[key])
 
 
 def test_accumulation_under_ddp_matches_one_process(tmp_path):
