@@ -100,8 +100,9 @@ def test_two_task_job_preempted_is_requeued_and_resumes_on_both_ranks(slurm_clus
     is requeued, both ranks resume from the same last.pth and end equal to an uninterrupted two-rank job."""
     from test_distributed import torchrun
 
-    cfg = [*[o for o in TINY if not o.startswith("trainer.num_threads")], "trainer.max_epochs=6",
-           "data.train_size=160"]
+    # ~10 s of training after epoch 1 (100 steps an epoch): the signal lands mid-run even with SLURM's latency
+    cfg = [*[o for o in TINY if not o.startswith(("trainer.num_threads", "data.train_size"))], "trainer.max_epochs=6",
+           "data.train_size=800"]
     torchrun(*cfg, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
     run_dir = tmp_path / "sweep" / "0"
     proc = subprocess.Popen([sys.executable, "-u", str(ROOT / "run.py"), "-m", *SLURM, *cfg,
@@ -119,7 +120,7 @@ def test_two_task_job_preempted_is_requeued_and_resumes_on_both_ranks(slurm_clus
     starts = json.loads((run_dir / "environment.json").read_text())
     assert len(starts) == 2 and all(s["world_size"] == 2 for s in starts), starts
     log = (run_dir / "training.log").read_text()
-    assert "Caught SIGUSR2" in log and log.count("Run dir ") == 2
+    assert "Caught SIGUSR2" in log and log.count("Run dir ") == 2, log
     got = load(run_dir / "checkpoints" / "final_model.pth")
     ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
     assert got["world_size"] == 2 and got["epoch"] == 6

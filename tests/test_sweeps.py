@@ -82,7 +82,9 @@ def test_grid_with_the_basic_launcher(tmp_path):
 
 
 def test_grid_with_local_gpus_two_at_a_time_on_the_cpu(tmp_path):
-    sweep(tmp_path / "sweep", *LOCAL, "hydra.launcher.n_jobs=2", *GRID, cwd=tmp_path)
+    # ~1 s epochs: long enough that two jobs surely overlap in time (a tiny run trains for 0.2 s, less than the
+    # jitter of two processes' start-up)
+    sweep(tmp_path / "sweep", *LOCAL, "hydra.launcher.n_jobs=2", *GRID, "data.train_size=400", cwd=tmp_path)
     runs = check_grid(tmp_path / "sweep")
     assert all(r["env"][0]["CUDA_VISIBLE_DEVICES"] == "" for r in runs.values())  # CPU jobs see no GPU
     assert len({r["env"][0]["pid"] for r in runs.values()}) == 4  # a fresh process per job
