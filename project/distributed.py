@@ -6,7 +6,6 @@ otherwise. Rank 0 decides the run dir and is the only one that writes it; every 
 a single process would (trainer.batch_size split across the ranks); the ranks agree on stopping at step edges.
 """
 import datetime
-import logging
 import os
 from dataclasses import dataclass
 
@@ -14,8 +13,6 @@ import torch
 import torch.distributed as torch_dist
 
 from project.errors import UserError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -149,7 +146,3 @@ def barrier() -> None:
     if _current.enabled:
         torch_dist.barrier()
 
-
-def close() -> None:
-    if torch_dist.is_initialized():
-        torch_dist.destroy_process_group()

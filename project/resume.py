@@ -31,18 +31,17 @@ def find_checkpoint(spec: str, mode: str, search_dirs: list[Path], exclude: Path
     if spec == "latest":
         candidates = sorted((p for d in search_dirs if d.is_dir() for p in d.rglob(f"checkpoints/{name}")
                              if exclude not in p.parents), key=lambda p: p.stat().st_mtime, reverse=True)
-        live = [p for p in candidates if mode == "full" and rundir.is_locked(p.parents[1])]
-        if live and live[0] == candidates[0]:  # the newest run is still training: never continue it twice
-            log.warning("resume.checkpoint=latest skips %s: %s", live[0].parents[1], still_training(live[0].parents[1]))
-        candidates = [p for p in candidates if p not in live]
-        if not candidates:
-            where = " or ".join(str(d) for d in search_dirs)
-            busy = f" ({len(live)} run(s) with one are still training, e.g. {live[0].parents[1]})" if live else ""
-            raise UserError(
-                f"resume.checkpoint=latest found no run with checkpoints/{name} under {where}{busy}. Train one "
-                "first (python run.py), or name the checkpoint: resume.checkpoint=/path/to/run_dir or "
-                "/path/to/file.pth.")
-        return candidates[0]
+        live = []  # newest first; resume=full never continues a run that is still training
+        for path in candidates:
+            if mode != "full" or not rundir.is_locked(path.parents[1]):
+                return path
+            live.append(path.parents[1])
+            log.warning("resume.checkpoint=latest skips %s: %s", live[-1], still_training(live[-1]))
+        where = " or ".join(str(d) for d in search_dirs)
+        busy = f" ({len(live)} run(s) with one are still training, e.g. {live[0]})" if live else ""
+        raise UserError(
+            f"resume.checkpoint=latest found no run with checkpoints/{name} under {where}{busy}. Train one "
+            "first (python run.py), or name the checkpoint: resume.checkpoint=/path/to/run_dir or /path/to/file.pth.")
     path = Path(spec).expanduser()
     source = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else path.parent
     if mode == "full" and source.is_dir() and source.resolve() != exclude.resolve() and rundir.is_locked(source):

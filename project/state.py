@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from project import distributed
+
 # Which entries each resume mode restores. reset_optimizer loads the weights that were validated (the EMA copy
 # when the parent validated with it, see resume.validated_weights) into "model"; everything else starts fresh.
 RESTORES = {
@@ -143,8 +145,6 @@ class TrainMeter:
                 "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        from project import distributed
-
         self.loss_sum = state_dict["loss_sum"].to(self.device, torch.float64)
         # the file holds the job's metric counts: rank 0 carries them on, the other ranks count from zero
         meter = state_dict["meter"]
@@ -206,16 +206,12 @@ class RNG:
     job resumes on as many processes; on another number they cannot be matched up, which the log says."""
 
     def state_dict(self) -> dict:
-        from project import distributed
-
         own = self.own_state()
         if not distributed.current().enabled:
             return own
         return {**own, "ranks": distributed.gather(own)}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        from project import distributed
-
         dist, ranks = distributed.current(), state_dict.get("ranks")
         if ranks is not None and len(ranks) == dist.world:
             state_dict = ranks[dist.rank]

@@ -25,8 +25,8 @@ from project import checkpoint, distributed, foreign, phases, resume, rng, tasks
 from project.data.loader import epoch_batches
 from project.errors import DiskError, TrainingDiverged, UserError
 from project.nonfinite import NonFiniteGuard
-from project.runtime import StopRequest, pick_device, record_environment, restore_history
 from project.loggers import NullTracker
+from project.runtime import StopRequest, pick_device, record_environment, restore_history
 from project.state import EMA, RNG, Progress, TrainMeter, load_state_dicts, state_dicts
 from project.validate import AUTOCAST_DTYPES, check_config
 
@@ -412,8 +412,9 @@ def end_epoch(run: Run, epoch: int) -> bool:
     if (epoch + 1 - progress.phase_start) % t.eval_interval == 0 or epoch + 1 == phase["end"]:
         # several ranks: rank 0 validates the whole set (the job's numbers, as one process would) with the
         # unwrapped model, the others take its result so that every rank decides the same
-        model = run.state["ema"].module if run.validates_ema else run.net if not distributed.current().enabled \
-            else run.model
+        model = run.net if not distributed.current().enabled else run.model
+        if run.validates_ema:
+            model = run.state["ema"].module
         if distributed.current().main:
             val = evaluate(model, run.objective, run.data["val"], t.batch_size, run.device, run.data,
                            run.num_workers, run.autocast_dtype)
@@ -487,9 +488,12 @@ def save(run: Run, files: list[str]) -> None:
     progress = run.state["progress"]
     ckpt = {"format": checkpoint.FORMAT, **state_dicts(run.state)}  # every rank: the RNG entry gathers them all
     ckpt.update(summary_keys(run, ckpt["early_stopping"]))
-    meter = ckpt["train_meter"]  # the job's running loss and counts (copies): any number of ranks resumes them
-    ckpt["train_meter"] = {**meter, "loss_sum": distributed.mean(meter["loss_sum"].to(run.device)).cpu(),
-                           "meter": distributed.sum_counts(meter["meter"])}
+    if progress.batch_in_epoch and distributed.current().enabled:
+        # a stop mid-epoch: the file gets the job's running loss and counts (copies), so any number of ranks resumes
+        # them; at an epoch's end end_epoch() has already reduced the live meter
+        meter = ckpt["train_meter"]
+        ckpt["train_meter"] = {**meter, "loss_sum": distributed.mean(meter["loss_sum"].to(run.device)).cpu(),
+                               "meter": distributed.sum_counts(meter["meter"])}
     if not distributed.current().main:
         return
     prune = functools.partial(checkpoint.prune_periodic, run.ckpt_dir, run.cfg.trainer.keep_last,

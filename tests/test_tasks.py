@@ -50,15 +50,23 @@ def config(folders):
         yield compose_
 
 
-def one_step(cfg, run_dir):
-    """Build as run.py does, then one optimizer step; returns the run."""
-    run = train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], None, run_dir, {})
+def build(cfg, run_dir):
+    """Build as run.py does (every check of project/tasks.py runs here)."""
+    return train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], None, run_dir, {})
+
+
+def step(run):
+    """One optimizer step (the train sets hold one batch)."""
     run.stop = StopRequest()
     try:
         train.train_epoch(run, 0)
     finally:
         run.stop.close()
     return run
+
+
+def one_step(cfg, run_dir):
+    return step(build(cfg, run_dir))
 
 
 @pytest.mark.parametrize("data", DATA)
@@ -68,8 +76,9 @@ def test_every_data_and_model_pair_trains_or_names_both(config, data, tmp_path):
         assert cfg.loss._target_.endswith("Segmentation" if LOSSES[data] == "ce_dice" else "Classification")
         run_dir = tmp_path / model
         if (data, model) in TRAINS:
-            before = {k: v.clone() for k, v in _weights(cfg, run_dir).items()}
-            run = one_step(cfg, run_dir)
+            run = build(cfg, run_dir)
+            before = {k: v.clone() for k, v in run.model.state_dict().items()}
+            step(run)
             assert run.state["progress"].global_step >= 1 and torch.isfinite(run.state["train_meter"].loss_sum)
             after = run.model.state_dict()
             assert any(not torch.equal(before[k], after[k]) for k in before), f"{data} x {model} did not train"
@@ -80,11 +89,6 @@ def test_every_data_and_model_pair_trains_or_names_both(config, data, tmp_path):
             assert f"model={model}" in msg and f"data={data}" in msg and "use model=" in msg, msg
             assert "\n" not in msg and "Nothing was trained or written" in msg, msg
             assert not run_dir.exists(), "a refused combination wrote files"
-
-
-def _weights(cfg, run_dir):
-    """The weights as built, before the step (setup seeds, so the same build gives the same weights)."""
-    return train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], None, run_dir, {}).model.state_dict()
 
 
 @pytest.mark.parametrize("data, loss", [(d, l) for d in DATA for l in ("ce_dice", "cross_entropy") if l != LOSSES[d]])

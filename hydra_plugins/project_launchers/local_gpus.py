@@ -177,12 +177,6 @@ class LocalGpusLauncher(Launcher):
             return [g for _ in range(self.jobs_per_gpu) for g in groups]  # 0,1,0,1: spread before sharing
         return [""] * self.n_jobs  # CPU jobs: "" hides every GPU from them
 
-    @property
-    def procs(self) -> int:
-        """torch.distributed processes per job: one per GPU of the job, or procs_per_job on the CPU."""
-        gpus = self.gpus if self.gpus is not None else visible_gpus()
-        return self.gpus_per_job if gpus else self.procs_per_job
-
     def take_slot(self, free: list[str]) -> str:
         """A free slot on the GPU that runs the fewest jobs now (with jobs_per_gpu > 1, spread before sharing)."""
         busy = [job.slot for job in self.running.values()]
@@ -241,7 +235,8 @@ class LocalGpusLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         free = self.slots()
         self.threads_per_job = max(1, len(os.sched_getaffinity(0)) // len(free))
-        self.procs_per_run = self.procs
+        # torch.distributed processes per job: one per GPU of its slot, or procs_per_job on the CPU
+        self.procs_per_run = self.gpus_per_job if any(free) else self.procs_per_job
         log.info("Launching %d jobs locally, %d at a time, %s, %d CPU threads each%s", len(job_overrides),
                  len(free), f"on GPUs {sorted(set(free))}" if any(free) else "on the CPU", self.threads_per_job,
                  f", {self.procs_per_run} processes per job (DDP)" if self.procs_per_run > 1 else "")
