@@ -22,6 +22,8 @@ def user_error(e: BaseException | None) -> UserError | TrainingDiverged | None:
     """The error meant for the user behind an exception (hydra.utils.instantiate wraps what a component raises)."""
     while e is not None and not isinstance(e, tuple(EXIT_CODES)):
         e = e.__cause__ or e.__context__
+    if e is not None and "\nOriginal Traceback" in str(e):  # raised in a DataLoader worker: torch re-raises it in
+        e = type(e)(str(e).rstrip().splitlines()[-1].split(": ", 1)[-1])  # this process with the worker's traceback
     return e
 
 

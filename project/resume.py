@@ -108,7 +108,12 @@ def config_changes(old: dict, new: dict) -> dict:
             if a.get(k) != b.get(k) and not k.startswith("resume.")}
 
 
+SPLIT_KEYS = ("data.root", "data.val_fraction", "data.val_list", "data.split_seed", "data.images_dir", "data.masks_dir")
+
+
 def effect(key: str, mode: str) -> str:
+    if key in SPLIT_KEYS:
+        return "applied: other validation images, scores not comparable with the checkpoint's"
     if mode == "reset_optimizer":
         return "applied"
     if key.startswith("optimizer.") or ".optimizer." in key:

@@ -21,14 +21,38 @@ FITS = {  # what trains each task, for the fix in the messages
 }
 
 
-def build_data(cfg) -> dict:
-    """The data's builder gets its config without `task`, which is a declaration for the checks here."""
+def build_data(cfg, augment: bool = True) -> dict:
+    """The data's builder gets its config without `task`, which is a declaration for the checks here, and the
+    augment option's transforms (for the training split) as a runtime argument when there are any."""
     spec = cfg.data.copy()
     with open_dict(spec):
         task = spec.pop("task", None)
-    data = instantiate(spec)
+    transforms = cfg.get("augment", {}).get("transforms") if augment else None
+    extra = {}
+    if transforms:
+        if not {"*", "augment"} & accepted_args(spec.get("_target_")):
+            raise UserError(f"{choice(cfg, 'augment')} augments folder data (data=seg_folder, celebamask, lapa or "
+                            f"image_folder), but {choice(cfg, 'data')} takes no augmentation. Leave augment= out "
+                            "for it. Nothing was trained or written.")
+        extra["augment"] = instantiate(transforms, _convert_="all")
+    data = instantiate(spec, **extra)
     data.setdefault("task", task)
     return data
+
+
+def accepted_args(target: str | None) -> set[str]:
+    """The keyword arguments a `_target_` callable takes (all of them: {"*"} for **kwargs)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        params = inspect.signature(get_object(target)).parameters.values()
+    except (TypeError, ValueError, ImportError):
+        return {"*"}
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return {"*"}
+    return {p.name for p in params}
 
 
 def build_model(cfg, data: dict) -> torch.nn.Module:

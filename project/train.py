@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from project import checkpoint, distributed, foreign, phases, resume, rng, tasks
+from project.data import splits
 from project.data.loader import epoch_batches
 from project.errors import DiskError, TrainingDiverged, UserError
 from project.nonfinite import NonFiniteGuard
@@ -203,6 +204,9 @@ def restore(run: Run, plan) -> None:
         if distributed.current().main:
             restore_history(Path(saved["run_dir"]) / "metrics.csv", run.run_dir / "metrics.csv", saved["epoch"])
         run.last_saved = (plan.path, saved["epoch"])
+    other_split = splits.differs(saved.get("data_split"), run.data.get("split"))
+    if other_split:
+        log.warning("Note: %s.", other_split)
     if progress.lineage:
         log.info("Lineage: %s", " -> ".join(f"{e['path']}@{e['epoch']} ({e['mode']})" for e in progress.lineage))
 
@@ -516,6 +520,7 @@ def summary_keys(run: Run, early_stopping: dict) -> dict:
         "validated_weights": "ema" if run.validates_ema else "model",
         "precision": str(t.precision), "compiled": bool(t.compile), "world_size": distributed.current().world,
         "config": run.config, "overrides": run.overrides, "choices": run.choices, "run_dir": str(run.run_dir),
+        "classes": list(run.data.get("classes") or []), "data_split": run.data.get("split"),
         objective.keys["best"]: phase_best.get("score", nan),
         objective.keys["current"]: progress.val_metrics.get(objective.monitor, nan),
         final.keys["best"]: nan if progress.best_score is None else progress.best_score,
@@ -590,6 +595,12 @@ def announce(run: Run) -> None:
         for stale in run.ckpt_dir.glob(".*.tmp"):  # writes cut short by a kill; the real files are intact
             stale.unlink()
         record_environment(run.run_dir, run.device, distributed.current().world)
+        if "split_names" in run.data:  # split/{train,val}.txt: which files train and which validate
+            splits.record(run.run_dir, **run.data["split_names"])
+    if "split" in run.data:
+        log.info("Data: %d classes (%s) | validation from %s", len(run.data["classes"]),
+                 ", ".join(run.data["classes"][:8]) + (", ..." if len(run.data["classes"]) > 8 else ""),
+                 run.data["split"]["how"])
     dropouts = sorted({round(m.p, 6) for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)})
     extras = [f"precision {t.precision}"] + [f"{name} {value}" for name, value in (
         ("accumulate", t.accumulate_grad_batches if t.accumulate_grad_batches > 1 else None),

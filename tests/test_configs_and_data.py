@@ -67,4 +67,4 @@ def test_seg_folder_trains_on_real_png_files(tmp_path):
 def test_seg_folder_bad_root_is_a_clear_error(tmp_path):
     proc = run_cli(*TINY_TRAINER, "data=seg_folder", f"data.root={tmp_path / 'nowhere'}", cwd=tmp_path, check=False)
     err = " ".join(proc.stderr.split())
-    assert proc.returncode == 2 and "data.root=" in err and "{train,val}/{images,masks}" in err
+    assert proc.returncode == 2 and "data.root=" in err and "ROOT/train/{images,masks}" in err

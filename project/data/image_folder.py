@@ -1,41 +1,95 @@
-"""Your own classification data: ROOT/{train,val}/CLASS/*.{png,jpg,...} (torchvision's ImageFolder layout).
+"""Your own classification data: ROOT/train/CLASS/*.{png,jpg,...} (torchvision's ImageFolder layout), validation
+from ROOT/val/CLASS/ or split off train/ (data.val_fraction, data.val_list of CLASS/NAME lines), and an optional
+ROOT/test/ (class folders, or images without labels).
 
-Images are converted to `in_channels` channels (grayscale or RGB, whatever the files are), resized to
-`image_size` and normalised. The classes are the folder names of train/ and must be the same in val/.
+Images are converted to `in_channels` channels (grayscale or RGB, whatever the files are), go through the
+augment option on the training split (conf/augment/), then are resized to `image_size` and normalised. The
+classes are the folder names of train/ and must be the same in val/.
 """
 from pathlib import Path
 
-from torchvision import datasets, transforms
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import find_classes
 
+from project.data import folder, splits
+from project.data.augment import compose
 from project.errors import UserError
 
-
-class ToMode:
-    """PIL convert as a picklable transform (DataLoader workers)."""
-
-    def __init__(self, mode):
-        self.mode = mode
-
-    def __call__(self, image):
-        return image.convert(self.mode)
+LAYOUT = "ROOT/train/CLASS/IMAGE.png|jpg, optionally ROOT/val/CLASS/ (or data.val_fraction=0.1) and ROOT/test/"
 
 
-def build(root, image_size=64, in_channels=3, num_workers=2):
+class ClassFolder(Dataset):
+    takes_keys = True  # indexed by (seed, epoch, index): see project/data/folder.py
+
+    def __init__(self, samples: list[tuple[Path, int | None]], image_size: int, in_channels: int, decoder="pil",
+                 augment=None):
+        self.samples, self.channels, self.decoder = samples, in_channels, decoder
+        self.pipeline = folder.Pipeline(image_size, augment)
+        self.has_targets = all(label is not None for _, label in samples)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        path, label = self.samples[folder.split_key(key)[2]]
+        (image,) = self.pipeline(key, folder.decode(path, self.channels, self.decoder))
+        return (image,) if label is None else (image, label)
+
+
+def labelled(split_dir: Path, classes: list[str]) -> dict[str, tuple[Path, int]]:
+    """{CLASS/NAME: (path, class index)} of the class folders of one split."""
+    return {f"{name}/{path.stem}": (path, index) for index, name in enumerate(classes)
+            for path in folder.image_files(split_dir / name).values()}
+
+
+def build(root, image_size=64, in_channels=3, num_workers=2, val_fraction=None, val_list=None, split_seed=0,
+          decoder="pil", augment=None):
     root = Path(root).expanduser()
-    layout = "ROOT/{train,val}/CLASS/IMAGE.png|jpg"
-    for split in ("train", "val"):
-        if not (root / split).is_dir() or not any(p.is_dir() for p in (root / split).iterdir()):
-            raise UserError(f"data.root={str(root)!r} has no class folders in {split}/. Lay the images out as "
-                            f"{layout} and pass data.root=ROOT.")
-    transform = transforms.Compose([
-        ToMode("L" if in_channels == 1 else "RGB"), transforms.Resize((image_size, image_size)),
-        transforms.ToTensor(), transforms.Normalize([0.5] * in_channels, [0.25] * in_channels)])
+    folder.check_decoder(decoder)
     try:
-        train, val = (datasets.ImageFolder(root / s, transform=transform) for s in ("train", "val"))
-    except (FileNotFoundError, RuntimeError) as e:
-        raise UserError(f"data.root={str(root)!r}: {e}. Lay the images out as {layout}.") from None
-    if train.classes != val.classes:
-        raise UserError(f"data.root={str(root)!r}: train/ has classes {train.classes} but val/ has {val.classes}; "
-                        "both need the same class folders.")
-    return {"train": train, "val": val, "classes": train.classes, "num_workers": num_workers,
-            "model_args": {"num_classes": len(train.classes)}}
+        classes, _ = find_classes(root / "train")
+    except (FileNotFoundError, NotADirectoryError):
+        classes = []
+    if not classes:
+        raise UserError(f"data.root={str(root)!r} has no class folders in train/. Lay the images out as {LAYOUT} and "
+                        "pass data.root=ROOT.")
+    train = labelled(root / "train", classes)
+    if not train:
+        raise UserError(f"data.root={str(root)!r}: the class folders of train/ hold no images "
+                        f"({', '.join(folder.IMAGE_EXTS)}). Lay the images out as {LAYOUT}.")
+    has_val = (root / "val").is_dir()
+    if has_val and (val_fraction is not None or val_list is not None):
+        raise UserError(f"data.root={str(root)!r} has a val/ folder and {splits.describe(val_fraction, val_list)} "
+                        "also chooses validation images: use one (data.val_fraction=null data.val_list=null for "
+                        "val/, or move val/ away).")
+    if has_val:
+        val_classes = sorted(p.name for p in (root / "val").iterdir() if p.is_dir())
+        if val_classes != classes:
+            raise UserError(f"data.root={str(root)!r}: train/ has classes {classes} but val/ has {val_classes}; both "
+                            "need the same class folders.")
+        val = labelled(root / "val", classes)
+        if not val:
+            raise UserError(f"data.root={str(root)!r}: the class folders of val/ hold no images. Put validation "
+                            "images there, or remove val/ and split train/ with data.val_fraction=0.1.")
+        train_names, val_names = list(train), list(val)
+    elif val_fraction is None and val_list is None:
+        raise UserError(f"data.root={str(root)!r} has no val/ folder. Split validation images off train/ with "
+                        "data.val_fraction=0.1 (a fixed split, data.split_seed), or list them (CLASS/NAME per line) "
+                        "with data.val_list=FILE, or add ROOT/val/CLASS/.")
+    else:
+        train_names, val_names = splits.split(list(train), val_fraction, val_list, split_seed)
+        train, val = {n: train[n] for n in train_names}, {n: train[n] for n in val_names}
+    args = dict(image_size=image_size, in_channels=in_channels, decoder=decoder)
+    data = {"train": ClassFolder(list(train.values()), augment=compose(augment), **args),
+            "val": ClassFolder(list(val.values()), **args), "classes": classes, "num_workers": num_workers,
+            "split": splits.summary(splits.describe(None if has_val else val_fraction, None if has_val else val_list,
+                                                    split_seed), train_names, val_names),
+            "split_names": {"train": train_names, "val": val_names},
+            "model_args": {"num_classes": len(classes)}}
+    test = root / "test"
+    if test.is_dir():
+        if any(p.is_dir() for p in test.iterdir()):
+            data["test"] = ClassFolder(list(labelled(test, classes).values()), **args)
+        else:
+            data["test"] = ClassFolder([(p, None) for p in folder.image_files(test).values()], **args)
+    return data

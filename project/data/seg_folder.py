@@ -1,52 +1,104 @@
-"""Your own segmentation data: ROOT/{train,val}/{images,masks}/NAME.{png,jpg}.
+"""Your own segmentation data: ROOT/train/{images,masks}/NAME.{jpg,png}, validation from ROOT/val/ or split off
+train/ (data.val_fraction, data.val_list), and an optional ROOT/test/ (images, with or without masks).
 
-Masks are single-channel PNGs whose pixel values are class indices (as in CelebAMask-HQ), paired with the
-image of the same NAME. Images are resized bilinearly and masks by nearest neighbour to `image_size`.
+Masks are single-channel PNGs whose pixel values are class indices (as in CelebAMask-HQ), paired with the image
+of the same NAME; the masks folder's name is data.masks_dir (LaPa: labels). Training samples go through the
+augment option (conf/augment/), then images are resized bilinearly and masks by nearest neighbour to
+data.image_size. A mask value that is neither a class index nor data.ignore_index stops the run naming the file.
 """
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import functional as TF
 
+from project.data import folder, splits
+from project.data.augment import compose
 from project.errors import UserError
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
 
 class SegFolder(Dataset):
-    def __init__(self, split_dir: Path, image_size: int, in_channels: int):
-        images = {p.stem: p for p in sorted((split_dir / "images").iterdir()) if p.suffix.lower() in IMAGE_EXTS}
-        masks = {p.stem: p for p in sorted((split_dir / "masks").iterdir()) if p.suffix.lower() == ".png"}
-        unpaired = sorted(set(images) ^ set(masks))
-        if unpaired:
-            raise UserError(f"{split_dir}: {len(unpaired)} images or masks have no partner (e.g. {unpaired[:3]}); "
-                            "every images/NAME.png|jpg needs a masks/NAME.png.")
-        if not images:
-            raise UserError(f"{split_dir}/images holds no .png or .jpg files.")
-        self.pairs = [(images[k], masks[k]) for k in sorted(images)]
-        self.size, self.mode = [image_size, image_size], "L" if in_channels == 1 else "RGB"
+    takes_keys = True  # indexed by (seed, epoch, index): see project/data/folder.py
+
+    def __init__(self, pairs: list[tuple[Path, Path | None]], image_size: int, in_channels: int, num_classes: int,
+                 ignore_index: int, decoder: str = "pil", augment=None):
+        self.pairs, self.channels, self.decoder = pairs, in_channels, decoder
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.pipeline = folder.Pipeline(image_size, augment)
+        self.has_targets = all(mask is not None for _, mask in pairs)
 
     def __len__(self):
         return len(self.pairs)
 
-    def __getitem__(self, i):
-        image_path, mask_path = self.pairs[i]
-        image = TF.to_tensor(TF.resize(Image.open(image_path).convert(self.mode), self.size))
-        mask = TF.resize(Image.open(mask_path), self.size, interpolation=TF.InterpolationMode.NEAREST)
-        image = TF.normalize(image, [0.5] * image.shape[0], [0.25] * image.shape[0])
-        return image, torch.from_numpy(np.array(mask, dtype=np.int64))
+    @property
+    def names(self) -> list[str]:
+        return [image.stem for image, _ in self.pairs]
+
+    def __getitem__(self, key):
+        image_path, mask_path = self.pairs[folder.split_key(key)[2]]
+        image = folder.decode(image_path, self.channels, self.decoder)
+        if mask_path is None:
+            return self.pipeline(key, image)
+        mask = folder.read_mask(mask_path)
+        if mask.shape != image.shape[1:]:
+            raise UserError(f"Mask {mask_path} is {tuple(mask.shape)} pixels but its image {image_path} is "
+                            f"{tuple(image.shape[1:])}; each mask must match its image's size.")
+        folder.check_mask(mask, mask_path, self.num_classes, self.ignore_index)
+        return self.pipeline(key, image, mask)
 
 
-def build(root, num_classes, in_channels=3, image_size=128, ignore_index=255, num_workers=2):
+def pairs_in(split_dir: Path, images_dir: str, masks_dir: str, masks_required: bool = True) -> dict:
+    """{NAME: (image, mask or None)} of one split folder; unpaired files are an error."""
+    images = folder.image_files(split_dir / images_dir)
+    if not images:
+        raise UserError(f"{split_dir / images_dir} holds no image files ({', '.join(folder.IMAGE_EXTS)}).")
+    if not (split_dir / masks_dir).is_dir() and not masks_required:
+        return {name: (path, None) for name, path in images.items()}
+    masks = {p.stem: p for p in sorted((split_dir / masks_dir).iterdir()) if p.suffix.lower() == ".png"}
+    unpaired = sorted(set(images) ^ set(masks))
+    if unpaired:
+        raise UserError(f"{split_dir}: {len(unpaired)} images or masks have no partner (e.g. {unpaired[:3]}); every "
+                        f"{images_dir}/NAME.jpg|png needs a {masks_dir}/NAME.png.")
+    return {name: (images[name], masks[name]) for name in sorted(images)}
+
+
+def build(root, num_classes, classes=None, colors=None, flip_pairs=None, in_channels=3, image_size=128,
+          ignore_index=255, num_workers=2, images_dir="images", masks_dir="masks", val_fraction=None, val_list=None,
+          split_seed=0, decoder="pil", augment=None):
     root = Path(root).expanduser()
-    missing = [str(root / s / d) for s in ("train", "val") for d in ("images", "masks") if not (root / s / d).is_dir()]
+    layout = (f"ROOT/train/{{{images_dir},{masks_dir}}}/NAME.{{jpg,png}}, optionally ROOT/val/ (or "
+              "data.val_fraction=0.1) and ROOT/test/")
+    missing = [str(root / "train" / d) for d in (images_dir, masks_dir) if not (root / "train" / d).is_dir()]
     if missing:
-        raise UserError(f"data.root={str(root)!r} is not a segmentation folder: missing {', '.join(missing)}. "
-                        "Lay it out as ROOT/{train,val}/{images,masks}/NAME.{png,jpg} and pass data.root=ROOT.")
-    return {"train": SegFolder(root / "train", image_size, in_channels),
-            "val": SegFolder(root / "val", image_size, in_channels),
-            "classes": [str(i) for i in range(num_classes)], "num_workers": num_workers,
+        raise UserError(f"data.root={str(root)!r} is not a segmentation folder: missing {', '.join(missing)}. Lay it "
+                        f"out as {layout} and pass data.root=ROOT.")
+    described = folder.describe_classes(num_classes, classes, colors, flip_pairs)
+    folder.check_decoder(decoder)
+    train = pairs_in(root / "train", images_dir, masks_dir)
+    has_val = (root / "val" / images_dir).is_dir()
+    if has_val and (val_fraction is not None or val_list is not None):
+        raise UserError(f"data.root={str(root)!r} has a val/ folder and {splits.describe(val_fraction, val_list)} "
+                        "also chooses validation images: use one (data.val_fraction=null data.val_list=null for "
+                        "val/, or move val/ away).")
+    if has_val:
+        val = pairs_in(root / "val", images_dir, masks_dir)
+        train_names, val_names = list(train), list(val)
+    elif val_fraction is None and val_list is None:
+        raise UserError(f"data.root={str(root)!r} has no val/ folder. Split validation images off train/ with "
+                        "data.val_fraction=0.1 (a fixed split, data.split_seed), or name them in a text file with "
+                        "data.val_list=FILE, or add ROOT/val/{images,masks}.")
+    else:
+        train_names, val_names = splits.split(list(train), val_fraction, val_list, split_seed)
+        train, val = ({n: train[n] for n in train_names}, {n: train[n] for n in val_names})
+    augment = compose(augment)
+    args = dict(image_size=image_size, in_channels=in_channels, num_classes=num_classes, ignore_index=ignore_index,
+                decoder=decoder)
+    data = {"train": SegFolder(list(train.values()), augment=augment, **args),
+            "val": SegFolder(list(val.values()), **args),
+            **described, "ignore_index": ignore_index, "num_workers": num_workers,
+            "split": splits.summary(splits.describe(None if has_val else val_fraction, None if has_val else val_list,
+                                                    split_seed), train_names, val_names),
+            "split_names": {"train": train_names, "val": val_names},
             "model_args": {"num_classes": num_classes, "in_channels": in_channels}}
+    if (root / "test" / images_dir).is_dir():
+        data["test"] = SegFolder(list(pairs_in(root / "test", images_dir, masks_dir, masks_required=False).values()),
+                                 **args)
+    return data

@@ -1,0 +1,115 @@
+"""What the folder datasets share: decoding, the sample pipeline (augment, resize, normalise) and class names,
+colours and flip pairs checked once.
+
+A folder dataset is indexed by keys `(seed, epoch, index)` (`takes_keys`): the key seeds that sample's
+augmentation (augment.sample_rng), so a sample is the same whichever process reads it, with 0 or N DataLoader
+workers and any number of ranks. A plain int index is epoch 0 of seed 0.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from project.data.augment import sample_rng
+from project.errors import UserError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+DECODERS = ("pil", "torchvision")  # they differ numerically on JPEGs (another IDCT), so the run records which
+MEAN, STD = 0.5, 0.25  # what the generated data and every model here were made for
+
+
+def split_key(key) -> tuple[int, int, int]:
+    return tuple(key) if isinstance(key, (tuple, list)) else (0, 0, int(key))
+
+
+def decode(path: Path, channels: int, decoder: str) -> torch.Tensor:
+    """An image file as a uint8 tensor (channels, H, W): grayscale or RGB, whatever the file holds."""
+    if decoder == "torchvision":
+        from torchvision.io import ImageReadMode, decode_image
+
+        return decode_image(str(path), mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+    with Image.open(path) as image:
+        return v2.functional.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
+
+
+def read_mask(path: Path) -> torch.Tensor:
+    """A class-index PNG as an int64 (H, W) tensor: the pixel values themselves, also for palette ('P') PNGs,
+    whichever image decoder the run uses."""
+    with Image.open(path) as mask:
+        if mask.mode not in ("L", "P", "I", "I;16", "1"):
+            raise UserError(f"Mask {path} is a {mask.mode} image; masks are single-channel PNGs whose pixel values "
+                            "are class indices (mode L or P).")
+        return torch.from_numpy(np.array(mask, dtype=np.int64))
+
+
+def check_mask(mask: torch.Tensor, path: Path, num_classes: int, ignore_index: int) -> None:
+    bad = (mask >= num_classes) & (mask != ignore_index) | (mask < 0)
+    if bad.any():
+        value = int(mask[bad][0])
+        raise UserError(f"Mask {path} holds the value {value}, which is neither a class index (0..{num_classes - 1}, "
+                        f"data.num_classes={num_classes}) nor data.ignore_index={ignore_index}. Fix the mask, or set "
+                        "data.num_classes / data.ignore_index to what the masks use.")
+
+
+class Pipeline:
+    """decoded image (+ mask) -> augment (training only, seeded per sample) -> resize -> normalised float."""
+
+    def __init__(self, image_size: int, augment=None):
+        self.size, self.augment = [int(image_size), int(image_size)], augment
+
+    def __call__(self, key, image: torch.Tensor, mask: torch.Tensor | None = None):
+        seed, epoch, index = split_key(key)
+        sample = (tv_tensors.Image(image),) if mask is None else (tv_tensors.Image(image), tv_tensors.Mask(mask))
+        if self.augment is not None:
+            with sample_rng(seed, epoch, index):
+                sample = self.augment(*sample)
+        image, *rest = (v2.functional.resize(t, self.size, antialias=True) for t in sample)
+        image = (image.as_subclass(torch.Tensor).float() / 255 - MEAN) / STD
+        return (image, *(m.as_subclass(torch.Tensor).long() for m in rest))
+
+
+def image_files(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+
+
+def palette(n: int) -> list[list[int]]:
+    """Distinct colours for classes without declared ones (the PASCAL VOC bit-interleaving palette)."""
+    colors = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colors.append([r, g, b])
+    return colors
+
+
+def describe_classes(num_classes: int, classes=None, colors=None, flip_pairs=None) -> dict:
+    """Names, colours and flip pairs, checked against the number of classes once, with the fix named."""
+    classes = [str(c) for c in classes] if classes is not None else [str(i) for i in range(num_classes)]
+    if len(classes) != num_classes:
+        raise UserError(f"data.classes names {len(classes)} classes but data.num_classes={num_classes}; list one name "
+                        "per class index, in index order.")
+    colors = [list(map(int, c)) for c in colors] if colors is not None else palette(num_classes)
+    if len(colors) != num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in colors):
+        raise UserError(f"data.colors must give one [R, G, B] (0..255) per class: {num_classes} colours for "
+                        f"data.num_classes={num_classes}, got {len(colors)}.")
+    pairs = [[int(a), int(b)] for a, b in (flip_pairs or [])]
+    flat = [i for pair in pairs for i in pair]
+    if any(not 0 <= i < num_classes for i in flat) or len(set(flat)) != len(flat):
+        raise UserError(f"data.flip_pairs={pairs}: each pair holds two class indices (0..{num_classes - 1}) that "
+                        "swap under a horizontal flip, e.g. [[4, 5], [6, 7]]; no index may appear twice.")
+    return {"classes": classes, "colors": colors, "flip_pairs": pairs}
+
+
+def check_decoder(decoder: str) -> str:
+    if decoder not in DECODERS:
+        raise UserError(f"data.decoder={decoder!r} is unknown: use pil (Pillow) or torchvision (torchvision.io, "
+                        "libjpeg-turbo). They decode JPEGs slightly differently, so a run keeps the one it began with.")
+    return decoder
