@@ -35,7 +35,12 @@ def build_data(cfg, augment: bool = True) -> dict:
                             f"image_folder), but {choice(cfg, 'data')} takes no augmentation. Leave augment= out "
                             "for it. Nothing was trained or written.")
         extra["augment"] = instantiate(transforms, _convert_="all")
-    data = instantiate(spec, **extra)
+    try:
+        data = instantiate(spec, **extra)
+    except InstantiationException as e:  # the builder's own UserError, without Hydra's wrapping
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise
     data.setdefault("task", task)
     return data
 
@@ -76,7 +81,8 @@ def choice(cfg, group: str) -> str:
     from hydra.core.hydra_config import HydraConfig
     if HydraConfig.initialized() and HydraConfig.get().runtime.choices.get(group):
         return f"{group}={HydraConfig.get().runtime.choices[group]}"
-    return f"{group}._target_={cfg[group].get('_target_')}"
+    target = cfg[group].get("_target_")
+    return f"{group}._target_={target}" if target else f"the {group} option"
 
 
 def check_objective(cfg, objective, data: dict) -> None:
