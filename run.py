@@ -10,12 +10,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from project import rundir
-from project.errors import DiskError, Interrupted, RunDirUnavailable, TrainingDiverged, UserError
+from project.errors import DiskError, Interrupted, RunDirUnavailable, TrainingDiverged, UserError, WorkerDied
 
 log = logging.getLogger("run")
 
-# 2: bad input, nothing written; 3: the loss became NaN/inf; 4: the disk is full or unwritable
-EXIT_CODES = {UserError: 2, TrainingDiverged: 3, DiskError: 4}
+# 2: bad input, nothing written; 3: the loss became NaN/inf; 4: the disk is full or unwritable; 5: a DataLoader
+# worker died (out of memory, kill -9); 130/143: stopped by SIGINT/SIGTERM after saving (see main)
+EXIT_CODES = {UserError: 2, TrainingDiverged: 3, DiskError: 4, WorkerDied: 5}
 
 
 def user_error(e: BaseException | None) -> UserError | TrainingDiverged | None:

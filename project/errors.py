@@ -24,3 +24,9 @@ class DiskError(Exception):
 class Interrupted(Exception):
     """A sweep job stopped by a signal after saving last.pth: a launcher reports it as interrupted, not failed, and
     a search sweeper does not take its partial score."""
+
+
+class WorkerDied(Exception):
+    """A DataLoader worker process died (the out-of-memory killer, a kill -9): not a stop signal, which workers
+    ignore. run.py prints the message (where the run was, the last intact checkpoint, the command to continue) and
+    exits with status 5."""

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from project import checkpoint, distributed, foreign, phases, resume, rng, tasks
 from project.data import splits
-from project.data.loader import epoch_batches
-from project.errors import DiskError, TrainingDiverged, UserError
+from project.data.loader import RunLoader, is_worker_death
+from project.errors import DiskError, TrainingDiverged, UserError, WorkerDied
 from project.nonfinite import NonFiniteGuard
 from project.loggers import NullTracker
 from project.runtime import StopRequest, pick_device, record_environment, restore_history
@@ -58,6 +58,7 @@ class Run:
     guard: NonFiniteGuard | None = None
     stop: StopRequest | None = None
     writer: checkpoint.BackgroundWriter = field(default_factory=checkpoint.BackgroundWriter)
+    loaders: dict = field(default_factory=dict)  # "train", "val": one RunLoader each for the whole run
     last_saved: tuple | None = None       # (path, epoch) of the newest checkpoint, for the divergence message
 
     @property
@@ -112,11 +113,18 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
         finally:
             run.stop.close()
             try:
+                close_loaders(run)  # the DataLoader workers end with the run
                 run.writer.wait()  # the last checkpoint is on disk before the run ends
             finally:
                 tracker.finish(status)  # also on exceptions and signals: a sweep never hangs on an open tracker run
     except DiskError as e:
         raise DiskError(f"{e} {what_is_intact(run)}") from None
+    except RuntimeError as e:  # torch's SIGCHLD handler raises it anywhere in this thread when a worker dies
+        if not is_worker_death(e):
+            raise
+        close_loaders(run)
+        run.writer.wait()
+        raise WorkerDied(worker_died_message(run, e)) from None
     report(run, summary)
     return summary
 
@@ -132,6 +140,44 @@ def what_is_intact(run: Run) -> str:
               "No checkpoint of this run was written yet.")
     return (f"{intact} Nothing partial was left behind. Free space (or fix the mount), then continue with: python "
             f"run.py resume=full resume.checkpoint={run.run_dir}")
+
+
+def close_loaders(run: Run) -> None:
+    for loader in run.loaders.values():
+        loader.close()
+
+
+def worker_died_message(run: Run, error: RuntimeError) -> str:
+    """One paragraph for a DataLoader worker that died (out of memory, kill -9): where the run was, which
+    checkpoint is intact, and how to continue."""
+    progress = run.state["progress"]
+    died = [(pid, code) for loader in run.loaders.values() for pid, code in loader.died]
+    what = "; ".join(f"pid {pid}, {signal_name(-code) if code < 0 else f'exit code {code}'}" for pid, code in died)
+    what = what or " ".join(str(error).split()).split(" Details are lost")[0].rstrip(". ")  # torch's words
+    where = (f"epoch {progress.epoch + 1}, after batch {progress.batch_in_epoch}" if progress.batch_in_epoch else
+             f"epoch {progress.epoch + 1}")
+    last = run.ckpt_dir / "last.pth"
+    try:
+        saved = checkpoint.load(last) if last.is_file() else None
+    except UserError:
+        saved = None
+    if saved is None:
+        intact = "No checkpoint of this run was written yet"
+    else:
+        at = (f"epoch {saved['epoch'] + 1}, batch {saved['batch_in_epoch']}" if saved.get("batch_in_epoch") else
+              f"the end of epoch {saved['epoch']}")
+        intact = f"The last intact checkpoint is {last} ({at}, optimizer step {saved['global_step']})"
+    return (f"A DataLoader worker died ({what}) during {where}: killed by the kernel's out-of-memory killer or "
+            f"by someone's kill -9, not by a stop signal (those the workers ignore). {intact}. Continue with: python "
+            f"run.py resume=full resume.checkpoint={run.run_dir} (if memory ran out: fewer data.num_workers="
+            f"{run.num_workers} or a smaller trainer.batch_size={run.cfg.trainer.batch_size}).")
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return f"killed by {signal.Signals(signum).name}"
+    except ValueError:
+        return f"killed by signal {signum}"
 
 
 def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
@@ -178,6 +224,14 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     run.state["rng"] = RNG()
     restore(run, plan)
     run.guard = NonFiniteGuard(t.on_nonfinite, device)
+    # one loader per split for the whole run; workers persist across epochs and are forked once, never while
+    # the checkpoint writer thread runs
+    shard = distributed.shard if dist.enabled else None
+    run.loaders = {
+        "train": RunLoader(data["train"], t.batch_size, seed=cfg.seed, num_workers=run.num_workers,
+                           pin_memory=device.type == "cuda", shard=shard, before_fork=run.writer.wait),
+        "val": RunLoader(data["val"], t.batch_size, seed=0, shuffle=False, num_workers=run.num_workers,
+                         before_fork=run.writer.wait)}
     return run
 
 
@@ -291,11 +345,7 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     start, n = progress.batch_in_epoch, math.ceil(len(run.data["train"]) / t.batch_size)
     if start == 0:
         meter.reset(run.objective.meter(run.data, run.device))
-    if run.num_workers:
-        run.writer.wait()  # DataLoader workers are forked: never while the writer thread runs
-    batches = epoch_batches(run.data["train"], t.batch_size, seed=run.cfg.seed, epoch=epoch, start=start,
-                            num_workers=run.num_workers, pin_memory=run.device.type == "cuda",
-                            shard=distributed.shard if distributed.current().enabled else None)
+    batches = run.loaders["train"].epoch(epoch, start)  # the first epoch forks the workers (after the writer)
     bar = tqdm(batches, total=n, initial=start, desc=f"epoch {epoch + 1}/{t.max_epochs}", leave=False,
                disable=None, dynamic_ncols=True)
     run.model.train()
@@ -420,8 +470,7 @@ def end_epoch(run: Run, epoch: int) -> bool:
         if run.validates_ema:
             model = run.state["ema"].module
         if distributed.current().main:
-            val = evaluate(model, run.objective, run.data["val"], t.batch_size, run.device, run.data,
-                           run.num_workers, run.autocast_dtype)
+            val = evaluate(model, run.objective, run.loaders["val"], run.device, run.data, run.autocast_dtype)
         val = distributed.broadcast(val)
         progress.val_metrics = val
     improved, phase_improved = record_scores(run, val, epoch)
@@ -630,12 +679,12 @@ def run_meta(cfg, config: dict, schedule: list, plan, job: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, objective, dataset, batch_size, device, data, num_workers=0, dtype=None) -> dict:
+def evaluate(model, objective, loader: RunLoader, device, data, dtype=None) -> dict:
     model.eval()
     meter = objective.meter(data, device)
     generator = torch.Generator().manual_seed(0)  # val masks (SimMIM) are the same every epoch
     total, batches = torch.zeros((), device=device), 0
-    for batch in epoch_batches(dataset, batch_size, seed=0, epoch=0, shuffle=False, num_workers=num_workers):
+    for batch in loader.epoch(0):  # keys (0, 0, index): the same samples every time
         batch = tuple(b.to(device, non_blocking=True) for b in batch)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss, outputs = objective(model, batch, generator=generator)

@@ -2,9 +2,26 @@
 
 Resuming mid-epoch slices the epoch's batch list instead of replaying the loader, and the order never draws
 from the global RNG, so restoring the RNG state is enough to make a resumed run match an uninterrupted one.
+
+A run has one loader per split (`RunLoader`) for its whole life: its DataLoader workers are started once, at
+the first epoch, and persist; before each epoch the main process sets that epoch's batch list in the batch
+sampler (`EpochBatches`). A dataset whose class says `takes_keys = True` gets keys `(seed, epoch, index)` and
+seeds that sample's augmentation from them, so a sample is the same in whichever worker (or process) reads it:
+the epoch travels with each key, as the workers hold copies of the dataset. Other map-style datasets get plain
+int indices; the in-memory `TensorSamples` is indexed a whole batch at a time, without a DataLoader.
+
+Stopping is the main process's decision (project/runtime.StopRequest): the workers ignore SIGINT, SIGTERM,
+SIGUSR1 and SIGUSR2, which SLURM, docker stop, Kubernetes and systemd send to every process of the job. The
+signals are blocked in the main thread while the workers are forked (a child inherits the mask), so none can
+reach a worker before it ignores them; the main process receives what arrived meanwhile once they are unblocked.
 """
+import contextlib
+import signal
+
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class TensorSamples(Dataset):
@@ -28,16 +45,133 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = 
     return list(order.split(batch_size))
 
 
+def takes_keys(dataset) -> bool:
+    """The dataset is indexed by keys (seed, epoch, index), which seed the sample's augmentation."""
+    return bool(getattr(dataset, "takes_keys", False))
+
+
+class EpochBatches(Sampler):
+    """The batch sampler of a run's DataLoader, in the main process: `set_epoch` sets the batches of an epoch
+    (from batch `start` on), which the next `iter()` of the loader sends to the workers. Keyed datasets get
+    (seed, epoch, index) keys, others int indices; `shard` maps a global batch's indices to this process's part."""
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, shuffle: bool = True, keyed: bool = False, shard=None):
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.keyed, self.shard = keyed, shard
+        self.epoch, self.order, self.batches = None, [], []
+
+    def set_epoch(self, epoch: int, start: int = 0) -> list[torch.Tensor]:
+        order = batch_order(self.n, self.batch_size, self.seed, epoch, self.shuffle)[start:]
+        if self.shard is not None:
+            order = [self.shard(b) for b in order]
+        self.epoch, self.order = epoch, order
+        if self.keyed:
+            self.batches = [[(self.seed, epoch, i) for i in b.tolist()] for b in order]
+        else:
+            self.batches = [b.tolist() for b in order]
+        return order
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader workers' worker_init_fn: the stop signals are the main process's to act on. Ignored first,
+    then unblocked (they were blocked while forking): one that arrived in between is discarded."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Block the stop signals in this thread (forked children inherit the mask); on leaving, the old mask is
+    back and a signal that arrived meanwhile is delivered to this process."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class RunLoader:
+    """One split's batches for a whole run: `epoch(e, start)` iterates epoch e's batches from `start`.
+
+    With workers, one DataLoader with persistent workers (forked at the first epoch, after `before_fork()`, e.g.
+    waiting for the checkpoint writer thread); `close()` ends them. Validation is `seed=0, shuffle=False` and
+    epoch 0: keys (0, 0, index)."""
+
+    def __init__(self, dataset, batch_size: int, *, seed: int, shuffle: bool = True, num_workers: int = 0,
+                 pin_memory: bool = False, shard=None, before_fork=None, persistent: bool = True):
+        self.dataset, self.before_fork = dataset, before_fork
+        self.sampler = EpochBatches(len(dataset), batch_size, seed=seed, shuffle=shuffle, keyed=takes_keys(dataset),
+                                    shard=shard)
+        self.loader = None
+        self.died = []  # (pid, exit code) of workers found dead when closing: -N = killed by signal N
+        if not isinstance(dataset, TensorSamples):  # the in-memory fast path: whole-batch indexing, no DataLoader
+            self.loader = DataLoader(
+                dataset, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=pin_memory,
+                worker_init_fn=ignore_stop_signals if num_workers else None,
+                persistent_workers=persistent and num_workers > 0,
+                generator=torch.Generator().manual_seed(seed))  # worker seeds: never drawn from the global RNG
+
+    @property
+    def workers(self) -> list:
+        """The worker processes, once started."""
+        iterator = self.loader._iterator if self.loader is not None else None
+        return list(getattr(iterator, "_workers", []))
+
+    @property
+    def forks(self) -> bool:
+        """The next epoch starts worker processes (persistent workers: the first epoch only)."""
+        return self.loader is not None and self.loader.num_workers > 0 and self.loader._iterator is None
+
+    def epoch(self, epoch: int, start: int = 0):
+        order = self.sampler.set_epoch(epoch, start)
+        if self.loader is None:
+            return (self.dataset[b] for b in order)
+        if not self.forks:
+            return iter(self.loader)  # the persistent workers get this epoch's keys
+        if self.before_fork is not None:
+            self.before_fork()
+        with stop_signals_blocked():
+            return iter(self.loader)
+
+    def close(self) -> None:
+        """End the workers; `died` lists those that had ended before (persistent workers end only here). Their
+        pids are forgotten first, so torch's SIGCHLD handler does not raise again while the others exit."""
+        iterator = self.loader._iterator if self.loader is not None else None
+        if iterator is None:
+            return
+        self.loader._iterator = None
+        forget_workers(iterator)
+        self.died += [(w.pid, w.exitcode) for w in iterator._workers if w.exitcode is not None]
+        iterator._shutdown_workers()
+
+
+def forget_workers(iterator) -> None:
+    if getattr(iterator, "_worker_pids_set", False):
+        from torch.utils.data._utils import signal_handling
+
+        signal_handling._remove_worker_pids(id(iterator))
+        iterator._worker_pids_set = False
+
+
+def is_worker_death(error: BaseException) -> bool:
+    """torch's error for a DataLoader worker that died (killed by a signal, or exited without reporting), raised
+    by its SIGCHLD handler anywhere in the main thread, or while waiting for a batch."""
+    return isinstance(error, RuntimeError) and "DataLoader worker (pid" in str(error)
+
+
 def epoch_batches(dataset, batch_size: int, *, seed: int, epoch: int, start: int = 0, shuffle: bool = True,
                   num_workers: int = 0, pin_memory: bool = False, shard=None):
-    """Yield batches (tuples of tensors) start, start+1, ... of this epoch's order. `shard` maps a global batch's
-    indices to this process's part (several processes, one job): the order, hence the samples of each optimizer
-    step, do not depend on how many processes share them."""
-    batches = batch_order(len(dataset), batch_size, seed, epoch, shuffle)[start:]
-    if shard is not None:
-        batches = [shard(b) for b in batches]
-    if isinstance(dataset, TensorSamples):
-        return (dataset[b] for b in batches)
-    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=num_workers,
-                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed + epoch),
-                      persistent_workers=False)
+    """Batches start, start+1, ... of one epoch's order, from a loader made for this one epoch (its workers end
+    with it; a run keeps a RunLoader instead). `shard` maps a global batch's indices to this process's part
+    (several processes, one job): the order, hence the samples of each optimizer step, do not depend on how many
+    processes share them."""
+    loader = RunLoader(dataset, batch_size, seed=seed, shuffle=shuffle, num_workers=num_workers,
+                       pin_memory=pin_memory, shard=shard, persistent=False)
+    return loader.epoch(epoch, start)
