@@ -246,3 +246,23 @@ def test_split_is_recorded_and_kept_by_resume_full(tmp_path, faces):
             cwd=tmp_path)
     assert load(tmp_path / "d" / "checkpoints" / "last.pth")["data_split"]["val_names_sha256"] == \
         first["data_split"]["val_names_sha256"]
+
+
+def test_classification_augmentation_and_both_decoders(tmp_path, faces):
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.open(faces / "train" / "images" / f"{i:04d}.jpg").save(tmp_path / "train" / c / f"{i}.jpg")
+    cfg = composed("data=image_folder", f"data.root={tmp_path}", "data.val_fraction=0.25", "data.image_size=24",
+                   "augment=classification")
+    data = tasks.build_data(cfg)
+    image, label = data["train"][(1, 0, 0)]
+    assert image.shape == (3, 24, 24) and torch.equal(image, data["train"][(1, 0, 0)][0])
+    assert data["val"].pipeline.augment is None and data["train"].pipeline.augment is not None
+    # pil and torchvision decode the same JPEG to nearly the same pixels, not necessarily the same ones
+    pil = tasks.build_data(composed(*FACES, f"data.root={faces}", "data.val_fraction=0.2"))["val"][0][0]
+    tv = tasks.build_data(composed(*FACES, f"data.root={faces}", "data.val_fraction=0.2",
+                                   "data.decoder=torchvision"))["val"][0][0]
+    assert pil.shape == tv.shape and (pil - tv).abs().mean() < 0.1
+    with pytest.raises(UserError, match="data.decoder='opencv' is unknown"):
+        tasks.build_data(composed(*FACES, f"data.root={faces}", "data.val_fraction=0.2", "data.decoder=opencv"))

@@ -66,6 +66,7 @@ class Pipeline:
         if self.augment is not None:
             with sample_rng(seed, epoch, index):
                 sample = self.augment(*sample)
+            sample = sample if isinstance(sample, tuple) else (sample,)  # v2 returns one input unpacked
         image, *rest = (v2.functional.resize(t, self.size, antialias=True) for t in sample)
         image = (image.as_subclass(torch.Tensor).float() / 255 - MEAN) / STD
         return (image, *(m.as_subclass(torch.Tensor).long() for m in rest))
