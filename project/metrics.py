@@ -1,5 +1,15 @@
-"""Segmentation metrics from a confusion matrix accumulated on the device (no host sync per batch)."""
+"""Segmentation metrics accumulated on the device (no host sync per batch).
+
+Two definitions of "F-score", which must never be compared as one (see README, Scores that say what they measure):
+  dataset_f1  one confusion matrix over the whole split; per-class F1 = 2tp / (2tp + fp + fn); the mean over the
+              foreground classes (background excluded): the papers' convention (FaRL, DML-CSR).
+  image_f1    per image, over the classes present in its ground truth (background included, ignore_index pixels
+              excluded), F1 = 2PR / (P + R) with eps 1e-7 in P, R and F; the image's mean, then the mean over
+              images: the face-parsing course benchmark's.
+"""
 import torch
+
+EPS = 1e-7
 
 
 class ConfusionMatrix:
@@ -17,8 +27,50 @@ class ConfusionMatrix:
         """Mean F-score (F1 = Dice) over the foreground classes seen in target or prediction, and pixel accuracy."""
         m = self.matrix.double().cpu()
         tp = m.diag()
-        fp, fn = m.sum(0) - tp, m.sum(1) - tp
-        denom = 2 * tp + fp + fn
-        f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.nan)[1:]  # class 0 is background
+        f1 = per_class_f1(m)[1:]  # class 0 is background
         f_score = f1.nanmean().item() if not f1.isnan().all() else 0.0
         return {"f_score": f_score, "pixel_acc": (tp.sum() / m.sum().clamp(min=1)).item()}
+
+    def per_class(self) -> dict[str, list[float]]:
+        """F1 and IoU of every class (NaN for a class neither in the targets nor predicted)."""
+        m = self.matrix.double().cpu()
+        tp = m.diag()
+        union = m.sum(0) + m.sum(1) - tp
+        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.nan)
+        return {"f1": per_class_f1(m).tolist(), "iou": iou.tolist()}
+
+
+def per_class_f1(m: torch.Tensor) -> torch.Tensor:
+    tp = m.diag()
+    denom = 2 * tp + (m.sum(0) - tp) + (m.sum(1) - tp)
+    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.nan)
+
+
+def image_f1(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """The benchmark's score of each image of a batch: (B,) float64. pred and target are (B, H, W) class maps."""
+    b, n = len(target), num_classes
+    keep = target != ignore_index
+    image = torch.arange(b, device=target.device).view(b, 1, 1).expand_as(target)
+    idx = (image[keep] * n + target[keep]) * n + pred[keep]
+    m = torch.bincount(idx, minlength=b * n * n).view(b, n, n).double()
+    tp = m.diagonal(dim1=1, dim2=2)
+    gt, predicted = m.sum(2), m.sum(1)
+    precision, recall = tp / (predicted + EPS), tp / (gt + EPS)
+    f1 = 2 * precision * recall / (precision + recall + EPS)
+    present = gt > 0
+    return (f1 * present).sum(1) / present.sum(1).clamp(min=1)
+
+
+class ImageF1:
+    """Sum and count of per-image scores, on the device."""
+
+    def __init__(self, num_classes: int, device, ignore_index: int = 255):
+        self.n, self.ignore_index = num_classes, ignore_index
+        self.sum, self.count = torch.zeros((), dtype=torch.float64, device=device), 0
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.sum += image_f1(logits.argmax(dim=1), target, self.n, self.ignore_index).sum()
+        self.count += len(target)
+
+    def compute(self) -> float:
+        return (self.sum / max(self.count, 1)).item()
