@@ -101,10 +101,15 @@ def save_atomic(state: dict, paths: list[Path]) -> None:
     temps = [_temp_name(p) for p in paths]
     try:
         _publish(state, paths, temps)
-    except OSError as e:  # a full disk, a quota, a read-only mount: no temp file may keep holding the space
+    except Exception as e:  # no temp file of a failed save may keep holding space
         for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        error = rundir.disk_error(e, paths[0], _nbytes(state))
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # a read-only mount: there is nothing to remove then
+        # a full disk, a quota, a read-only mount, wherever in the save it struck: the OSError itself, or torch's
+        # zip writer's RuntimeError ("unexpected pos ...") with the OSError in its chain or the room too small
+        error = rundir.disk_error(e, paths[0], serialized_size(state))
         if error is None:
             raise
         raise error from None
@@ -133,15 +138,29 @@ def _publish(state: dict, paths: list[Path], temps: list[Path]) -> None:
         _fsync(folder, os.O_RDONLY)
 
 
-def _nbytes(tree) -> int:
-    """What serialising `tree` writes, roughly: its tensors' bytes."""
-    if torch.is_tensor(tree):
-        return tree.nbytes
-    if isinstance(tree, dict):
-        return sum(_nbytes(v) for v in tree.values())
-    if isinstance(tree, (list, tuple)):
-        return sum(_nbytes(v) for v in tree)
-    return 0
+class _Counter:
+    """A file that keeps only the number of bytes written to it."""
+
+    def __init__(self):
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def serialized_size(state: dict) -> int | None:
+    """The exact size of `state`'s file (torch.save into a counter: CPU time, no memory, no disk); None if it
+    cannot be serialised at all."""
+    counter = _Counter()
+    try:
+        torch.save(state, counter)
+    except Exception:  # noqa: BLE001 - the save's own error is the one to report
+        return None
+    return counter.size
 
 
 def _temp_name(path: Path) -> Path:

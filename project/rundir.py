@@ -105,20 +105,64 @@ def acquire(run_dir: Path) -> None:
 
 # Errors a write can meet that the user fixes outside the program: space, quota, permission, a read-only mount.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS}
+# torch's zip writer (inline_container.cc) reports a failed write as a RuntimeError ("unexpected pos ...",
+# "PytorchStreamWriter failed writing file ..."); the OSError behind it is chained only when it came from Python
+ZIP_WRITER_FAILURE = ("inline_container", "PytorchStreamWriter failed", "unexpected pos")
 
 
-def disk_error(error: OSError, path: Path, needed: int | None = None):
-    """The DiskError for an OSError while writing `path` (None: not a disk problem, re-raise it as it is)."""
+def disk_errno(error: BaseException) -> int | None:
+    """The disk errno (DISK_ERRNOS) behind `error`: an OSError anywhere in its chain (__cause__ and __context__,
+    however deep), or an errno named in the text of an error that wraps one without chaining it."""
+    todo, seen = [error], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            return e.errno
+        text = str(e)
+        for code in sorted(DISK_ERRNOS):
+            if os.strerror(code) in text or re.search(rf"\b(errno|error code)[ :=]*{code}\b", text, re.I):
+                return code
+        todo += [e.__context__, e.__cause__]
+    return None
+
+
+def free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return None
+
+
+def free_inodes(path: Path) -> int | None:
+    try:
+        stat = os.statvfs(Path(path).parent)
+    except OSError:
+        return None
+    return stat.f_favail if stat.f_files else None  # f_files 0: the file system does not count inodes
+
+
+def disk_error(error: BaseException, path: Path, needed: int | None = None):
+    """The DiskError for an error while writing `path` (None: not a disk problem, re-raise it as it is).
+
+    A disk errno anywhere in the error's chain makes it one. So does a failure of torch's zip writer that names
+    no errno when the file system has less room than the file needs (`needed` bytes): the write ran out of space.
+    """
     from project.errors import DiskError
 
-    if error.errno not in DISK_ERRNOS:
+    code, free = disk_errno(error), free_bytes(path)
+    if code is None and needed and free is not None and free < needed and \
+            any(mark in str(error) for mark in ZIP_WRITER_FAILURE):
+        code = errno.ENOSPC
+    if code is None:
         return None
-    try:
-        free = f"{shutil.disk_usage(Path(path).parent).free / 1e6:.1f} MB free"
-    except OSError:
-        free = "free space unknown"
+    room = f"{free / 1e6:.1f} MB free" if free is not None else "free space unknown"
+    if code == errno.ENOSPC and free_inodes(path) == 0:
+        room += " but no file entries (inodes) left"
     size = f"about {needed / 1e6:.1f} MB needed, " if needed else ""
-    return DiskError(f"Could not write {path}: {os.strerror(error.errno)} ({size}{free} on that file system).")
+    return DiskError(f"Could not write {path}: {os.strerror(code)} ({size}{room} on that file system).")
 
 
 def write_records(run_dir: Path, cfg, hydra_cfg, overrides: list[str]) -> None:

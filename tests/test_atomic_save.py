@@ -1,12 +1,19 @@
-"""A process SIGKILLed while it writes a checkpoint leaves every previously written checkpoint loadable."""
+"""A process SIGKILLed while it writes a checkpoint leaves every previously written checkpoint loadable; a disk that
+fills at any point of a save (issue 16) ends it cleanly with the earlier files intact."""
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 
-from conftest import ROOT, TINY_DATA, load, run_cli
-from project import checkpoint
+import pytest
+import torch
+
+from conftest import ROOT, TINY, TINY_DATA, load, run_cli
+from project import checkpoint, rundir
+from project.errors import DiskError
 
 
 def kill_during_save(run_dir, cwd, timeout=120) -> bool:
@@ -67,3 +74,132 @@ def test_a_temp_name_left_by_a_failed_save_never_writes_through_to_a_published_f
     save_atomic({"epoch": 2}, [tmp_path / "last.pth"])
     assert torch.load(tmp_path / "best_model.pth") == {"epoch": 1}
     assert torch.load(tmp_path / "last.pth") == {"epoch": 2} and not stale.exists()
+
+
+# --- a full disk (issue 16): real small tmpfs mounts, filled to leave room up to a chosen point of the save ------
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(name, *options): a real tmpfs under tmp_path (tests run as root in CI), unmounted afterwards."""
+    mounts = []
+
+    def mount(name, *options):
+        path = tmp_path / name
+        path.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)],
+                                               capture_output=True).returncode != 0:
+            pytest.skip("needs root and mount (CI runs as root)")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def free(path) -> int:
+    return os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
+
+
+def fill(fs, leave: int):
+    """Take all the room on `fs` but `leave` bytes (rounded down to whole pages, which is what tmpfs counts)."""
+    with open(fs / "filler", "wb") as f:
+        f.write(b"\0" * (free(fs) - leave))
+    assert free(fs) == leave // os.statvfs(fs).f_frsize * os.statvfs(fs).f_frsize
+    return fs / "filler"
+
+
+def a_checkpoint() -> tuple[dict, int, int]:
+    """A state shaped like ours (many small tensors, one larger one, plain values), its file size and the offset
+    of the zip's central directory (after every tensor's data: only the directory and the end record follow)."""
+    state = {"epoch": 2, "best_f_score": 0.5, "big": torch.arange(64 * 1024, dtype=torch.float32),
+             "model_state_dict": {f"layer{i}.weight": torch.full((64,), float(i)) for i in range(120)}}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return state, len(buffer.getvalue()), zipfile.ZipFile(buffer).start_dir
+
+
+def file_names(folder) -> set[str]:
+    return {p.name for p in folder.iterdir()} - {"filler"}
+
+
+@pytest.mark.parametrize("point", ["opening the file", "the first record", "tensor data", "the zip's end record"])
+def test_a_disk_that_fills_anywhere_in_a_save_is_a_disk_error_and_keeps_the_earlier_files(tmpfs, point):
+    state, size, directory = a_checkpoint()
+    page = 4096
+    room = {"opening the file": 0, "the first record": 0, "tensor data": directory // 2 // page * page,
+            # every byte before the central directory fits; the directory and the end record do not
+            "the zip's end record": -(-directory // page) * page}[point]
+    assert room < size, "the file would fit: this point of the save is not reached"
+    fs = tmpfs("small", "size=1m", "nr_inodes=6") if point == "opening the file" else tmpfs("small", "size=1m")
+    earlier = {"epoch": 1, "w": torch.ones(3)}
+    checkpoint.save_atomic(earlier, [fs / "last.pth", fs / "best_model.pth"])
+    if point == "opening the file":  # no inode left: open() itself fails with ENOSPC
+        fillers = []
+        try:
+            while True:
+                fillers.append(fs / f"inode{len(fillers)}")
+                fillers[-1].touch()
+        except OSError:
+            fillers.pop()
+    else:
+        fillers = [fill(fs, room)]
+
+    left = free(fs)
+    with pytest.raises(DiskError) as failed:
+        checkpoint.save_atomic(state, [fs / "last.pth", fs / "best_model.pth", fs / "checkpoint_epoch_2.pth"])
+    message = str(failed.value)
+    assert message.startswith(f"Could not write {fs / 'last.pth'}: No space left on device"), message
+    room = f"{left / 1e6:.1f} MB free" + (" but no file entries (inodes) left" if point == "opening the file" else "")
+    assert f"(about {size / 1e6:.1f} MB needed, {room} on that file system)." in message, message
+    assert file_names(fs) - {f.name for f in fillers} == {"last.pth", "best_model.pth"}, "a temp file is left"
+    for name in ("last.pth", "best_model.pth"):  # the earlier files are whole and unchanged
+        assert checkpoint.read(fs / name).keys() == earlier.keys() and torch.load(fs / name)["epoch"] == 1
+
+    for filler in fillers:  # room again: the same save succeeds (it failed for want of space, nothing else)
+        filler.unlink()
+    checkpoint.save_atomic(state, [fs / "last.pth", fs / "best_model.pth"])
+    assert torch.equal(torch.load(fs / "best_model.pth")["big"], state["big"])
+
+
+def test_a_zip_writer_failure_without_its_oserror_is_a_disk_error_only_when_the_room_is_too_small(tmpfs):
+    """torch's zip writer may report a failed write as a bare RuntimeError (no OSError chained): a full file system
+    that lacks the room the file needs makes it the disk error; with room, or another error, it stays what it is."""
+    fs = tmpfs("small", "size=1m")
+    torn = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662")
+    assert rundir.disk_error(torn, fs / "last.pth", needed=500_000) is None  # 1 MB free: not the disk
+    fill(fs, 4096)
+    error = rundir.disk_error(torn, fs / "last.pth", needed=500_000)
+    assert isinstance(error, DiskError) and "No space left on device (about 0.5 MB needed, 0.0 MB free" in str(error)
+    assert rundir.disk_error(RuntimeError("some other failure"), fs / "last.pth", needed=500_000) is None
+    # the errno named in the text, or an OSError anywhere in the chain (cause or context, however deep)
+    assert rundir.disk_errno(RuntimeError("write failed: [Errno 122] Disk quota exceeded")) == 122
+    wrapped = RuntimeError("outer")
+    wrapped.__cause__ = ValueError("middle")
+    wrapped.__cause__.__context__ = OSError(30, "Read-only file system")
+    assert rundir.disk_errno(wrapped) == 30 and rundir.disk_errno(OSError(5, "Input/output error")) is None
+
+
+def test_a_run_that_fills_its_disk_exits_4_and_continues_from_its_intact_checkpoint(tmpfs, tmp_path):
+    """The issue's run: every epoch keeps a checkpoint (keep_last=null) until the small file system is full."""
+    fs = tmpfs("small", "size=2m")  # three of the tiny run's ~0.53 MB checkpoints fit, the fourth does not
+    run_dir = fs / "run"
+    proc = run_cli(*TINY, "trainer.max_epochs=40", "trainer.save_interval=1", "trainer.keep_last=null",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 4 and "Traceback" not in err, proc.stdout + proc.stderr
+    epoch = load(run_dir / "checkpoints" / "last.pth")["epoch"]
+    assert epoch >= 2, f"the disk filled at epoch {epoch}: too early to show that earlier files survive"
+    assert f"Could not write {run_dir / 'checkpoints' / 'last.pth'}: No space left on device" in err, err
+    assert f"last.pth holds epoch {epoch}. Nothing partial was left behind" in err, err
+    command = f"python run.py resume=full resume.checkpoint={run_dir}"
+    assert err.endswith(command), err
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")], "a temp file is left holding the space"
+    for path in (run_dir / "checkpoints").glob("*.pth"):
+        checkpoint.load(path)
+    for old in (run_dir / "checkpoints").glob("checkpoint_epoch_*.pth"):  # the user frees space
+        old.unlink()
+    cont = run_cli(*TINY, *command.split()[2:], f"trainer.max_epochs={epoch + 1}", cwd=tmp_path)
+    final = load(next(tmp_path.glob("outputs/*/*/checkpoints/final_model.pth")))
+    assert final["epoch"] == epoch + 1 and final["lineage"][-1]["path"] == str(run_dir / "checkpoints" / "last.pth")
+    assert "Resuming (full)" in cont.stdout + cont.stderr
