@@ -6,13 +6,18 @@ classes or input channels disagree with the data) stops here, before training, w
 both choices and the fix: the objective is checked against the declared task, the model by one forward pass on
 two validation samples (eval mode, no gradients, nothing random drawn).
 """
+import inspect
+import logging
+
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import open_dict
 from torch.utils.data import default_collate
 
 from project.errors import UserError
+
+log = logging.getLogger(__name__)
 
 FITS = {  # what trains each task, for the fix in the messages
     "segmentation": "model=microsegformer or model=unet with loss=ce_dice",
@@ -61,18 +66,42 @@ def accepted_args(target: str | None) -> set[str]:
 
 
 def build_model(cfg, data: dict) -> torch.nn.Module:
-    """The model with the data's runtime arguments (classes, channels, tasks); a model that cannot take them
-    does not fit the data."""
+    """The model with the data's runtime arguments (classes, channels, tasks) that its constructor accepts (by its
+    signature; `**kwargs` takes them all; the others are left out and logged). Whether the data fits the model is
+    then the one-batch probe's decision (probe_model). A config key the constructor does not take is a UserError
+    listing the arguments it does take; `model.dropout: null` (conf/model/custom.yaml) is not passed at all."""
+    spec, runtime = cfg.model.copy(), dict(data["model_args"])
+    with open_dict(spec):
+        if "dropout" in spec and spec.dropout is None:
+            del spec["dropout"]  # not set: the class's own default applies
+    target = spec.get("_target_")
+    takes = accepted_args(target)
+    if "*" not in takes:  # no **kwargs: only the arguments it names
+        unknown = [k for k in spec if not str(k).startswith("_") and k not in takes]
+        if unknown:
+            raise UserError(
+                f"{choice(cfg, 'model')} sets {', '.join(f'model.{k}={spec[k]}' for k in unknown)}, but {target} "
+                f"does not take {'it' if len(unknown) == 1 else 'them'}: its arguments are "
+                f"{inspect.signature(get_object(target))}. Leave "
+                f"{'that key' if len(unknown) == 1 else 'those keys'} out (or give the class such an argument); set "
+                "the ones it takes with model.KEY=value (+model.KEY=value for a key the config does not list). "
+                "Nothing was trained or written.")
+        dropped = [k for k in runtime if k not in takes]
+        if dropped:
+            runtime = {k: v for k, v in runtime.items() if k in takes}
+            log.info("%s takes no %s argument: the data's %s not passed (it gets %s)", target, " or ".join(dropped),
+                     ", ".join(f"{k}={data['model_args'][k]}" for k in dropped), ", ".join(
+                         f"{k}={v}" for k, v in runtime.items()) or "nothing from the data")
     try:
-        return instantiate(cfg.model, **data["model_args"])
+        return instantiate(spec, **runtime)
     except InstantiationException as e:
-        if not isinstance(e.__cause__, TypeError) or cfg.model.get("_target_") is None:
+        if not isinstance(e.__cause__, TypeError) or target is None:
             raise
         task = data.get("task") or "this"
         reason = " ".join(str(e.__cause__).split())[:300]
         raise UserError(
             f"{choice(cfg, 'model')} cannot be built for {choice(cfg, 'data')} ({task} data), which passes it "
-            f"{sorted(data['model_args'])}: {reason}. For {task} data use {FITS.get(task, 'a model made for it')}. "
+            f"{sorted(runtime)}: {reason}. For {task} data use {FITS.get(task, 'a model made for it')}. "
             "Nothing was trained or written.") from None
 
 

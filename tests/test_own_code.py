@@ -72,3 +72,131 @@ def test_custom_model_without_a_class_is_a_clear_error(tmp_path):
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 2 and "Traceback" not in err, err
     assert "model._target_ has no value" in err and "model._target_=mypkg.nets.MyNet" in err
+
+
+# --- the user's class as it is (issue 16, part 4): its own signature decides what it is passed -------------------
+
+STORY = '''
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class MicroSegFormer(nn.Module):
+    """The story's network as its author wrote it: RGB only, so no in_channels argument."""
+
+    def __init__(self, num_classes=19, embed_dims=None, depths=None, sr_ratios=None, dropout=0.15, use_lmsa=True):
+        super().__init__()
+        layers, channels = [], 3
+        for dim, depth in zip(embed_dims or [8, 16], depths or [1, 1]):
+            layers += [nn.Conv2d(channels, dim, 3, stride=2, padding=1), nn.GELU()]
+            layers += [nn.Conv2d(dim, dim, 3, padding=1), nn.GELU()] * (depth - 1)
+            channels = dim
+        self.encoder = nn.Sequential(*layers)
+        self.lmsa = nn.Conv2d(channels, channels, 1) if use_lmsa else nn.Identity()
+        self.drop = nn.Dropout2d(dropout)
+        self.head = nn.Conv2d(channels, num_classes, 1)
+        self.register_buffer("class_weights", torch.ones(num_classes))  # set by its training script, never trained
+
+    def forward(self, x):
+        return F.interpolate(self.head(self.drop(self.lmsa(self.encoder(x)))), size=x.shape[-2:], mode="bilinear")
+
+
+class PlainNet(nn.Module):
+    """A network without dropout."""
+
+    def __init__(self, num_classes, in_channels=3, width=8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+'''
+
+# the classes' own plain training loop, as users write it: the best epoch's dict with a numpy best_f_score
+OWN_LOOP = '''
+import sys
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from storypkg.model import MicroSegFormer, PlainNet
+
+
+def fit(model, path):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    images, masks = torch.randn(4, 3, 32, 32), torch.randint(0, 4, (4, 32, 32))
+    best = -1.0
+    for epoch in range(1, 4):
+        loss = F.cross_entropy(model(images), masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        f_score = np.float64(0.3 + 0.01 * epoch)
+        if f_score > best:
+            best = f_score
+            torch.save({"epoch": epoch, "model_state_dict": model.state_dict(),
+                        "optimizer_state_dict": optimizer.state_dict(), "best_f_score": best,
+                        "loss": loss.item(), "lr": 1e-3}, path)
+
+
+torch.manual_seed(0)
+story = MicroSegFormer(num_classes=4, embed_dims=[8, 16], dropout=0.1)
+story.class_weights.copy_(torch.tensor([0.5, 1.0, 2.0, 3.0]))
+fit(story, sys.argv[1] + "/story_best_model.pth")
+fit(PlainNet(num_classes=4, width=6), sys.argv[1] + "/plain_best_model.pth")
+'''
+
+
+def test_their_classes_as_they_are_train_and_continue_from_their_own_best_model(tmp_path):
+    import subprocess
+    import sys
+
+    from project import checkpoint
+
+    (tmp_path / "storypkg").mkdir()
+    (tmp_path / "storypkg" / "__init__.py").write_text("")
+    (tmp_path / "storypkg" / "model.py").write_text(STORY)
+    (tmp_path / "storypkg" / "own_loop.py").write_text(OWN_LOOP)
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    subprocess.run([sys.executable, "-m", "storypkg.own_loop", str(tmp_path)], cwd=tmp_path, check=True,
+                   env={**os.environ, **env})
+    story_file, plain_file = tmp_path / "story_best_model.pth", tmp_path / "plain_best_model.pth"
+    theirs = checkpoint.read(story_file)["model_state_dict"]  # numpy best_f_score: allow-listed
+
+    # the SegFormer-shaped class: no in_channels (left out, and the log says so), its dropout set from the config
+    proc = run_cli(*TINY_DATA, "model=custom", "model._target_=storypkg.model.MicroSegFormer", "+model.embed_dims=[8,16]",
+                   "model.dropout=0.1", "resume=reset_optimizer", f"resume.checkpoint={story_file}",
+                   "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'story'}", cwd=tmp_path, env_extra=env)
+    out = proc.stdout
+    assert ("storypkg.model.MicroSegFormer takes no in_channels argument: the data's in_channels=3 not passed "
+            "(it gets num_classes=4)") in out, out
+    assert f"Parameter matching with {story_file}: {len(theirs)} matched, 0 missing" in out, out
+    assert "dropout p=0.1," in out and "the parent's best 0.3300 (epoch 3 of" in out, out
+    child = load(tmp_path / "story" / "checkpoints" / "final_model.pth")
+    (parent,) = child["lineage"]
+    assert parent["path"] == str(story_file) and parent["sha256"] == checkpoint.sha256(story_file)
+    assert parent["epoch"] == 3 and parent["mode"] == "reset_optimizer" and child["epoch"] == 1
+    weights = child["model_state_dict"]
+    # their weights were the start: the buffer their script set (a fresh model has ones) is theirs exactly, and
+    # one epoch moved the trained weights only a little
+    assert torch.equal(weights["class_weights"], torch.tensor([0.5, 1.0, 2.0, 3.0]))
+    w = "encoder.0.weight"
+    assert (weights[w] - theirs[w]).abs().max() < 0.05 < theirs[w].abs().max()
+
+    # the class without dropout: trains and continues likewise; model.dropout for it is refused, listing its arguments
+    plain = ["model=custom", "model._target_=storypkg.model.PlainNet", "+model.width=6"]
+    proc = run_cli(*TINY_DATA, *plain, "resume=reset_optimizer", f"resume.checkpoint={plain_file}",
+                   "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'plain'}", cwd=tmp_path, env_extra=env)
+    assert "takes no" not in proc.stdout and "dropout p=none," in proc.stdout, proc.stdout
+    child = load(tmp_path / "plain" / "checkpoints" / "final_model.pth")
+    assert child["lineage"][0]["sha256"] == checkpoint.sha256(plain_file) and child["lineage"][0]["epoch"] == 3
+    refused = run_cli(*TINY_DATA, *plain, "model.dropout=0.2", f"hydra.run.dir={tmp_path / 'refused'}", cwd=tmp_path,
+                      env_extra=env, check=False)
+    err = " ".join(refused.stderr.split())
+    assert refused.returncode == 2 and "Traceback" not in err, refused.stdout + err
+    assert ("model=custom sets model.dropout=0.2, but storypkg.model.PlainNet does not take it: its arguments are "
+            "(num_classes, in_channels=3, width=8)") in err and "Nothing was trained or written" in err, err
+    assert not (tmp_path / "refused").exists()
