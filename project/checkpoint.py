@@ -271,3 +271,40 @@ def prune_periodic(ckpt_dir: Path, keep_last: int | None, protect: set[int] = fr
     for old in periodic[:-keep_last]:
         if int(old.stem.rsplit("_", 1)[1]) not in protect:
             old.unlink(missing_ok=True)
+
+
+# What a seamless continuation must reproduce: every tensor and value of these entries (Adam's exp_avg,
+# exp_avg_sq and step included; the scheduler; the RNG states; the scaler and the EMA copy when present).
+WHOLE_STATE = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "rng", "scaler_state_dict",
+               "ema_state_dict", "ema_updates", "epoch", "global_step", "best_epoch")
+
+
+def difference(a, b, where: str = "checkpoint") -> str | None:
+    """Where two state trees first differ (tensors bit for bit, dtype included; a list or dict of another length
+    differs), or None when they are equal."""
+    if isinstance(a, torch.Tensor):
+        same = isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+        return None if same else f"{where} differs"
+    if isinstance(a, dict):
+        if not isinstance(b, dict) or a.keys() != b.keys():
+            other = set(b) if isinstance(b, dict) else set()
+            return f"{where}: keys {sorted(map(str, set(a) ^ other))}"
+        return next((d for k in a if (d := difference(a[k], b[k], f"{where}[{k!r}]"))), None)
+    if isinstance(a, (list, tuple)):
+        if not isinstance(b, (list, tuple)) or len(a) != len(b):
+            return f"{where}: lengths {len(a)} vs {len(b) if isinstance(b, (list, tuple)) else type(b).__name__}"
+        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := difference(x, y, f"{where}[{i}]"))), None)
+    return None if a == b else f"{where}: {a!r} != {b!r}"
+
+
+def state_difference(a: dict, b: dict) -> str | None:
+    """Where two checkpoints' training states (WHOLE_STATE; entries absent from both are skipped) first differ,
+    or None when a run that was stopped and continued holds exactly what an uninterrupted run holds."""
+    for key in WHOLE_STATE:
+        if (key in a) != (key in b):
+            return f"{key} only in one checkpoint"
+        if key in a and (found := difference(a[key], b[key], key)):
+            return found
+    if not a["optimizer_state_dict"]["state"]:
+        return "no optimizer state to compare"
+    return None
