@@ -3,7 +3,9 @@
 The step stays free of host syncs: each loss is checked on the device and the first bad step is recorded in a
 device tensor. `check()` reads it (one sync) on logging steps and before every save, so no checkpoint is ever
 written after a non-finite step. With `skip`, each optimizer step reads its window's flag (one sync a step,
-the price of skipping) and the trainer drops the update, up to trainer.max_nonfinite_skips.
+the price of skipping) and the trainer drops the update, up to trainer.max_nonfinite_skips. Dropping it includes
+what the window's forward passes changed: the model's buffers (BatchNorm running statistics) are put back as they
+were before the window (`window_start` keeps a copy, in skip mode only).
 """
 import torch
 
@@ -13,6 +15,12 @@ class NonFiniteGuard:
         self.mode = mode
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # optimizer step, -1 = none yet
         self.window_bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.buffers = []  # skip mode: (buffer, its value before the window)
+
+    def window_start(self, model: torch.nn.Module) -> None:
+        """skip mode, before a window's first forward: keep the model's buffers, which the forward passes update."""
+        if self.mode == "skip":
+            self.buffers = [(b, b.detach().clone()) for b in model.buffers()]
 
     def observe(self, loss: torch.Tensor, step: int) -> None:
         """Record a batch's loss, which belongs to optimizer step `step` (no host sync)."""
@@ -27,6 +35,10 @@ class NonFiniteGuard:
         bad = bool(self.window_bad)
         self.window_bad.zero_()
         self.first_bad.fill_(-1)
+        if bad:  # the NaN/inf batches also reached the BatchNorm running statistics: put them back
+            with torch.no_grad():
+                for buffer, before in self.buffers:
+                    buffer.copy_(before)
         return bad
 
     def check(self) -> int | None:

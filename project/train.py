@@ -353,6 +353,8 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     for i, batch in enumerate(bar, start=start):
         batch = tuple(b.to(run.device, non_blocking=True) for b in batch)
         window = min(k, n - i // k * k)  # batches in this accumulation window: an epoch's last may be shorter
+        if i % k == 0:
+            run.guard.window_start(run.model)  # on_nonfinite=skip: a dropped window leaves the buffers as they were
         steps_now = not ((i + 1) % k and i + 1 < n)  # the window's last batch: the optimizer steps after it
         # several ranks: gradients are averaged once per window (no_sync before), each rank's weighed by its share
         # of the global batch, which makes the average the global batch's mean even when it does not split evenly

@@ -183,3 +183,43 @@ def test_a_v1_file_loads_in_the_v2_layout(config, tmp_path):
     run = build(config(*old["overrides"]), tmp_path / "run")  # as resume=full recomposes it
     assert state.load_state_dicts(run.state, old, state.RESTORES["full"]) == []  # (no scaler: 32-bit, as in v1)
     assert run.state["progress"].batch_in_epoch == 32 and run.state["progress"].global_step == 82
+
+
+def test_a_skipped_step_leaves_weights_and_optimizer_state_unchanged(config, tmp_path):
+    """trainer.on_nonfinite=skip, in-process: a window whose loss is NaN (one NaN pixel in one of its two
+    batches) is dropped whole: weights, every optimizer tensor and the EMA copy stay bit for bit, no gradient is
+    left behind, and the next good window trains to finite weights."""
+    # 16 samples, batch 8, 2 batches a window: one optimizer step per epoch
+    cfg = config("trainer.on_nonfinite=skip", "trainer.accumulate_grad_batches=2", "trainer.ema.decay=0.9",
+                 "data.train_size=16")
+    run = build(cfg, tmp_path / "run")
+    kept = ("model_state_dict", "optimizer_state_dict", "ema_state_dict", "ema_updates", "scaler_state_dict")
+
+    def snapshot():
+        return through_a_file({k: v for k, v in state.state_dicts(run.state).items() if k in kept})
+
+    train.announce(run)
+    run.stop = StopRequest()
+    try:
+        train.train_epoch(run, 0)  # a good step first: Adam's moments and the EMA copy hold something
+        train.end_epoch(run, 0)
+        before = snapshot()
+        assert before["optimizer_state_dict"]["state"] and before["ema_updates"] == 1
+        images = run.data["train"].tensors[0]  # the in-memory train set the loader indexes
+        pixel = images[0, 0, 0, 0].item()
+        images[0, 0, 0, 0] = float("nan")
+        train.train_epoch(run, 1)
+        progress = run.state["progress"]
+        assert progress.nonfinite_skips == 1 and progress.global_step == 2, progress
+        assert_same(snapshot(), before, "after the skipped step")
+        assert all(p.grad is None for p in run.model.parameters()), "the dropped window left gradients behind"
+
+        train.end_epoch(run, 1)
+        images[0, 0, 0, 0] = pixel
+        train.train_epoch(run, 2)
+        weights = run.model.state_dict()
+        assert progress.nonfinite_skips == 1 and all(torch.isfinite(w).all() for w in weights.values())
+        assert not all(torch.equal(weights[k], before["model_state_dict"][k]) for k in weights), "it stopped training"
+    finally:
+        run.stop.close()
+        run.writer.wait()
