@@ -1,5 +1,6 @@
 """Shared helpers: tests drive the real command line (python run.py ...) in a temporary working directory."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from slurm_cluster import slurm_cluster  # noqa: F401  (the one SLURM fixture: a cluster that does not start fails)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough for ~1 s epochs on 2 CPU cores, with dropout on so RNG restore matters.
@@ -68,24 +71,6 @@ def parent_run(tmp_path_factory):
     return run_dir
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """A real single-node SLURM cluster on localhost (scripts/slurm-local-up.sh), stopped after the session.
-
-    Needs root and apt (Debian's slurm-wlm packages); skipped, with the reason, only where those are missing.
-    """
-    import shutil
-
-    if os.geteuid() != 0 or not (shutil.which("apt-get") and shutil.which("dpkg")):
-        pytest.skip("SLURM tests need root and apt-get to install and start slurm-wlm on localhost")
-    up = subprocess.run(["bash", str(ROOT / "scripts" / "slurm-local-up.sh")], capture_output=True, text=True,
-                        timeout=600)
-    if up.returncode != 0:
-        pytest.fail(f"could not start the local SLURM cluster:\n{up.stdout}\n{up.stderr}")
-    yield
-    subprocess.run(["bash", str(ROOT / "scripts" / "slurm-local-down.sh")], capture_output=True, timeout=300)
-
-
 # What a seamless continuation must reproduce: every tensor and value of these entries (Adam's exp_avg,
 # exp_avg_sq and step included; the scheduler; the RNG states; the scaler and the EMA copy when present).
 WHOLE_STATE = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "rng", "scaler_state_dict",
@@ -117,8 +102,47 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert a["optimizer_state_dict"]["state"], "no optimizer state to compare"
 
 
-def assert_resumed(log_text: str, checkpoint_path, from_step: int, resumed: dict) -> None:
-    """The run really continued `checkpoint_path` (a run that ignored it and trained from scratch fails this)."""
-    assert f"from {checkpoint_path}" in log_text, f"the log does not name {checkpoint_path}"
-    assert resumed["lineage"][-1]["path"] == str(checkpoint_path)
-    assert resumed["lineage"][-1]["global_step"] == from_step > 0
+# The start line announce() prints after the restore: the epochs the run starts at, and for a checkpoint written
+# mid-epoch the batch it continues the next epoch from. A restore that loaded nothing prints "epochs 0 -> N".
+START_LINE = re.compile(r"\| epochs (\d+) -> (\d+)(?: \(epoch (\d+) from batch (\d+)\))?")
+
+
+def start_lines(log_text: str) -> list[tuple[int, int]]:
+    """(epoch, batch) of every start in a log: the epochs finished and the batches of the next one already trained."""
+    return [(int(m[1]), int(m[4] or 0)) for m in START_LINE.finditer(log_text)]
+
+
+def assert_resumed(log_text: str, checkpoint_path, from_step: int, resumed: dict, *, epoch: int | None = None,
+                   batch: int | None = None, own: bool = False) -> None:
+    """The run really continued `checkpoint_path`: the plan named it (the log; the lineage of the `resumed`
+    checkpoint), and the start line printed after the restore shows the checkpoint's position, "epochs E -> N",
+    plus " (epoch E+1 from batch B)" for a checkpoint written mid-epoch. A run whose restore loaded nothing starts
+    at "epochs 0 -> N" with no batch and fails this, even where it would end equal to a reference.
+
+    `epoch`, `batch`: the checkpoint's finished epochs and the batches of the next epoch it had trained (0: an
+    epoch's end); by default read from `checkpoint_path`, which must still hold step `from_step`: pass them where
+    the file was overwritten since (a run that continued in its own run dir).
+    `own`: a requeued or restarted job continuing its own run dir (the log says "this run's own"; a run continuing
+    itself adds no lineage entry). Slice `log_text` to begin at the start that should be a resume.
+    """
+    assert from_step > 0, "a resume test needs a checkpoint that has trained"
+    if epoch is None or batch is None:
+        saved = torch.load(checkpoint_path)
+        assert saved["global_step"] == from_step, (
+            f"{checkpoint_path} holds step {saved['global_step']}, not {from_step}: pass epoch= and batch=")
+        epoch = saved["epoch"] if epoch is None else epoch
+        batch = saved.get("batch_in_epoch", 0) if batch is None else batch
+    names = [f"from {checkpoint_path}"] + ([f"from this run's own {checkpoint_path}"] if own else [])
+    at = min((log_text.find(n) for n in names if n in log_text), default=-1)
+    assert at >= 0, f"the log does not name {checkpoint_path}"
+    start = START_LINE.search(log_text, at)
+    assert start, f"no start line ('| epochs E -> N') after the log names {checkpoint_path}"
+    got = (int(start[1]), int(start[4] or 0))
+    assert got == (epoch, batch), (
+        f"started at {start[0]!r}: epoch {got[0]} batch {got[1]}, but {checkpoint_path} holds epoch {epoch} batch "
+        f"{batch} (the restore did not load the position)")
+    if batch:
+        assert int(start[3]) == epoch + 1, start[0]
+    if not own:
+        assert resumed["lineage"][-1]["path"] == str(checkpoint_path)
+        assert resumed["lineage"][-1]["global_step"] == from_step

@@ -1,6 +1,8 @@
 """A real single-node SLURM cluster on localhost for the tests (scripts/slurm-local-up.sh, -down.sh).
 
-Import the fixture into a test module: `from slurm_cluster import slurm_cluster  # noqa: F401`.
+tests/conftest.py imports the fixture, so every test module can ask for `slurm_cluster`. It skips only where SLURM
+cannot run at all (not root; neither apt-get nor an installed SLURM); a cluster that fails to start fails the tests
+that need it, with the start script's output.
 
 Several pytest sessions may share the machine (and the cluster, which is machine-wide): a session uses a running
 cluster as it is, and the cluster is stopped only by the last session using it, and only if a test session
@@ -46,9 +48,9 @@ def slurm_cluster():
             pytest.skip("SLURM tests need apt-get (Debian's slurm-wlm packages) or an installed SLURM")
         up = subprocess.run(["bash", str(ROOT / "scripts" / "slurm-local-up.sh")], capture_output=True, text=True,
                             timeout=900)
-        if up.returncode != 0 or not cluster_up():
-            pytest.skip(f"could not start the local SLURM cluster (scripts/slurm-local-up.sh exited "
-                        f"{up.returncode}):\n{(up.stdout + up.stderr)[-3000:]}")
+        if up.returncode != 0 or not cluster_up():  # a machine that can run SLURM but did not: the run fails
+            pytest.fail(f"could not start the local SLURM cluster (scripts/slurm-local-up.sh exited "
+                        f"{up.returncode}):\n{(up.stdout + up.stderr)[-3000:]}", pytrace=False)
         USERS.mkdir(exist_ok=True)
         STARTED_BY_TESTS.touch()
     USERS.mkdir(exist_ok=True)

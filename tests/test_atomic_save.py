@@ -11,7 +11,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import ROOT, TINY, TINY_DATA, load, run_cli
+from conftest import ROOT, TINY, TINY_DATA, assert_resumed, load, run_cli
 from project import checkpoint, rundir
 from project.errors import DiskError
 
@@ -54,9 +54,12 @@ def test_sigkill_during_save_never_breaks_a_checkpoint(tmp_path):
     assert leftovers, "expected the killed writes to leave temp files behind (they are ignored)"
     # and the run continues from the newest complete checkpoint
     last = load(run_dir / "checkpoints" / "last.pth")
-    run_cli(*TINY_DATA, f"hydra.run.dir={tmp_path / 'continued'}", "data.train_size=16",
-            f"trainer.max_epochs={last['epoch'] + 1}", "resume=full", f"resume.checkpoint={run_dir}", cwd=tmp_path)
-    assert load(tmp_path / "continued" / "checkpoints" / "final_model.pth")["epoch"] == last["epoch"] + 1
+    cont = run_cli(*TINY_DATA, f"hydra.run.dir={tmp_path / 'continued'}", "data.train_size=16",
+                   f"trainer.max_epochs={last['epoch'] + 1}", "resume=full", f"resume.checkpoint={run_dir}",
+                   cwd=tmp_path)
+    final = load(tmp_path / "continued" / "checkpoints" / "final_model.pth")
+    assert final["epoch"] == last["epoch"] + 1
+    assert_resumed(cont.stdout, run_dir / "checkpoints" / "last.pth", last["global_step"], final)
 
 
 def test_a_temp_name_left_by_a_failed_save_never_writes_through_to_a_published_file(tmp_path):
@@ -203,3 +206,5 @@ def test_a_run_that_fills_its_disk_exits_4_and_continues_from_its_intact_checkpo
     final = load(next(tmp_path.glob("outputs/*/*/checkpoints/final_model.pth")))
     assert final["epoch"] == epoch + 1 and final["lineage"][-1]["path"] == str(run_dir / "checkpoints" / "last.pth")
     assert "Resuming (full)" in cont.stdout + cont.stderr
+    last = run_dir / "checkpoints" / "last.pth"
+    assert_resumed(cont.stdout, last, load(last)["global_step"], final, epoch=epoch, batch=0)

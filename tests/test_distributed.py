@@ -1,12 +1,15 @@
 """One job on several processes (issue 12), on the CPU with gloo and real torchrun processes
 (`python -m torch.distributed.run`, as the venv's torchrun may not be on PATH)."""
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from conftest import ROOT, TINY, assert_same_state, load, run_cli
+from conftest import ROOT, TINY, assert_resumed, assert_same_state, load, run_cli
 from project.loggers import read_rows
 
 # the math is the same on 1 and 2 processes: no dropout, no Dice (a per-batch ratio), no BatchNorm (tests/tiny_nets.py;
@@ -62,6 +65,57 @@ def test_accumulation_under_ddp_matches_one_process(tmp_path):
     assert diff < 1e-4, diff
 
 
+def _count_syncs(rank: int, port: int, out_dir: str) -> None:
+    """One rank of a 2-process gloo job, spawned by the test below: the run built as run.py builds it, one epoch
+    trained with accumulate_grad_batches=2, every all-reduce of DDP's gradient buckets recorded by a communication
+    hook with the optimizer step it belongs to."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch.distributed as torch_dist
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    from project import distributed, train
+    from project.runtime import StopRequest
+
+    distributed.init(60)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*SAME_MATH, "trainer.accumulate_grad_batches=2"])
+    run = train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], None, Path(out_dir) / "run", {})
+    syncs = []
+
+    def counting(state, bucket):
+        syncs.append([run.state["progress"].global_step, bucket.index()])
+        return allreduce_hook(None, bucket)
+
+    run.ddp.register_comm_hook(None, counting)
+    run.stop = StopRequest()
+    try:
+        train.train_epoch(run, 0)
+    finally:
+        run.stop.close()
+    steps = run.state["progress"].global_step
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps({"syncs": syncs, "steps": steps}))
+    torch_dist.destroy_process_group()
+
+
+def test_accumulation_all_reduces_once_per_window(tmp_path):
+    """no_sync inside an accumulation window, counted: 6 global batches, 2 a window, so 3 optimizer steps and one
+    all-reduce of the gradients each, in the backward of the window's last batch (6 without no_sync)."""
+    import torch.multiprocessing
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_count_syncs, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["steps"] == 48 // 16
+        # bucket 0 of each all-reduce, with the optimizer steps taken before it: one a window, none inside one
+        assert [step for step, bucket in got["syncs"] if bucket == 0] == [0, 1, 2], got
+
+
 def test_sync_batchnorm_on_the_cpu_is_a_clear_error(tmp_path):
     proc = torchrun(*TINY, "trainer.sync_batchnorm=true", cwd=tmp_path, check=False)
     out = " ".join((proc.stdout + proc.stderr).split())
@@ -81,21 +135,44 @@ def test_two_ranks_stopped_by_sigterm_resume_bit_exact_and_on_one_rank(tmp_path)
     os.killpg(proc.pid, signal.SIGTERM)  # what a preemption does: every process of the job gets it
     out, _ = proc.communicate(timeout=120)
     assert "Caught SIGTERM" in out, out[-5000:]
+    # torchrun's agent, signalled too, stops its workers and exits 1 (torch's SignalException), whatever the ranks'
+    # own 128 + 15: a rank that failed instead would have written rank_1.log, and rank 0 would not say "Stopped."
+    assert proc.returncode == 1 and "SignalException" in out and "got signal: 15" in out, out[-5000:]
+    assert "Stopped. Continue with" in out and not list(run_dir.glob("rank_*.log")), out[-5000:]
     saved = load(run_dir / "checkpoints" / "last.pth")
     assert saved["epoch"] < 3 and saved["world_size"] == 2 and len(saved["rng"]["ranks"]) == 2
+    assert saved["batch_in_epoch"] > 0, "stopped at an epoch's end: the mid-epoch train meter goes untested"
     stopped = tmp_path / "stopped_last.pth"
     stopped.write_bytes((run_dir / "checkpoints" / "last.pth").read_bytes())
     # the same command again on two ranks: bit for bit the uninterrupted two-rank run
-    torchrun(*cfg, f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert_same_state(load(run_dir / "checkpoints" / "final_model.pth"),
-                      load(tmp_path / "reference" / "checkpoints" / "final_model.pth"))
+    again = torchrun(*cfg, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
+    two = load(run_dir / "checkpoints" / "final_model.pth")
+    assert_resumed(again.stdout, run_dir / "checkpoints" / "last.pth", saved["global_step"], two,
+                   epoch=saved["epoch"], batch=saved["batch_in_epoch"], own=True)
+    assert_same_state(two, ref)
+    # every row of metrics.csv, the stopped epoch's too: its train loss and metric counts were those of both ranks
+    assert_same_rows(read_rows(run_dir / "metrics.csv"), read_rows(tmp_path / "reference" / "metrics.csv"))
     # resumed on one process from the stopped state: it completes the same global batches, none twice
     one = tmp_path / "one"
-    run_cli(*cfg, "resume=full", f"resume.checkpoint={stopped}", f"hydra.run.dir={one}", cwd=tmp_path)
+    single = run_cli(*cfg, "resume=full", f"resume.checkpoint={stopped}", f"hydra.run.dir={one}", cwd=tmp_path)
     final = load(one / "checkpoints" / "final_model.pth")
-    ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
+    assert_resumed(single.stdout, stopped, saved["global_step"], final)
     assert final["global_step"] == ref["global_step"] == 3 * 400 // 8
     assert [r["epoch"] for r in read_rows(one / "metrics.csv")] == ["1", "2", "3"]
+
+
+def assert_same_rows(got: list[dict], expected: list[dict]) -> None:
+    """metrics.csv rows: the same epochs and columns, the numbers equal up to float rounding."""
+    assert [r["epoch"] for r in got] == [r["epoch"] for r in expected] and got and got[0].keys() == expected[0].keys()
+    for a, b in zip(got, expected):
+        for key in a:
+            try:
+                x, y = float(a[key]), float(b[key])
+            except ValueError:
+                assert a[key] == b[key], (a["epoch"], key, a[key], b[key])
+                continue
+            assert abs(x - y) <= 1e-6 * max(1.0, abs(y)), (a["epoch"], key, a[key], b[key])
 
 
 def test_a_batch_that_does_not_split_is_a_clear_error(tmp_path):

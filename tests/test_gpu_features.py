@@ -34,8 +34,8 @@ def test_sigterm_inside_an_accumulation_window_resumes_bit_exact(tmp_path):
     ref = load(tmp_path / "ref" / "checkpoints" / "final_model.pth")
     got = load(tmp_path / "resumed" / "checkpoints" / "final_model.pth")
     assert "ema_state_dict" in ref and ref["validated_weights"] == "ema"
-    assert_same_state(got, ref)
     assert_resumed(resumed.stdout, tmp_path / "stopped" / "checkpoints" / "last.pth", stopped["global_step"], got)
+    assert_same_state(got, ref)
     assert rows(tmp_path / "resumed") == rows(tmp_path / "ref")  # the stopped epoch's loss and grad norm too
     assert float(rows(tmp_path / "ref")[0]["train_grad_norm"]) > 0
     # the EMA copy loads into the model as it is (no `module.` prefix), and is not the raw weights
@@ -60,8 +60,8 @@ def test_resume_across_the_pretrain_finetune_switch_with_ema(tmp_path):
     proc = run_cli(*SWIN, "resume=full", f"resume.checkpoint={switch}", f"hydra.run.dir={tmp_path / 'resumed'}",
                    cwd=tmp_path)
     got = load(tmp_path / "resumed" / "checkpoints" / "final_model.pth")
+    assert_resumed(proc.stdout, switch, load(switch)["global_step"], got, epoch=2, batch=0)
     assert_same_state(got, ref)
-    assert_resumed(proc.stdout, switch, load(switch)["global_step"], got)
 
 
 def test_16_mixed_skips_overflowing_steps_and_resumes_the_scaler(tmp_path):
@@ -81,8 +81,8 @@ def test_16_mixed_skips_overflowing_steps_and_resumes_the_scaler(tmp_path):
     ref = load(tmp_path / "ref" / "checkpoints" / "final_model.pth")
     got = load(tmp_path / "resumed" / "checkpoints" / "final_model.pth")
     assert set(ref["scaler_state_dict"]) >= {"scale", "_growth_tracker"}
+    assert_resumed(proc.stdout, ckpt, first["global_step"], got, epoch=1, batch=0)
     assert_same_state(got, ref)  # scaler_state_dict included
-    assert_resumed(proc.stdout, ckpt, first["global_step"], got)
 
 
 def test_compiled_checkpoints_resume_in_eager_mode_and_back(tmp_path):
@@ -93,13 +93,16 @@ def test_compiled_checkpoints_resume_in_eager_mode_and_back(tmp_path):
     eager = train_tiny(tmp_path / "eager", "trainer.compile=false", "resume=full",
                        f"resume.checkpoint={tmp_path / 'compiled'}", cwd=tmp_path)
     assert "trainer.compile" in eager.stdout  # the change table shows the switch
+    first = tmp_path / "compiled" / "checkpoints" / "last.pth"
     ckpt = load(tmp_path / "eager" / "checkpoints" / "last.pth")
     assert ckpt["epoch"] == 2 and not ckpt["compiled"]
+    assert_resumed(eager.stdout, first, load(first)["global_step"], ckpt, epoch=1, batch=0)
     again = train_tiny(tmp_path / "again", *compiled, "trainer.max_epochs=3", "resume=full",
                        f"resume.checkpoint={tmp_path / 'eager'}", cwd=tmp_path)
+    second = tmp_path / "eager" / "checkpoints" / "last.pth"
     ckpt = load(tmp_path / "again" / "checkpoints" / "last.pth")
     assert ckpt["epoch"] == 3 and ckpt["compiled"] and not [k for k in ckpt["model_state_dict"] if "_orig_mod" in k]
-    assert "epochs 2 -> 3" in again.stdout
+    assert_resumed(again.stdout, second, load(second)["global_step"], ckpt, epoch=2, batch=0)
 
 
 def all_finite(run_dir):

@@ -1,13 +1,14 @@
 """Fault tolerance: SIGKILL at random moments, restart in the same run dir each time, same final weights."""
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT, TINY, assert_same_state, load, train_tiny
+from conftest import ROOT, TINY, assert_resumed, assert_same_state, load, start_lines, train_tiny
 
 CFG = [*TINY, "trainer.max_epochs=6", "data.train_size=384"]  # ~1.5 s epochs, each ending with a last.pth write
 KILLS = 12
@@ -65,8 +66,13 @@ def test_sigkill_at_random_moments_and_inside_writes_then_matches_uninterrupted(
     # the same command again: it continues from its newest complete checkpoint (or says it is done)
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    continued = (run_dir / "training.log").read_text().count("Resuming (full) from this run's own")
+    log = (run_dir / "training.log").read_text()
+    continued = log.count("Resuming (full) from this run's own")
     assert continued >= len(kills) - 1, f"only {continued} of {len(kills) + 1} starts continued from a checkpoint"
+    # what the restores loaded: each continued start began after epoch 1 or later, never before an earlier one
+    # (the last start may have found the run finished: no start line)
+    begun = [start_lines(part)[0] for part in log.split("Resuming (full) from this run's own")[1:] if start_lines(part)]
+    assert len(begun) >= continued - 1 and all(epoch >= 1 for epoch, _ in begun) and begun == sorted(begun), begun
     ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
     got = load(run_dir / "checkpoints" / "final_model.pth")
     assert got["epoch"] == 6 and got["global_step"] == ref["global_step"]
@@ -99,4 +105,7 @@ def test_a_corrupt_last_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
     assert "last.pth is unreadable: continuing from" in out and "truncated or corrupt" in out
     ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
     got = load(run_dir / "checkpoints" / "final_model.pth")
+    used = re.search(r"last\.pth is unreadable: continuing from (\S+) \(epoch (\d+), step (\d+)\)", out)
+    assert used and int(used[2]) >= 1, out  # (checkpoint_epoch_N.pth may be a link to the torn file)
+    assert_resumed(done.stdout, Path(used[1]), int(used[3]), got, epoch=int(used[2]), batch=0, own=True)
     assert_same_state(got, ref)

@@ -4,11 +4,11 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
-from conftest import ROOT, TINY, assert_same_state, load, train_tiny
-from slurm_cluster import slurm_cluster  # noqa: F401  (session fixture: starts the local cluster)
+from conftest import ROOT, TINY, assert_resumed, assert_same_state, load, train_tiny
 
 # The preset with what the localhost cluster has: no GPU, 2 cores, the debug partition.
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0",
@@ -20,6 +20,21 @@ def multirun(sweep_dir, *overrides, cwd):
     return subprocess.Popen([sys.executable, "-u", str(ROOT / "run.py"), "-m", *SLURM, *TINY,
                              f"hydra.sweep.dir={sweep_dir}", *overrides], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+
+def assert_requeued_and_resumed(run_dir, got, steps_per_epoch: int, max_epochs: int) -> None:
+    """The job caught USR2 mid-run and saved; the requeued job's restore continued from that save's position."""
+    log = (run_dir / "training.log").read_text()  # one log, appended to by the requeued job
+    assert log.count("Run dir ") == 2, log
+    caught = re.search(r"Caught SIGUSR2: saved (\S+last\.pth) at epoch (\d+), batch (\d+)/(\d+)", log)
+    assert caught, log
+    epoch, batch, n = int(caught[2]), int(caught[3]), int(caught[4])
+    assert n == steps_per_epoch and 0 < batch <= n and epoch <= max_epochs, caught[0]
+    assert 1 < epoch < max_epochs or (epoch == max_epochs and batch < n), "the signal came after training ended"
+    # the requeued start: epoch - 1 epochs done, and `batch` batches of the next (an epoch's last batch included:
+    # its end, validation and save, are still to come)
+    assert_resumed(log.split(caught[0])[1], Path(caught[1]).resolve(), (epoch - 1) * steps_per_epoch + batch, got,
+                   epoch=epoch - 1, batch=batch, own=True)
 
 
 def test_slurm_preset_defaults(tmp_path):
@@ -77,19 +92,11 @@ def test_preempted_job_is_requeued_resumes_and_matches(slurm_cluster, tmp_path):
     assert len(starts) == 2, starts  # requeued once, into the same run dir
     assert starts[1]["SLURM_RESTART_COUNT"] == "1" and starts[1]["SLURM_JOB_ID"] == job_id
     assert starts[1]["pid"] != starts[0]["pid"]
-    log = (run_dir / "training.log").read_text()  # one log, appended to by the requeued job
-    assert log.count("Run dir ") == 2
-    caught = re.search(r"Caught SIGUSR2: saved .*last\.pth at epoch (\d+), batch (\d+)/(\d+)", log)
-    assert caught, log
-    epoch, batch = int(caught[1]), int(caught[2])
-    assert 1 < epoch < 8 or (epoch == 8 and batch < int(caught[3])), "the signal came after training ended"
-    assert "Resuming (full) from this run's own" in log.split(caught[0])[1]
-    if batch < int(caught[3]):  # mid-epoch (19 times in 20): continued with the next unseen batch
-        assert f"(epoch {epoch} from batch {batch})" in log
-    submitit_log = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").glob(f"{job_id}*/*_log.err"))
-    assert "this job is preempted" in submitit_log  # not "timed-out": does not use up max_num_timeout
     ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
     got = load(run_dir / "checkpoints" / "final_model.pth")
+    assert_requeued_and_resumed(run_dir, got, steps_per_epoch=20, max_epochs=8)
+    submitit_log = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").glob(f"{job_id}*/*_log.err"))
+    assert "this job is preempted" in submitit_log  # not "timed-out": does not use up max_num_timeout
     assert got["epoch"] == 8 and got["global_step"] == ref["global_step"]
     assert_same_state(got, ref)
 
@@ -119,9 +126,8 @@ def test_two_task_job_preempted_is_requeued_and_resumes_on_both_ranks(slurm_clus
     assert proc.returncode == 0, out
     starts = json.loads((run_dir / "environment.json").read_text())
     assert len(starts) == 2 and all(s["world_size"] == 2 for s in starts), starts
-    log = (run_dir / "training.log").read_text()
-    assert "Caught SIGUSR2" in log and log.count("Run dir ") == 2, log
     got = load(run_dir / "checkpoints" / "final_model.pth")
     ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
+    assert_requeued_and_resumed(run_dir, got, steps_per_epoch=100, max_epochs=6)
     assert got["world_size"] == 2 and got["epoch"] == 6
     assert_same_state(got, ref)
