@@ -32,6 +32,8 @@ def test_optuna_search_of_two_trials(tmp_path, capsys):
         dropout, wd = config["model"]["dropout"], config["optimizer"]["weight_decay"]
         assert 0 <= dropout <= 0.5 and 1e-5 <= wd <= 1e-2  # the preset's search space reached the runs
         trials[n] = (best_score(sweep / str(n)), dropout, wd)
+    # two different scores, or maximising and minimising would pick the same trial
+    assert trials[0][0] != trials[1][0] and trials[0][1:] != trials[1][1:], trials
     best = max(trials, key=lambda n: trials[n][0])
     # Optuna maximised what run.py returned: the best val F-score of each trial
     assert result["best_value"] == trials[best][0]
@@ -53,7 +55,9 @@ def test_optuna_search_of_two_trials_through_local_gpus(tmp_path):
                    cwd=tmp_path)
     assert "Launching 2 jobs locally, 2 at a time" in proc.stdout + proc.stderr
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert result["best_value"] == max(best_score(sweep / n) for n in ("0", "1"))
+    scores = [best_score(sweep / n) for n in ("0", "1")]
+    assert scores[0] != scores[1], scores  # else maximise and minimise agree
+    assert result["best_value"] == max(scores)
 
 
 def test_optuna_through_local_gpus_goes_on_after_a_failed_trial(tmp_path, capsys):
@@ -112,6 +116,7 @@ def test_a_two_by_two_sweep_as_a_heatmap_and_a_grid(tmp_path, capsys):
     assert compare.main([str(sweep)]) == 0
     cells = grid_cells(sweep / "grid.csv")
     assert cells == expected and set(expected) == {(d, w) for d in ("0.1", "0.3") for w in ("0.0001", "0.01")}
+    assert len(set(expected.values())) == 4, expected  # four different scores: a transposed grid cannot match
     md = (sweep / "comparison.md").read_text()
     assert "model.dropout down, optimizer.weight_decay across" in md and all(v in md for v in expected.values())
     assert_png(sweep / "heatmap.png", min_size=(500, 300))

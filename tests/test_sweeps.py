@@ -5,8 +5,10 @@ tested with a toy Hydra app that only sleeps and records what it saw: fast, and 
 training speed on a loaded 2-core machine.
 """
 import csv
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ROOT, TINY, load
+from conftest import ROOT, TINY, assert_resumed, load, run_cli, same_weights
 
 GRID = ["model.dropout=0.2,0.25", "optimizer.weight_decay=2e-4,3e-4"]
 LOCAL = ["hydra/launcher=local_gpus"]
@@ -55,12 +57,16 @@ def check_grid(sweep_dir):
         value = (config["model"]["dropout"], config["optimizer"]["weight_decay"])
         swept.add(value)
         overrides = yaml.safe_load((r["dir"] / ".hydra" / "overrides.yaml").read_text())
-        assert f"model.dropout={value[0]}" in overrides  # the job's own overrides, saved by Hydra's run_job
+        typed = dict(o.split("=", 1) for o in overrides)  # the job's own overrides, saved by Hydra's run_job
+        assert (float(typed["model.dropout"]), float(typed["optimizer.weight_decay"])) == value, typed
         assert yaml.safe_load((r["dir"] / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["num"] == n
         rows = list(csv.DictReader(open(r["dir"] / "metrics.csv")))
         assert [row["epoch"] for row in rows] == ["1", "2"]
         assert (r["dir"] / "checkpoints" / "last.pth").exists() and (r["dir"] / "training.log").exists()
     assert swept == {(0.2, 2e-4), (0.2, 3e-4), (0.25, 2e-4), (0.25, 3e-4)}
+    # and each trained with them: four different results (the same run four times would match itself)
+    weights = [load(r["final"])["model_state_dict"] for r in runs.values()]
+    assert not any(same_weights(a, b) for a, b in itertools.combinations(weights, 2))
     return runs
 
 
@@ -114,6 +120,77 @@ def test_a_failing_job_is_reported_and_the_others_complete(tmp_path):
     assert f"rerun:   python {ROOT / 'run.py'} hydra.run.dir={tmp_path / 'sweep' / '1'}" in out
     runs = jobs(tmp_path / "sweep")
     assert runs[0]["final"] is not None and runs[1]["final"] is None
+
+
+# ---- Ctrl-C ----
+
+def run_py(*args, cwd) -> subprocess.Popen:
+    """run.py in a process group of its own, as a terminal starts a command: Ctrl-C signals the whole group."""
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def wait_until(condition, proc, what: str, timeout=300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None and time.time() < deadline, f"no {what}:\n{proc.stdout.read()}"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_stops_a_sweep_each_job_saves_and_one_continues(tmp_path):
+    """One SIGINT to the sweep's process group (the launcher and both running jobs) once both train: each job
+    finishes its step, saves last.pth mid-run and is reported interrupted, not failed; the sweep starts nothing
+    more and exits 1; resume=full continues a stopped job from the batch it stopped at."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_py("-m", *LOCAL, "hydra.launcher.gpus=[]", "hydra.launcher.n_jobs=2", *TINY, "data.train_size=400",
+                  "trainer.max_epochs=30", "model.dropout=0.1,0.2", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    wait_until(lambda: all((sweep_dir / j / "checkpoints" / "last.pth").exists() for j in "01"), proc,
+               "epoch 1 of both jobs")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    text = " ".join(out.split())
+    assert proc.returncode == 1, out
+    assert "Sweep stopped by SIGINT" in text and "jobs not started: none" in text, out
+    assert "2 of 2 jobs failed (2 interrupted)" in text and "Traceback" not in out, out
+    for job, dropout in (("0", 0.1), ("1", 0.2)):
+        assert re.search(rf"#{job} .*model.dropout={dropout}: interrupted: Interrupted: stopped by SIGINT after "
+                         r"saving last\.pth", out), out
+        caught = re.search(r"Caught SIGINT: saved \S+last\.pth at epoch (\d+), batch (\d+)/(\d+)",
+                           (sweep_dir / job / "training.log").read_text())
+        saved = load(sweep_dir / job / "checkpoints" / "last.pth")
+        assert caught and (saved["epoch"], saved["batch_in_epoch"]) == (int(caught[1]) - 1, int(caught[2])), out
+        assert saved["batch_in_epoch"] > 0 and not (sweep_dir / job / "checkpoints" / "final_model.pth").exists()
+
+    stopped = sweep_dir / "1" / "checkpoints" / "last.pth"
+    saved = load(stopped)
+    cont = run_cli("resume=full", f"resume.checkpoint={sweep_dir / '1'}", f"trainer.max_epochs={saved['epoch'] + 1}",
+                   f"hydra.run.dir={tmp_path / 'continued'}", cwd=tmp_path)
+    final = load(tmp_path / "continued" / "checkpoints" / "final_model.pth")
+    assert final["epoch"] == saved["epoch"] + 1 and final["config"]["model"]["dropout"] == 0.2
+    assert_resumed(cont.stdout, stopped, saved["global_step"], final)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    """The first Ctrl-C waits for the step boundary (here the end of the epoch's one accumulation window, 50
+    batches of 32 images of 128 px: ~10 s of training) to save; a second one means "now": KeyboardInterrupt from
+    the stop handler in the middle of the window, nothing saved, the process killed by SIGINT."""
+    run_dir = tmp_path / "run"
+    proc = run_py(*TINY, "data.image_size=128", "data.train_size=1600", "trainer.batch_size=32",
+                  "trainer.accumulate_grad_batches=50", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    log = run_dir / "training.log"
+    wait_until(lambda: log.exists() and "| epochs 0 -> 1" in log.read_text(), proc, "start of training")
+    time.sleep(1)  # inside the window: the stop handler is installed, the step boundary seconds away
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    tic = time.time()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGINT, out  # what a shell reports as 130
+    assert 'raise KeyboardInterrupt  # a second Ctrl-C means "now"' in out and "Caught SIGINT" not in out, out
+    assert "in train_epoch" in out and "in stop_here" not in out, out  # raised inside the window, not at its end
+    assert not (run_dir / "checkpoints" / "last.pth").exists(), "it waited for the window's end and saved"
+    assert time.time() - tic < 30, "it did not stop at once"
 
 
 # ---- the launcher itself, with a toy app ----
