@@ -129,6 +129,11 @@ def disk_errno(error: BaseException) -> int | None:
     return None
 
 
+def megabytes(n: int) -> str:
+    """0.53 MB, 12 MB: two decimals where a rounded figure could make needed and free look equal."""
+    return f"{n / 1e6:.2f} MB" if n < 10e6 else f"{n / 1e6:.0f} MB"
+
+
 def free_bytes(path: Path) -> int | None:
     try:
         return shutil.disk_usage(Path(path).parent).free
@@ -158,10 +163,10 @@ def disk_error(error: BaseException, path: Path, needed: int | None = None):
         code = errno.ENOSPC
     if code is None:
         return None
-    room = f"{free / 1e6:.1f} MB free" if free is not None else "free space unknown"
+    room = f"{megabytes(free)} free" if free is not None else "free space unknown"
     if code == errno.ENOSPC and free_inodes(path) == 0:
         room += " but no file entries (inodes) left"
-    size = f"about {needed / 1e6:.1f} MB needed, " if needed else ""
+    size = f"about {megabytes(needed)} needed, " if needed else ""
     return DiskError(f"Could not write {path}: {os.strerror(code)} ({size}{room} on that file system).")
 
 

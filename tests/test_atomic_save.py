@@ -2,6 +2,7 @@
 fills at any point of a save (issue 16) ends it cleanly with the earlier files intact."""
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,8 +154,8 @@ def test_a_disk_that_fills_anywhere_in_a_save_is_a_disk_error_and_keeps_the_earl
         checkpoint.save_atomic(state, [fs / "last.pth", fs / "best_model.pth", fs / "checkpoint_epoch_2.pth"])
     message = str(failed.value)
     assert message.startswith(f"Could not write {fs / 'last.pth'}: No space left on device"), message
-    room = f"{left / 1e6:.1f} MB free" + (" but no file entries (inodes) left" if point == "opening the file" else "")
-    assert f"(about {size / 1e6:.1f} MB needed, {room} on that file system)." in message, message
+    room = f"{left / 1e6:.2f} MB free" + (" but no file entries (inodes) left" if point == "opening the file" else "")
+    assert f"(about {size / 1e6:.2f} MB needed, {room} on that file system)." in message, message
     assert file_names(fs) - {f.name for f in fillers} == {"last.pth", "best_model.pth"}, "a temp file is left"
     for name in ("last.pth", "best_model.pth"):  # the earlier files are whole and unchanged
         assert checkpoint.read(fs / name).keys() == earlier.keys() and torch.load(fs / name)["epoch"] == 1
@@ -173,7 +174,7 @@ def test_a_zip_writer_failure_without_its_oserror_is_a_disk_error_only_when_the_
     assert rundir.disk_error(torn, fs / "last.pth", needed=500_000) is None  # 1 MB free: not the disk
     fill(fs, 4096)
     error = rundir.disk_error(torn, fs / "last.pth", needed=500_000)
-    assert isinstance(error, DiskError) and "No space left on device (about 0.5 MB needed, 0.0 MB free" in str(error)
+    assert isinstance(error, DiskError) and "No space left on device (about 0.50 MB needed, 0.00 MB free" in str(error)
     assert rundir.disk_error(RuntimeError("some other failure"), fs / "last.pth", needed=500_000) is None
     # the errno named in the text, or an OSError anywhere in the chain (cause or context, however deep)
     assert rundir.disk_errno(RuntimeError("write failed: [Errno 122] Disk quota exceeded")) == 122
@@ -195,6 +196,8 @@ def test_a_run_that_fills_its_disk_exits_4_and_continues_from_its_intact_checkpo
     assert epoch >= 2, f"the disk filled at epoch {epoch}: too early to show that earlier files survive"
     assert f"Could not write {run_dir / 'checkpoints' / 'last.pth'}: No space left on device" in err, err
     assert f"last.pth holds epoch {epoch}. Nothing partial was left behind" in err, err
+    needed, room = map(float, re.search(r"about ([\d.]+) MB needed, ([\d.]+) MB free", err).groups())
+    assert needed > room, err  # the numbers say why
     command = f"python run.py resume=full resume.checkpoint={run_dir}"
     assert err.endswith(command), err
     assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")], "a temp file is left holding the space"
