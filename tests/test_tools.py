@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, TINY, load, run_cli, train_tiny
-from project import analyze, compare, inspect
+from project.results import analyze, compare, inspect
 from project.loggers import append_rows, read_rows
 from project.runs import metric_rows
 
@@ -279,8 +279,11 @@ def test_console_scripts_are_prefixed_and_shadow_nothing():
     parser = configparser.ConfigParser()
     parser.read(ROOT / "setup.cfg")
     scripts = dict(line.split(" = ") for line in parser["options.entry_points"]["console_scripts"].strip().splitlines())
-    assert scripts == {"project-inspect": "project.inspect:main", "project-analyze": "project.analyze:main",
-                       "project-compare": "project.compare:main"}
+    assert scripts == {f"project-{name}": f"project.results.{name}:main"
+                       for name in ("inspect", "analyze", "compare", "preview")}
+    for module in ("project.inspect", "project.analyze", "project.compare", "project.results.preview"):
+        proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0 and "usage:" in proc.stdout, f"python -m {module}: {proc.stderr}"
     installed = Path(sys.executable).parent / "project-inspect"
     if installed.exists():  # the venv of the README's install command
         proc = subprocess.run([str(installed), "--help"], capture_output=True, text=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from project.errors import UserError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose(overrides: list[str]):

@@ -1,0 +1,204 @@
+"""compare SWEEP_DIR_OR_RUN_DIRS...: which run won, with the values that differ between the runs as columns.
+
+    python -m project.results.compare multirun/2026-01-01/12-00-00            # every run under a sweep directory
+    python -m project.results.compare outputs/2026-01-01/12-00-00 outputs/2026-01-02/09-30-00 [--out DIR] [--json]
+
+Runs are sorted by their best val metric (from metrics.csv). For continuations (resume=reset_optimizer) the
+parent's best and the difference are shown. Writes comparison.md, comparison.csv and comparison.png (val curves
+of all runs) to --out (default: the directory given when there is one, else the current directory). For a sweep
+over two values it also writes grid.csv and heatmap.png (the best score of each cell, failed and missing cells
+marked); for an Optuna search trials.png (each trial's score over the searched values) and marks the best trial.
+Needs only the run directories, not W&B.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from project.results import sweeps
+from project.errors import UserError
+from project.runs import (check_run_dir, fail, final_checkpoint, flatten, fmt, fmt_value, guess_monitor,
+                          higher_is_better, metric_rows, plain, run_config)
+
+
+def find_runs(paths: list[str]) -> list[Path]:
+    """Run directories: each path that holds metrics.csv, or every run directory below it (a sweep)."""
+    runs = []
+    for spec in paths:
+        path = Path(spec)
+        if (path / "metrics.csv").is_file() or not path.is_dir():
+            runs.append(check_run_dir(path))  # a missing path gets its explanation here
+            continue
+        found = sorted((p.parent for p in path.rglob("metrics.csv") if "wandb" not in p.parts), key=job_order)
+        if not found:
+            check_run_dir(path)  # raises: no metrics.csv here or below
+        runs += found
+    return list(dict.fromkeys(runs))
+
+
+def job_order(path: Path):
+    """Sweep jobs 0, 1, ..., 10 in numeric order, other names alphabetically."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts]
+
+
+def summarize(run_dir: Path) -> dict:
+    rows = metric_rows(run_dir)
+    path, state = final_checkpoint(run_dir)
+    monitor = guess_monitor(rows, state)
+    higher = higher_is_better(monitor)
+    values = [(r[f"val_{monitor}"], r["epoch"]) for r in rows if not math.isnan(r.get(f"val_{monitor}", math.nan))]
+    best, best_epoch = (max if higher else min)(values, key=lambda v: v[0]) if values else (math.nan, None)
+    parent = (state or {}).get("parent_best") or {}
+    status = "-"
+    if path is not None:
+        status = (("early stopped" if state["early_stopping"].get("stopped") else "done")
+                  if path.name == "final_model.pth" else "unfinished")
+    return {"run_dir": run_dir, "monitor": monitor, "higher": higher, "best": best, "best_epoch": best_epoch,
+            "epochs": rows[-1]["epoch"], "status": status, "parent_best": parent.get("score"),
+            "parent": parent.get("path"), "config": flatten(run_config(run_dir, state)),
+            "curve": [(epoch, value) for value, epoch in values]}  # validated epochs only
+
+
+def swept_keys(runs: list[dict]) -> list[str]:
+    """Config values that differ between the runs: what the sweep (or the user) changed."""
+    keys = sorted(set().union(*(r["config"] for r in runs)))
+    return [k for k in keys if len({repr(r["config"].get(k)) for r in runs}) > 1]
+
+
+def short_names(paths: list[Path]) -> list[str]:
+    """Run directories relative to their common parent (0, 1, ... for a sweep)."""
+    if len(paths) == 1:
+        return [paths[0].name]
+    common = Path(os.path.commonpath([p.resolve() for p in paths]))
+    return [str(p.resolve().relative_to(common)) for p in paths]
+
+
+def rank(runs: list[dict]) -> list[dict]:
+    higher = runs[0]["higher"]
+    missing = [r for r in runs if math.isnan(r["best"])]
+    ranked = sorted((r for r in runs if not math.isnan(r["best"])), key=lambda r: r["best"], reverse=higher)
+    return ranked + missing
+
+
+def table_rows(runs: list[dict], keys: list[str]) -> list[list[str]]:
+    m = runs[0]["monitor"]
+    header = ["#", "run", *keys, f"best val {m}", "best epoch", "epochs", "status"]
+    has_parent = any(r["parent_best"] is not None for r in runs)
+    if has_parent:
+        header += ["parent best", "vs parent"]
+    rows = [header]
+    for i, r in enumerate(runs, 1):
+        row = [str(i), r["name"], *(fmt_value(r["config"].get(k)) for k in keys), fmt(r["best"]), fmt(r["best_epoch"]),
+               str(r["epochs"]), r["status"]]
+        if has_parent:
+            delta = r["best"] - r["parent_best"] if r["parent_best"] is not None else math.nan
+            row += [fmt(r["parent_best"]), "-" if math.isnan(delta) else f"{delta:+.4f}"]
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    return "\n".join([line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows[1:])])
+
+
+def plot(runs: list[dict], keys: list[str], title: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    m = runs[0]["monitor"]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for r in runs:
+        label = r["name"] + (": " + ", ".join(f"{k}={fmt_value(r['config'].get(k))}" for k in keys) if keys else "")
+        epochs, values = zip(*r["curve"])
+        line, = ax.plot(epochs, values, "o-", ms=3, lw=1.5, label=f"{label} (best {fmt(r['best'])})")
+        if r["best_epoch"] is not None:
+            ax.plot([r["best_epoch"]], [r["best"]], "o", color=line.get_color(), ms=6)
+        if r["parent_best"] is not None:
+            ax.axhline(r["parent_best"], color=line.get_color(), ls=":", lw=1)
+    if any(r["parent_best"] is not None for r in runs):
+        ax.plot([], [], "k:", lw=1, label="parent's best (dotted)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"val {m}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right" if runs[0]["higher"] else "upper right")
+    ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def compare(paths: list[str], out=None) -> dict:
+    run_dirs = find_runs(paths)
+    runs = [summarize(p) for p in run_dirs]
+    for r, name in zip(runs, short_names(run_dirs)):
+        r["name"] = name
+    monitors = {r["monitor"] for r in runs}
+    if len(monitors) > 1:
+        raise UserError(f"These runs monitor different metrics ({', '.join(sorted(monitors))}), so their bests "
+                        "cannot be ranked together. Compare runs of the same task.")
+    runs = rank(runs)
+    keys = swept_keys(runs)
+    sweep_dir = Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "metrics.csv").is_file() else None
+    search = sweeps.trials(sweep_dir, runs) if sweep_dir else None
+    if search and search["best"] is not None:
+        best_dir = search["best"]["dir"]
+        for r in runs:
+            r["status"] += " (best trial)" if Path(r["run_dir"]).resolve() == best_dir else ""
+    rows = table_rows(runs, keys)
+    out = Path(out) if out else Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path.cwd()
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": out / "comparison.md", "csv": out / "comparison.csv", "png": out / "comparison.png"}
+    text = markdown(rows) + "\n"
+    where = paths[0] if len(paths) == 1 else f"{len(runs)} runs"
+    m, higher = runs[0]["monitor"], runs[0]["higher"]
+    g = sweeps.grid(sweep_dir, runs) if sweep_dir else None
+    if g:  # a grid over two values: the best score of each cell, as text and as a heatmap
+        files["grid"], files["heatmap"] = out / "grid.csv", out / "heatmap.png"
+        sweeps.write_grid_csv(g, files["grid"])
+        text += f"\nBest val {m} per grid cell ({g['y']} down, {g['x']} across):\n\n" + markdown(sweeps.grid_rows(g)) + "\n"
+        sweeps.heatmap(g, m, higher, f"Best val {m}: {where}", files["heatmap"])
+    if search:  # an Optuna search: the score of each trial over the searched values
+        files["trials"] = out / "trials.png"
+        failed = sum(t["failed"] for t in search["trials"])
+        b = search["best"]
+        values = ", ".join(f"{k}={b['overrides'].get(k)}" for k in search["params"]) if b else ""
+        text += (f"\nOptuna search ({search['direction']}, {len(search['trials'])} trials, {failed} failed): "
+                 + (f"best trial #{b['num']} ({values}) with best val {m} {fmt(b['best'])}\n" if b else
+                    "no trial finished\n"))
+        sweeps.trial_plot(search, m, f"Optuna trials: {where}", files["trials"])
+    files["markdown"].write_text(text)
+    with open(files["csv"], "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    plot(runs, keys, f"Val {m}: {where} (best run: {runs[0]['name']})", files["png"])
+    return {"monitor": runs[0]["monitor"], "swept": keys, "table": rows, "files": {k: str(v) for k, v in files.items()},
+            "runs": [{k: (str(v) if k == "run_dir" else v) for k, v in r.items() if k not in ("config", "curve")}
+                     | {"values": {k: r["config"].get(k) for k in keys}} for r in runs]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="project-compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="a sweep directory, or run directories")
+    parser.add_argument("--out", help="directory for comparison.md/.csv/.png")
+    parser.add_argument("--json", action="store_true", help="print the ranked runs as JSON")
+    args = parser.parse_args(argv)
+    try:
+        result = compare(args.paths, args.out)
+    except UserError as e:
+        return fail(e)
+    if args.json:
+        print(json.dumps(plain(result), indent=1, default=str))
+        return 0
+    print(Path(result["files"]["markdown"]).read_text().rstrip())  # the table, and the grid or search summary
+    print("\nwrote " + ", ".join(result["files"].values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

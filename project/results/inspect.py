@@ -1,0 +1,266 @@
+"""inspect CHECKPOINT: what is inside one of our checkpoints, and how its config differs from another.
+
+    python -m project.results.inspect outputs/2026-01-01/12-00-00/checkpoints/best_model.pth
+    python -m project.results.inspect best_model.pth --diff other_run/checkpoints/best_model.pth   # or a run directory
+    python -m project.results.inspect best_model.pth --diff conf/config.yaml    # the config a new run would get now
+    python -m project.results.inspect best_model.pth --json
+
+CHECKPOINT may also be a run directory (its checkpoints/last.pth). The file is opened as resume opens it
+(torch.load with weights_only=True), so a broken or foreign file gets the same explanation, exit status 2.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from project.errors import UserError
+from project.runs import fail, flatten, fmt, plain
+
+
+def resolve(path) -> Path:
+    """A .pth as given; a run directory means its checkpoints/last.pth."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "last.pth", path / "last.pth"):
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"{str(path)!r} is a directory without checkpoints/last.pth. Pass a .pth file or a run "
+                        "directory (outputs/<date>/<time>).")
+    return path
+
+
+def load(path) -> dict:
+    from project import checkpoint  # torch is imported here, after the arguments are parsed
+
+    return checkpoint.load(resolve(path))
+
+
+def tensors_per_module(state: dict) -> dict:
+    """{top-level module: {"values": all of model_state_dict (parameters and buffers), "trained": the parameters
+    the optimizer holds}}."""
+    trained = {n for g in state["optimizer_state_dict"].get("param_groups", []) for n in g.get("param_names", [])}
+    counts = {}
+    for key, tensor in state["model_state_dict"].items():
+        entry = counts.setdefault(key.split(".")[0], {"values": 0, "trained": 0})
+        entry["values"] += tensor.numel()
+        entry["trained"] += tensor.numel() if key in trained else 0
+    return counts
+
+
+def describe(path: Path, state: dict) -> dict:
+    """Everything a person asks about a checkpoint, as plain data (what --json prints)."""
+    config = state["config"]
+    phases = list((config.get("schedule") or {}).get("phases") or {})
+    optimizer = state["optimizer_state_dict"]
+    steps = {float(s["step"]) for s in optimizer.get("state", {}).values() if "step" in s}
+    inside = {
+        "model": f"{len(state['model_state_dict'])} tensors",
+        "optimizer": f"{config['optimizer']['_target_'].rsplit('.', 1)[-1]}, state for "
+                     f"{len(optimizer.get('state', {}))} parameters"
+                     + (f" ({int(max(steps))} steps)" if steps else "")
+                     + ", lr for the next epoch " + ", ".join(fmt(g["lr"]) for g in optimizer.get("param_groups", [])),
+        "scheduler": ", ".join(f"{k}={v}" for k, v in state["scheduler_state_dict"].items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("_"))
+                     or "no counters",
+        "rng": ", ".join(k for k in ("python", "numpy", "torch") if k in state["rng"])
+               + (f", cuda ({len(state['rng']['cuda'])} devices)" if state["rng"].get("cuda") else ""),
+    }
+    if state.get("batch_in_epoch"):
+        inside["mid-epoch"] = f"running train statistics of {state['batch_in_epoch']} batches"
+    if state.get("scaler_state_dict"):
+        scaler = state["scaler_state_dict"]
+        inside["grad scaler"] = f"scale {scaler['scale']:g}, growth tracker {scaler['_growth_tracker']}"
+    if state.get("ema_state_dict") is not None:
+        inside["ema"] = (f"{len(state['ema_state_dict'])} tensors, {state.get('ema_updates', 0)} updates; "
+                         f"validated with the {state.get('validated_weights', 'model')} weights")
+    settings = [f"precision {state['precision']}" if state.get("precision") else "",
+                "compiled" if state.get("compiled") else ""]
+    if any(settings):
+        inside["trained with"] = ", ".join(s for s in settings if s)
+    if state.get("logger"):
+        inside["logger"] = ", ".join(f"{k}={v}" for k, v in state["logger"].items())
+    return {
+        "path": str(path), "size_mb": round(path.stat().st_size / 2**20, 2), "format": state["format"],
+        "run_dir": state.get("run_dir"), "epoch": state["epoch"], "max_epochs": config["trainer"]["max_epochs"],
+        "global_step": state["global_step"], "batch_in_epoch": state.get("batch_in_epoch", 0),
+        "phase": state["phase"], "phase_number": state.get("phase_index", 0) + 1, "phases": phases,
+        "monitor": state.get("monitor"), "best_score": state.get("best_score"), "best_epoch": state["best_epoch"],
+        "val_metrics": state.get("val_metrics", {}), "train_metrics": state.get("train_metrics", {}),
+        "early_stopping": state["early_stopping"], "parent_best": state.get("parent_best"),
+        "parameters": tensors_per_module(state), "dropped_modules": state.get("dropped_modules", []),
+        "inside": inside, "lineage": state["lineage"],
+    }
+
+
+def describe_foreign(path: Path, raw) -> dict:
+    """A checkpoint another script wrote: what resume can take from it, and what it lacks."""
+    from project import foreign
+
+    key, weights = foreign.find_weights(raw, path, None)
+    info = raw if isinstance(raw, dict) and key is not None else {}
+    keys = {}
+    for name, value in info.items():
+        if foreign.is_state_dict(value):
+            keys[str(name)] = f"{len(value)} tensors"
+        elif isinstance(value, dict) and "state" in value and "param_groups" in value:
+            keys[str(name)] = f"optimizer state of {len(value['state'])} parameters"
+        elif foreign.number(value) is not None:
+            keys[str(name)] = foreign.number(value)
+        else:
+            keys[str(name)] = type(value).__name__
+    normalised = foreign.normalise(raw, path, None, "best_f_score")
+    prefixes = [p for p in foreign.PREFIXES if all(k.startswith(p) for k in weights)]
+    holds = ["weights"] + (["optimizer state"] if normalised["optimizer_state_dict"] is not None else []) + (
+        [f"epoch {normalised['epoch']}"] if "epoch" in info else []) + (
+        [f"{normalised['best_name']} {normalised['best_score']:.4f}"] if normalised["best_score"] is not None else [])
+    return {"path": str(path), "size_mb": round(path.stat().st_size / 2**20, 2), "format": "foreign",
+            "weights_key": key, "tensors": len(weights), "values": sum(t.numel() for t in weights.values()),
+            "prefixes": prefixes, "keys": keys, "holds": holds,
+            "lacks": [k for k, present in (("optimizer state", normalised["optimizer_state_dict"] is not None),
+                                           ("epoch", "epoch" in info), ("best score", normalised["best_score"] is not None),
+                                           ("config", False), ("RNG state", False), ("data position", False)) if not present]}
+
+
+def foreign_report(info: dict) -> str:
+    lines = [f"Checkpoint {info['path']} ({info['size_mb']} MB, not written by this framework)",
+             f"  weights      {'under ' + repr(info['weights_key']) if info['weights_key'] else 'a bare state dict'}: "
+             f"{info['tensors']} tensors, {info['values']:,} values"
+             + (f"; every key starts with {' '.join(info['prefixes'])} (stripped on resume)" if info["prefixes"] else "")]
+    if info["keys"]:
+        lines.append("  keys         " + ", ".join(f"{k}={v}" if isinstance(v, (int, float)) else f"{k} ({v})"
+                                                  for k, v in info["keys"].items()))
+    lines.append(f"  holds        {', '.join(info['holds'])}")
+    lines.append(f"  lacks        {', '.join(info['lacks'])}")
+    full = "resume=full can continue it (not bit-exact: what it lacks starts fresh)" if "optimizer state" in \
+        info["holds"] else "resume=full cannot (no optimizer state)"
+    lines.append(f"  resume       resume=reset_optimizer starts from its weights; {full}")
+    return "\n".join(lines)
+
+
+def other_config(spec) -> tuple[str, dict]:
+    """The config to compare with: a checkpoint's, a run directory's, or a YAML file's (a composed config such as
+    .hydra/config.yaml, or a primary config such as conf/config.yaml, composed with Hydra as run.py would)."""
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UserError(f"--diff {spec!r} does not exist. Pass a checkpoint, a run directory or a config YAML.")
+        from omegaconf import OmegaConf
+
+        raw = OmegaConf.load(path)
+        if "defaults" not in raw:
+            return str(path), OmegaConf.to_container(raw, resolve=True)
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(str(path.parent.resolve()), version_base="1.3"):
+            return f"{path} (composed)", OmegaConf.to_container(compose(path.stem), resolve=True)
+    composed = path / ".hydra" / "config.yaml"
+    if path.is_dir() and not (path / "checkpoints" / "last.pth").is_file() and composed.is_file():
+        return other_config(composed)  # a run dir without checkpoints yet
+    return str(resolve(path)), load(path)["config"]
+
+
+ABSENT = "<absent>"  # a key one config has and the other lacks (not the same as a null value)
+
+
+def config_diff(mine: dict, theirs: dict) -> dict:
+    """{dotted key: (this checkpoint's value, the other value)} for every key that differs."""
+    a, b = flatten(mine), flatten(theirs)
+    return {k: (a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(set(a) | set(b))
+            if a.get(k, ABSENT) != b.get(k, ABSENT)}
+
+
+def table(rows: list[tuple], indent: int = 2) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = [" " * indent + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, " " * indent + "  ".join("-" * w for w in widths))
+    return lines
+
+
+def report(info: dict) -> str:
+    m = info["monitor"]
+    epoch = f"{info['epoch']} of {info['max_epochs']}"
+    if info["batch_in_epoch"]:
+        epoch += f" (stopped inside epoch {info['epoch'] + 1}, after batch {info['batch_in_epoch']})"
+    es = info["early_stopping"]
+    lines = [f"Checkpoint {info['path']} ({info['size_mb']} MB, {info['format']})",
+             f"  run dir      {info['run_dir']}",
+             f"  epoch        {epoch}, global step {info['global_step']}",
+             f"  phase        {info['phase']!r} ({info['phase_number']} of {len(info['phases']) or 1}: "
+             f"{', '.join(info['phases'])})",
+             f"  best         val {m} {fmt(info['best_score'])} at epoch {info['best_epoch']}",
+             "  current      val " + " ".join(f"{k} {fmt(v)}" for k, v in info["val_metrics"].items()),
+             "               train " + " ".join(f"{k} {fmt(v)}" for k, v in info["train_metrics"].items()),
+             f"  early stop   patience {es.get('patience')}, {es.get('bad_epochs')} epochs without improvement, "
+             f"{'stopped' if es.get('stopped') else 'not stopped'}"]
+    if info["parent_best"]:
+        p = info["parent_best"]
+        known = info["best_score"] is not None and p.get("score") is not None
+        delta = info["best_score"] - p["score"] if known else None
+        lines.append(f"  parent best  {fmt(p['score'])} at epoch {p['epoch']} of {p['path']}"
+                     + (f" (this run {delta:+.4f})" if delta is not None else ""))
+    counts = info["parameters"]
+    dropped = info["dropped_modules"]
+    lines.append(f"  parameters   {sum(c['trained'] for c in counts.values()):,} trained by the optimizer, "
+                 f"{sum(c['values'] for c in counts.values()):,} values in model_state_dict (with buffers)"
+                 + (f"; modules dropped earlier: {', '.join(dropped)}" if dropped else ""))
+    lines += table([("module", "trained", "all values")] + [(k, f"{c['trained']:,}", f"{c['values']:,}")
+                                                           for k, c in counts.items()], indent=4)
+    lines.append("  inside       " + "\n               ".join(f"{k}: {v}" for k, v in info["inside"].items()))
+    if info["lineage"]:
+        lines.append("  lineage      (oldest first)")
+        for i, e in enumerate(info["lineage"], 1):
+            changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in e.get("changed", {}).items())
+            lines.append(f"    {i}. {e['mode']} from {e['path']} (epoch {e['epoch']}, best {fmt(e.get('best_score'))})"
+                         + (f"; changed {changed}" if changed else ""))
+    else:
+        lines.append("  lineage      none: trained from scratch")
+    return "\n".join(lines)
+
+
+def show(value) -> str:
+    return value if value is ABSENT else repr(value)
+
+
+def diff_report(name: str, diff: dict) -> str:
+    if not diff:
+        return f"\nConfig identical to {name}."
+    rows = [("parameter", "this checkpoint", name)] + [(k, show(a), show(b)) for k, (a, b) in diff.items()]
+    return f"\nConfig differences ({len(diff)}):\n" + "\n".join(table(rows))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="project-inspect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a .pth file written by run.py, or a run directory (its last.pth)")
+    parser.add_argument("--diff", metavar="OTHER", help="another checkpoint, run directory or config YAML")
+    parser.add_argument("--json", action="store_true", help="print plain JSON instead of text")
+    args = parser.parse_args(argv)
+    try:
+        from project import checkpoint  # torch is imported here, after the arguments are parsed
+
+        path = resolve(args.checkpoint)
+        raw = checkpoint.read(path)
+        if not checkpoint.is_ours(raw):
+            info = describe_foreign(path, raw)
+            if args.diff:
+                raise UserError(f"{path} was not written by this framework and has no config to --diff.")
+            print(json.dumps(plain(info), indent=1, default=str) if args.json else foreign_report(info))
+            return 0
+        state = checkpoint.check(path, raw)
+        info = describe(path, state)
+        if args.diff:
+            name, theirs = other_config(args.diff)
+            changes = config_diff(state["config"], theirs)
+            info["diff"] = {"other": name, "changes": {k: list(v) for k, v in changes.items()}}
+    except UserError as e:
+        return fail(e)
+    if args.json:
+        print(json.dumps(plain(info), indent=1, default=str))
+        return 0
+    print(report(info))
+    if args.diff:
+        print(diff_report(info["diff"]["other"], info["diff"]["changes"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
