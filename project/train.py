@@ -224,15 +224,19 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     run.state["rng"] = RNG()
     restore(run, plan)
     run.guard = NonFiniteGuard(t.on_nonfinite, device)
-    # one loader per split for the whole run; workers persist across epochs and are forked once, never while
-    # the checkpoint writer thread runs
-    shard = distributed.shard if dist.enabled else None
-    run.loaders = {
-        "train": RunLoader(data["train"], t.batch_size, seed=cfg.seed, num_workers=run.num_workers,
-                           pin_memory=device.type == "cuda", shard=shard, before_fork=run.writer.wait),
-        "val": RunLoader(data["val"], t.batch_size, seed=0, shuffle=False, num_workers=run.num_workers,
-                         before_fork=run.writer.wait)}
+    run.loaders = build_loaders(cfg, data, device, before_fork=run.writer.wait)
     return run
+
+
+def build_loaders(cfg, data: dict, device: torch.device, before_fork=None) -> dict:
+    """One loader per split for the whole run: its workers persist across epochs and are forked once, after
+    `before_fork()` (the checkpoint writer thread must not run while they fork)."""
+    workers, batch_size = data.get("num_workers", 0), cfg.trainer.batch_size
+    shard = distributed.shard if distributed.current().enabled else None
+    return {"train": RunLoader(data["train"], batch_size, seed=cfg.seed, num_workers=workers,
+                               pin_memory=device.type == "cuda", shard=shard, before_fork=before_fork),
+            "val": RunLoader(data["val"], batch_size, seed=0, shuffle=False, num_workers=workers,
+                             before_fork=before_fork)}
 
 
 def restore(run: Run, plan) -> None:
@@ -572,6 +576,7 @@ def summary_keys(run: Run, early_stopping: dict) -> dict:
         "precision": str(t.precision), "compiled": bool(t.compile), "world_size": distributed.current().world,
         "config": run.config, "overrides": run.overrides, "choices": run.choices, "run_dir": str(run.run_dir),
         "classes": list(run.data.get("classes") or []), "data_split": run.data.get("split"),
+        "model_args": run.data["model_args"],  # what the model was built with: load_model needs no data
         objective.keys["best"]: phase_best.get("score", nan),
         objective.keys["current"]: progress.val_metrics.get(objective.monitor, nan),
         final.keys["best"]: nan if progress.best_score is None else progress.best_score,
@@ -648,10 +653,11 @@ def announce(run: Run) -> None:
         record_environment(run.run_dir, run.device, distributed.current().world)
         if "split_names" in run.data:  # split/{train,val}.txt: which files train and which validate
             splits.record(run.run_dir, **run.data["split_names"])
-    if "split" in run.data:
-        log.info("Data: %d classes (%s) | validation from %s", len(run.data["classes"]),
-                 ", ".join(run.data["classes"][:8]) + (", ..." if len(run.data["classes"]) > 8 else ""),
-                 run.data["split"]["how"])
+    if "split" in run.data:  # folder data: what it declares, so a wrong preset or split shows at once
+        names = run.data["classes"]
+        pairs = ", ".join(f"{names[a]}/{names[b]}" for a, b in run.data.get("flip_pairs") or []) or "none"
+        log.info("Data: %d classes (%s) | flip pairs: %s | validation from %s", len(names),
+                 ", ".join(names[:8]) + (", ..." if len(names) > 8 else ""), pairs, run.data["split"]["how"])
     dropouts = sorted({round(m.p, 6) for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)})
     extras = [f"precision {t.precision}"] + [f"{name} {value}" for name, value in (
         ("accumulate", t.accumulate_grad_batches if t.accumulate_grad_batches > 1 else None),
