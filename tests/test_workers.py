@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, assert_resumed, assert_same_state, load
-from project.data.loader import STOP_SIGNALS, RunLoader, TensorSamples, batch_order
+from project.data.loader import STOP_SIGNALS, RunLoader, TensorSamples, batch_order, is_worker_death
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -61,7 +61,7 @@ def folder_run(tmp_path_factory):
 
 
 def workers(pid: int) -> list[int]:
-    """The processes `pid` forked (its DataLoader workers; not what it runs, such as ldconfig at torch's import)."""
+    """The processes `pid` forked and that still run its program (once it trains: its DataLoader workers)."""
     def cmdline(p):
         try:
             return Path(f"/proc/{p}/cmdline").read_bytes()
@@ -98,6 +98,13 @@ def assert_group_gone(pgid: int) -> None:
         time.sleep(0.05)
 
 
+def started(proc, run_dir: Path) -> None:
+    """The run has announced itself: what it forks from now on are its workers (before, a child with its command
+    line may be a subprocess between fork and exec, such as ldconfig at torch's import)."""
+    log = run_dir / "training.log"
+    wait_for(lambda: log.exists() and "Run dir " in log.read_text(), proc, "the run's start")
+
+
 def start(data: Path, run_dir: Path, cwd: Path) -> subprocess.Popen:
     """run.py as its own process group (a job under SLURM, a container, a systemd unit)."""
     return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *config(data), f"hydra.run.dir={run_dir}"],
@@ -115,6 +122,7 @@ def test_signal_to_the_process_group_stops_mid_epoch_and_resumes_bit_exact(folde
     run_dir = tmp_path / "run"
     proc = start(data, run_dir, tmp_path)
     if signum == signal.SIGTERM:
+        started(proc, run_dir)
         wait_for(lambda: workers(proc.pid), proc, "DataLoader worker")
     else:
         wait_for(lambda: (run_dir / "checkpoints" / "last.pth").exists(), proc, "epoch 1's checkpoint")
@@ -236,3 +244,43 @@ def test_run_loader_sends_keys_keeps_order_and_workers_and_ignores_stop_signals(
     tensors = RunLoader(TensorSamples(torch.arange(10)), 4, seed=7, num_workers=2)  # whole-batch indexing
     assert tensors.loader is None and [b[0].tolist() for b in tensors.epoch(1, 2)] == [
         w.tolist() for w in batch_order(10, 4, 7, 1)[2:]]
+
+
+def test_a_worker_dying_while_the_others_start_is_reported_once_the_loader_holds_them(monkeypatch):
+    """Worker 0 dies at once while the loader is still starting up (slowed down here): torch's SIGCHLD check is
+    deferred until the loader holds its iterator, so close() can say who died and end the other worker."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    from project.data.loader import ignore_stop_signals
+
+    def first_dies(worker_id):
+        ignore_stop_signals(worker_id)
+        if worker_id == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def slow_reset(self, loader, first_iter=False):
+        time.sleep(0.5)  # worker 0 is dead by now
+        return reset(self, loader, first_iter)
+
+    reset = _MultiProcessingDataLoaderIter._reset
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "_reset", slow_reset)
+    loader = RunLoader(Keyed(), 2, seed=0, num_workers=2)
+    loader.loader.worker_init_fn = first_dies
+    with pytest.raises(RuntimeError) as error:
+        try:
+            loader.epoch(0)
+        finally:
+            held = loader.loader._iterator is not None
+            loader.close()
+    assert is_worker_death(error.value) and held, error.value
+    assert [code for _, code in loader.died] == [-signal.SIGKILL] and not loader.workers
+
+
+def test_workers_nobody_closed_do_not_hang_the_exit():
+    """Workers ignore SIGTERM, which is how Python ends daemon processes at exit (then joins them): the loader
+    ends them first."""
+    script = ("from project.data.loader import RunLoader; from test_workers import Keyed; "
+              "print(len(list(RunLoader(Keyed(), 4, seed=0, num_workers=2).epoch(0))))")
+    done = subprocess.run([sys.executable, "-c", script], env={**ENV, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "3", done.stdout + done.stderr

@@ -14,9 +14,14 @@ Stopping is the main process's decision (project/runtime.StopRequest): the worke
 SIGUSR1 and SIGUSR2, which SLURM, docker stop, Kubernetes and systemd send to every process of the job. The
 signals are blocked in the main thread while the workers are forked (a child inherits the mask), so none can
 reach a worker before it ignores them; the main process receives what arrived meanwhile once they are unblocked.
+As workers ignore SIGTERM, which is how Python ends daemon processes at exit, a loader ends its workers itself
+(`close()`, and at exit for a loader nobody closed): SIGKILL for one that did not stop when asked.
 """
+import atexit
 import contextlib
 import signal
+import threading
+import weakref
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -87,14 +92,40 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
 
 
 @contextlib.contextmanager
-def stop_signals_blocked():
-    """Block the stop signals in this thread (forked children inherit the mask); on leaving, the old mask is
-    back and a signal that arrived meanwhile is delivered to this process."""
+def forking():
+    """While DataLoader workers are forked: the stop signals blocked in this thread (the children inherit the
+    mask; this process gets what arrived meanwhile when they are unblocked), and torch's SIGCHLD check of the
+    workers deferred to the end, so that a worker dying at once is reported after the loader holds its iterator
+    (an error raised inside the iterator's construction would lose the workers it had started)."""
+    from torch.utils.data._utils import signal_handling
+
+    main = threading.current_thread() is threading.main_thread()
+    deferred, check = [], None
+    if main:
+        signal_handling._set_SIGCHLD_handler()  # torch's, installed now (once per process) so that it is deferred
+        check = signal.signal(signal.SIGCHLD, lambda signum, frame: deferred.append(signum))
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if main:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL if check is None else check)
+            if deferred and callable(check):
+                check(signal.SIGCHLD, None)  # torch's: raises its worker error if a worker has died
+
+
+_open = weakref.WeakSet()  # RunLoaders whose workers may run: ended at exit if nobody closed them
+
+
+@atexit.register
+def _close_open_loaders() -> None:
+    """Runs before Python's own exit handling of daemon processes (SIGTERM, which workers ignore, then an endless
+    join) and before torch's (registered earlier, so called later)."""
+    if _open:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # workers ended here are no error
+    for loader in list(_open):
+        loader.close()
 
 
 class RunLoader:
@@ -137,19 +168,28 @@ class RunLoader:
             return iter(self.loader)  # the persistent workers get this epoch's keys
         if self.before_fork is not None:
             self.before_fork()
-        with stop_signals_blocked():
+        _open.add(self)
+        with forking():
             return iter(self.loader)
 
     def close(self) -> None:
         """End the workers; `died` lists those that had ended before (persistent workers end only here). Their
-        pids are forgotten first, so torch's SIGCHLD handler does not raise again while the others exit."""
+        pids are forgotten first, so torch's SIGCHLD handler does not raise again while the others exit. A worker
+        still running after torch's shutdown (which ends stragglers with SIGTERM: ignored) is killed."""
+        _open.discard(self)
         iterator = self.loader._iterator if self.loader is not None else None
         if iterator is None:
             return
         self.loader._iterator = None
         forget_workers(iterator)
         self.died += [(w.pid, w.exitcode) for w in iterator._workers if w.exitcode is not None]
-        iterator._shutdown_workers()
+        try:
+            iterator._shutdown_workers()
+        finally:
+            for w in iterator._workers:
+                if w.is_alive():
+                    w.kill()
+                    w.join(timeout=5)
 
 
 def forget_workers(iterator) -> None:
