@@ -8,6 +8,9 @@ parent's best and the difference are shown. Writes comparison.md, comparison.csv
 of all runs) to --out (default: the directory given when there is one, else the current directory). For a sweep
 over two values it also writes grid.csv and heatmap.png (the best score of each cell, failed and missing cells
 marked); for an Optuna search trials.png (each trial's score over the searched values) and marks the best trial.
+A run whose best weights were scored on a split (eval/<split>-best.json from project-evaluate, results.json from
+trainer.test_after_fit) gets that score as a column (`test dataset_f1`), and a grid its own table and
+heatmap_<split>.png; the ranking stays by the best val metric (a test score never picks).
 Needs only the run directories, not W&B.
 """
 import argparse
@@ -59,7 +62,27 @@ def summarize(run_dir: Path) -> dict:
     return {"run_dir": run_dir, "monitor": monitor, "higher": higher, "best": best, "best_epoch": best_epoch,
             "epochs": rows[-1]["epoch"], "status": status, "parent_best": parent.get("score"),
             "parent": parent.get("path"), "config": flatten(run_config(run_dir, state)),
-            "curve": [(epoch, value) for value, epoch in values]}  # validated epochs only
+            "curve": [(epoch, value) for value, epoch in values],  # validated epochs only
+            "evals": eval_scores(run_dir)}
+
+
+def eval_column(result: dict) -> str:
+    """`test dataset_f1` for the best weights scored on test (`... (last)` for other weights)."""
+    suffix = "" if result.get("checkpoint") == "best" else f" ({result.get('checkpoint')})"
+    return f"{result['split']} {result['main_metric']}{suffix}"
+
+
+def eval_scores(run_dir: Path) -> dict[str, float]:
+    """{column: score} of the run's best weights scored on a split: results.json (trainer.test_after_fit), then
+    eval/<split>-best.json (project-evaluate, which wins for the same split)."""
+    found = {}
+    for path in [run_dir / "results.json", *sorted((run_dir / "eval").glob("*-best.json"))]:
+        try:
+            result = json.loads(path.read_text())
+            found[eval_column(result)] = float(result["metrics"][result["main_metric"]])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not an evaluation file
+    return found
 
 
 def swept_keys(runs: list[dict]) -> list[str]:
@@ -83,16 +106,21 @@ def rank(runs: list[dict]) -> list[dict]:
     return ranked + missing
 
 
+def eval_columns(runs: list[dict]) -> list[str]:
+    return sorted(set().union(*(r["evals"] for r in runs)))
+
+
 def table_rows(runs: list[dict], keys: list[str]) -> list[list[str]]:
     m = runs[0]["monitor"]
-    header = ["#", "run", *keys, f"best val {m}", "best epoch", "epochs", "status"]
+    evals = eval_columns(runs)
+    header = ["#", "run", *keys, f"best val {m}", *evals, "best epoch", "epochs", "status"]
     has_parent = any(r["parent_best"] is not None for r in runs)
     if has_parent:
         header += ["parent best", "vs parent"]
     rows = [header]
     for i, r in enumerate(runs, 1):
-        row = [str(i), r["name"], *(fmt_value(r["config"].get(k)) for k in keys), fmt(r["best"]), fmt(r["best_epoch"]),
-               str(r["epochs"]), r["status"]]
+        row = [str(i), r["name"], *(fmt_value(r["config"].get(k)) for k in keys), fmt(r["best"]),
+               *(fmt(r["evals"].get(c)) for c in evals), fmt(r["best_epoch"]), str(r["epochs"]), r["status"]]
         if has_parent:
             delta = r["best"] - r["parent_best"] if r["parent_best"] is not None else math.nan
             row += [fmt(r["parent_best"]), "-" if math.isnan(delta) else f"{delta:+.4f}"]
@@ -134,11 +162,14 @@ def plot(runs: list[dict], keys: list[str], title: str, out: Path) -> None:
     plt.close(fig)
 
 
-def compare(paths: list[str], out=None) -> dict:
+def compare(paths: list[str], out=None, evals: dict | None = None) -> dict:
+    """`evals`: {resolved run dir: [evaluation result, ...]} scored now (project-evaluate --out elsewhere)."""
     run_dirs = find_runs(paths)
     runs = [summarize(p) for p in run_dirs]
     for r, name in zip(runs, short_names(run_dirs)):
         r["name"] = name
+        r["evals"].update({eval_column(e): e["metrics"][e["main_metric"]]
+                           for e in (evals or {}).get(Path(r["run_dir"]).resolve(), [])})
     monitors = {r["monitor"] for r in runs}
     if len(monitors) > 1:
         raise UserError(f"These runs monitor different metrics ({', '.join(sorted(monitors))}), so their bests "
@@ -158,12 +189,26 @@ def compare(paths: list[str], out=None) -> dict:
     text = markdown(rows) + "\n"
     where = paths[0] if len(paths) == 1 else f"{len(runs)} runs"
     m, higher = runs[0]["monitor"], runs[0]["higher"]
+    scored = eval_columns(runs)
+    if scored:
+        text += (f"\n{', '.join(f'`{c}`' for c in scored)}: the best weights scored on that split (segmentation at "
+                 f"each mask's original size) by project-evaluate or trainer.test_after_fit; `best val {m}`: "
+                 "training's validation at data.image_size. Different measurements; the ranking is by validation.\n")
     g = sweeps.grid(sweep_dir, runs) if sweep_dir else None
     if g:  # a grid over two values: the best score of each cell, as text and as a heatmap
         files["grid"], files["heatmap"] = out / "grid.csv", out / "heatmap.png"
         sweeps.write_grid_csv(g, files["grid"])
         text += f"\nBest val {m} per grid cell ({g['y']} down, {g['x']} across):\n\n" + markdown(sweeps.grid_rows(g)) + "\n"
         sweeps.heatmap(g, m, higher, f"Best val {m}: {where}", files["heatmap"])
+        for column in scored:  # the scored split per cell: a job without that score is "-", not failed
+            name = "heatmap_" + "_".join(column.replace("(", "").replace(")", "").split())  # heatmap_test_dataset_f1
+            e = sweeps.grid(sweep_dir, [{**r, "best": r["evals"].get(column, math.nan)} for r in runs])
+            e["cells"] = {k: "-" if v == sweeps.FAILED and g["cells"][k] != sweeps.FAILED else v
+                          for k, v in e["cells"].items()}
+            files[name] = out / f"{name}.png"
+            text += f"\n{column} per grid cell (best weights):\n\n" + markdown(sweeps.grid_rows(e)) + "\n"
+            sweeps.heatmap(e, m, higher, f"{column}: {where}", files[name], label=column,
+                           mark=(sweeps.best_cell(g, higher), "val's pick"))  # the test score picks nothing
     if search:  # an Optuna search: the score of each trial over the searched values
         files["trials"] = out / "trials.png"
         failed = sum(t["failed"] for t in search["trials"])

@@ -93,7 +93,10 @@ def write_grid_csv(g: dict, path: Path) -> None:
         csv.writer(f).writerows(grid_rows(g))
 
 
-def heatmap(g: dict, monitor: str, higher: bool, title: str, out: Path) -> None:
+def heatmap(g: dict, monitor: str, higher: bool, title: str, out: Path, label: str | None = None,
+            mark: tuple | None = None) -> None:
+    """`label`: the colour bar's (default `best val <monitor>`); `mark`: (cell, text) to outline instead of the
+    best cell (a test score's heatmap marks the cell validation picked)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,13 +108,13 @@ def heatmap(g: dict, monitor: str, higher: bool, title: str, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.6 * len(g["xs"]) + 3, 1.1 * len(g["ys"]) + 2))
     cmap = plt.get_cmap("viridis" if higher else "viridis_r").with_extremes(bad="#dddddd")  # failed, missing
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
-    fig.colorbar(image, ax=ax, label=f"best val {monitor}")
-    best = best_cell(g, higher)
+    fig.colorbar(image, ax=ax, label=label or f"best val {monitor}")
+    best, note = mark or (best_cell(g, higher), "best")
     for i, b in enumerate(g["ys"]):
         for j, a in enumerate(g["xs"]):
             v = g["cells"][(a, b)]
             text = fmt(v) if isinstance(v, float) else v
-            ax.text(j, i, text + ("\nbest" if (a, b) == best else ""), ha="center", va="center", fontsize=10,
+            ax.text(j, i, text + (f"\n{note}" if (a, b) == best else ""), ha="center", va="center", fontsize=10,
                     color="white" if isinstance(v, float) and image.norm(v) < 0.6 else "black", fontweight="bold" if (a, b) == best else None)
             if (a, b) == best:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=3))
