@@ -235,6 +235,7 @@ def wandb_summary(summary: dict) -> dict:
         out.update({"parent_best": summary["parent_best"], "improvement": summary["improvement"]})
     if len(summary.get("phase_best") or {}) > 1:
         out["phase_best"] = summary["phase_best"]
+    out.update({k: v for k, v in summary.items() if k.startswith("test/")})  # trainer.test_after_fit's scores
     return out
 
 

@@ -110,6 +110,7 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
         try:
             summary = train_loop(run)
             status = "interrupted" if summary["status"].startswith("interrupted") else "done"
+            test_line = test_after_fit(run, summary) if status == "done" else None  # before the tracker closes
         finally:
             run.stop.close()
             try:
@@ -126,7 +127,19 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
         run.writer.wait()
         raise WorkerDied(worker_died_message(run, e)) from None
     report(run, summary)
+    if test_line:
+        log.info("%s", test_line)
     return summary
+
+
+def test_after_fit(run: Run, summary: dict) -> str | None:
+    """trainer.test_after_fit: rank 0 scores best_model.pth once on a labelled test/ (project/results/evaluate.py):
+    results.json, test/<metric> in the tracker's summary, the final log line. The test split never picks."""
+    if not distributed.current().main:
+        return None
+    from project.results.evaluate import after_fit
+
+    return after_fit(run, summary)
 
 
 def what_is_intact(run: Run) -> str:
