@@ -31,6 +31,9 @@ class NullTracker:
     def log_epoch(self, row: dict) -> None:
         pass
 
+    def log_per_class(self, row: dict) -> None:
+        pass
+
     def log_summary(self, summary: dict) -> None:
         pass
 
@@ -54,6 +57,10 @@ class CSVLogger(NullTracker):
 
     def log_epoch(self, row: dict) -> None:
         append_rows(self.path, [row])
+
+    def log_per_class(self, row: dict) -> None:
+        """One row per validation in per_class.csv: epoch, phase, then <metric>/<class name> columns."""
+        append_rows(self.path.with_name("per_class.csv"), [row])
 
 
 class WandbLogger(CSVLogger):
@@ -144,6 +151,11 @@ class WandbLogger(CSVLogger):
         self.start()
         self._call(lambda run: run.log(wandb_row(row), step=int(row["epoch"])))
 
+    def log_per_class(self, row: dict) -> None:
+        super().log_per_class(row)
+        scores = {f"val/{k}": v for k, v in row.items() if k not in ("epoch", "phase") and v == v}  # NaN: absent
+        self._call(lambda run: run.log(scores, step=int(row["epoch"])))
+
     def log_summary(self, summary: dict) -> None:
         self.summary = summary
         self.start()
@@ -231,8 +243,9 @@ def wandb_summary(summary: dict) -> dict:
     metric = f"val_{summary.get('monitor')}"
     out = {"status": summary.get("status"), "epochs": summary.get("epoch"), f"best_{metric}": summary.get("best_score"),
            "best_epoch": summary.get("best_epoch")}
-    if "parent_best" in summary:
-        out.update({"parent_best": summary["parent_best"], "improvement": summary["improvement"]})
+    for key in ("start_score", "parent_best", "improvement"):
+        if key in summary:
+            out[key] = summary[key]
     if len(summary.get("phase_best") or {}) > 1:
         out["phase_best"] = summary["phase_best"]
     out.update({k: v for k, v in summary.items() if k.startswith("test/")})  # trainer.test_after_fit's scores

@@ -10,19 +10,27 @@ import torch.nn.functional as F
 
 from project.errors import UserError
 from project.losses import CEDiceLoss
-from project.metrics import ConfusionMatrix
+from project.metrics import ConfusionMatrix, ImageF1
 
 
 class Segmentation:
-    """Per-pixel classes; batches are (images, masks). Scored by mean foreground F-score."""
+    """Per-pixel classes; batches are (images, masks). Scored by `metric` (project/metrics.py): dataset_f1, the
+    mean foreground F1 of one confusion matrix (papers), or image_f1, the mean per-image F1 over the classes in
+    each image's truth, background included (the face-parsing course benchmark). Validation reports both."""
 
-    monitor, higher_is_better, is_pretrain = "f_score", True, False
+    higher_is_better, is_pretrain = True, False
     tasks = ("segmentation",)  # the data tasks it trains (project/tasks.py)
-    keys = {"best": "best_f_score", "current": "val_f_score"}
+    METRICS = {"dataset_f1": ("f_score", {"best": "best_f_score", "current": "val_f_score"}),
+               "image_f1": ("image_f_score", {"best": "best_image_f_score", "current": "val_image_f_score"})}
 
-    def __init__(self, dice_weight: float = 1.0, ignore_index: int = 255):
+    def __init__(self, dice_weight: float = 1.0, ignore_index: int = 255, metric: str = "dataset_f1"):
+        if metric not in self.METRICS:
+            raise UserError(f"loss.metric={metric!r} is unknown: use dataset_f1 (one confusion matrix, mean F1 over "
+                            "the foreground classes: papers) or image_f1 (per image over the classes in its truth, "
+                            "background included: the face-parsing benchmark).")
         self.criterion = CEDiceLoss(dice_weight=dice_weight, ignore_index=ignore_index)
-        self.ignore_index = ignore_index
+        self.ignore_index, self.metric = ignore_index, metric
+        self.monitor, self.keys = self.METRICS[metric]
 
     def __call__(self, model, batch, generator=None):
         images, masks = batch
@@ -31,6 +39,9 @@ class Segmentation:
 
     def meter(self, data, device):
         return _SegMeter(data["model_args"]["num_classes"], device, self.ignore_index)
+
+    def val_meter(self, data, device):
+        return _SegValMeter(data["model_args"]["num_classes"], device, self.ignore_index, data.get("classes"))
 
 
 class _SegMeter:
@@ -48,6 +59,31 @@ class _SegMeter:
 
     def load_state_dict(self, state_dict):
         self.confusion.matrix.copy_(state_dict["confusion"])
+
+
+class _SegValMeter(_SegMeter):
+    """Validation: both F-scores, and F1 and IoU per class."""
+
+    def __init__(self, num_classes, device, ignore_index, classes=None):
+        super().__init__(num_classes, device, ignore_index)
+        self.image_f1 = ImageF1(num_classes, device, ignore_index)
+        self.classes = class_names(classes, num_classes)
+
+    def update(self, outputs, batch):
+        super().update(outputs, batch)
+        self.image_f1.update(outputs, batch[1])
+
+    def compute(self):
+        return {**self.confusion.compute(), "image_f_score": self.image_f1.compute()}
+
+    def per_class(self) -> dict:
+        scores = self.confusion.per_class()
+        return {f"{metric}/{name}": value for metric, values in scores.items()
+                for name, value in zip(self.classes, values)}
+
+
+def class_names(classes, n: int) -> list[str]:
+    return [str(c) for c in classes] if classes and len(classes) == n else [str(i) for i in range(n)]
 
 
 class Classification:
@@ -77,6 +113,10 @@ class Classification:
     def meter(self, data, device):
         return _AccuracyMeter(device)
 
+    def val_meter(self, data, device):
+        tasks = data.get("tasks") or {"label": len(data.get("classes") or [])}
+        return _ClassValMeter(device, tasks, data.get("classes"))
+
 
 class _AccuracyMeter:
     def __init__(self, device):
@@ -100,6 +140,35 @@ class _AccuracyMeter:
     def load_state_dict(self, state_dict):
         self.correct = {t: c.to(self.device) for t, c in state_dict["correct"].items()}
         self.total = state_dict["total"]
+
+
+class _ClassValMeter(_AccuracyMeter):
+    """Validation: accuracy as in training, and precision and recall per class from a confusion matrix per task."""
+
+    def __init__(self, device, tasks: dict, classes=None):
+        super().__init__(device)
+        self.confusion = {t: torch.zeros(n, n, dtype=torch.long, device=device) for t, n in tasks.items()}
+        self.names = {t: class_names(classes if len(tasks) == 1 else None, n) for t, n in tasks.items()}
+
+    def update(self, outputs, batch):
+        super().update(outputs, batch)
+        logits, targets = outputs
+        for task, out in logits.items():
+            n = len(self.confusion[task])
+            idx = targets[task] * n + out.argmax(1)
+            self.confusion[task] += torch.bincount(idx, minlength=n * n).view(n, n)
+
+    def per_class(self) -> dict:
+        out = {}
+        for task, m in self.confusion.items():
+            m = m.double().cpu()
+            tp = m.diag()
+            precision = torch.where(m.sum(0) > 0, tp / m.sum(0).clamp(min=1), torch.nan)
+            recall = torch.where(m.sum(1) > 0, tp / m.sum(1).clamp(min=1), torch.nan)
+            prefix = "" if len(self.confusion) == 1 else f"{task}/"
+            for metric, values in (("precision", precision), ("recall", recall)):
+                out.update({f"{metric}/{prefix}{name}": v for name, v in zip(self.names[task], values.tolist())})
+        return out
 
 
 class SimMIM:

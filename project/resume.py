@@ -112,6 +112,8 @@ SPLIT_KEYS = ("data.root", "data.val_fraction", "data.val_list", "data.split_see
 
 
 def effect(key: str, mode: str) -> str:
+    if key == "loss.metric":
+        return "applied: another metric, so the best score starts afresh (best_model.pth is replaced by the next)"
     if key in SPLIT_KEYS:
         return "applied: other validation images, scores not comparable with the checkpoint's"
     if mode == "reset_optimizer":

@@ -92,6 +92,8 @@ class Progress:
     nonfinite_skips: int = 0       # trainer.on_nonfinite=skip: steps skipped so far
     lineage: list = field(default_factory=list)
     parent_best: dict | None = None
+    best_per_class: dict = field(default_factory=dict)  # the best validation's per-class scores
+    start_score: dict | None = None  # a continuation's starting weights, scored here: {"score", "epoch", "metric"}
 
     def state_dict(self) -> dict:
         d = asdict(self)

@@ -21,12 +21,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from project import checkpoint, distributed, foreign, phases, resume, rng, tasks
+from project import checkpoint, distributed, foreign, noise, phases, resume, rng, tasks
 from project.data import splits
 from project.data.loader import RunLoader, is_worker_death
 from project.errors import DiskError, TrainingDiverged, UserError, WorkerDied
 from project.nonfinite import NonFiniteGuard
-from project.loggers import NullTracker
+from project.loggers import NullTracker, read_rows
 from project.runtime import StopRequest, pick_device, record_environment, restore_history
 from project.state import EMA, RNG, Progress, TrainMeter, load_state_dicts, state_dicts
 from project.validate import AUTOCAST_DTYPES, check_config
@@ -108,6 +108,8 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
     status = "failed"  # stays "failed" if an exception leaves the loop
     try:
         try:
+            if plan is not None and (plan.mode == "reset_optimizer" or plan.foreign):
+                score_start(run)
             summary = train_loop(run)
             status = "interrupted" if summary["status"].startswith("interrupted") else "done"
             test_line = test_after_fit(run, summary) if status == "done" else None  # before the tracker closes
@@ -262,7 +264,8 @@ def restore(run: Run, plan) -> None:
                                      run.cfg.resume.get("weights_key"))
         progress.lineage = saved["lineage"] + [plan.lineage_entry]
         if saved["best_score"] is not None:
-            progress.parent_best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "path": str(plan.path)}
+            progress.parent_best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "path": str(plan.path),
+                                    "foreign": plan.foreign, "monitor": saved.get("monitor")}
     elif plan.foreign:
         restore_foreign(run, plan)
     else:
@@ -270,16 +273,50 @@ def restore(run: Run, plan) -> None:
         fresh = load_state_dicts(run.state, saved, plan.restores)
         if fresh:
             log.info("Not in the checkpoint, so starting fresh: %s", ", ".join(fresh))
+        if saved.get("monitor") and saved["monitor"] != run.final.monitor:  # loss.metric changed: not comparable
+            log.info("The checkpoint's best %s %.4f is another metric than %s: the best score starts afresh.",
+                     saved["monitor"], progress.best_score or float("nan"), run.final.monitor)
+            progress.best_score, progress.best_epoch, progress.best_per_class = None, 0, {}
+            progress.phase_best.pop(run.phase["key"], None)
         if not plan.is_own:  # a run continuing itself keeps its lineage; a new run descends from the checkpoint
             progress.lineage = progress.lineage + [plan.lineage_entry]
         if distributed.current().main:
-            restore_history(Path(saved["run_dir"]) / "metrics.csv", run.run_dir / "metrics.csv", saved["epoch"])
+            for name in ("metrics.csv", "per_class.csv"):  # the rows it continues, nothing later
+                restore_history(Path(saved["run_dir"]) / name, run.run_dir / name, saved["epoch"])
         run.last_saved = (plan.path, saved["epoch"])
     other_split = splits.differs(saved.get("data_split"), run.data.get("split"))
     if other_split:
         log.warning("Note: %s.", other_split)
     if progress.lineage:
         log.info("Lineage: %s", " -> ".join(f"{e['path']}@{e['epoch']} ({e['mode']})" for e in progress.lineage))
+
+
+def score_start(run: Run) -> None:
+    """A continuation from other weights scores them first, here: same data, same metric, a metrics.csv row with
+    phase "start". They are the first candidate for best_model.pth, so a run never ends with worse weights than
+    it started from; a best score stored in the file (another metric, other data, another script) gates nothing."""
+    progress, objective = run.state["progress"], run.objective
+    if objective.monitor != run.final.monitor:  # a pretraining phase first: its score is not the final metric
+        log.info("Starting weights not scored: the first phase (%s) reports %s, not %s.", run.phase["name"],
+                 objective.monitor, run.final.monitor)
+        return
+    model = run.state["ema"].module if run.validates_ema else run.model
+    val = {}
+    if distributed.current().main:
+        val = evaluate(model, objective, run.loaders["val"], run.device, run.data, run.autocast_dtype)
+    val = distributed.broadcast(val)
+    per_class = val.pop("per_class", {})
+    score = val[objective.monitor]
+    progress.start_score = {"score": score, "epoch": progress.epoch, "metric": objective.monitor}
+    progress.best_score, progress.best_epoch, progress.best_per_class = score, progress.epoch, per_class
+    progress.val_metrics = val
+    tracker = run.state["tracker"]
+    tracker.log_epoch({"epoch": progress.epoch, "phase": "start", **{f"val_{k}": v for k, v in val.items()}})
+    if per_class:
+        tracker.log_per_class({"epoch": progress.epoch, "phase": "start", **per_class})
+    save(run, ["best_model.pth"])
+    log.info("Starting weights, scored here: val %s %.4f (%s) | the first candidate for best_model.pth",
+             objective.monitor, score, format_metrics(val))
 
 
 def restore_foreign(run: Run, plan) -> None:
@@ -295,7 +332,9 @@ def restore_foreign(run: Run, plan) -> None:
     run.model.load_state_dict(weights)
     optimizer.load_state_dict(saved["optimizer_state_dict"])
     progress.epoch, progress.global_step = saved["epoch"], saved["global_step"]
-    progress.best_score, progress.best_epoch = saved["best_score"], saved["best_epoch"] if saved["best_score"] else 0
+    if saved["best_score"] is not None:  # shown, never a gate: another script's metric on other data
+        progress.parent_best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "path": str(plan.path),
+                                "foreign": True}
     # the LR follows from the restored epoch and the current config, as for our own files
     run.state["scheduler"].load_state_dict({"last_epoch": saved["epoch"] - progress.phase_start})
     progress.lineage = [plan.lineage_entry]
@@ -305,7 +344,8 @@ def restore_foreign(run: Run, plan) -> None:
             ("restored", "optimizer state", f"{len(saved['optimizer_state_dict']['state'])} parameters, "
              f"positional; hyperparameters from the current config"),
             ("restored", "epoch", f"{saved['epoch']}: training goes on with epoch {saved['epoch'] + 1}"),
-            ("restored", "best score", f"{best} (best_model.pth must beat it)"),
+            ("shown", "stored best", f"{best}: computed by another script, not comparable; the starting "
+             "weights are scored here instead"),
             ("derived", "learning rate", f"{optimizer.param_groups[0]['lr']:.3g}: the schedule at epoch "
              f"{saved['epoch']} under the current config"),
             ("fresh", "RNG", "the file has none: seeded from seed"),
@@ -491,8 +531,11 @@ def end_epoch(run: Run, epoch: int) -> bool:
         if distributed.current().main:
             val = evaluate(model, run.objective, run.loaders["val"], run.device, run.data, run.autocast_dtype)
         val = distributed.broadcast(val)
+        per_class = val.pop("per_class", {})
         progress.val_metrics = val
     improved, phase_improved = record_scores(run, val, epoch)
+    if improved:
+        progress.best_per_class = per_class
     # the plateau scheduler reads the metric (as "higher is better"); the closed-form ones ignore it
     score = val.get(run.objective.monitor)
     run.state["scheduler"].step(None if not val else score if run.objective.higher_is_better else -score)
@@ -503,10 +546,13 @@ def end_epoch(run: Run, epoch: int) -> bool:
 
     # the row goes first: a kill before the save re-does this epoch and restore_history drops the row
     scores = [k for k in train_metrics if k not in ("grad_norm", "skipped_steps")]
+    scores += [k for k in val if k not in scores]  # validation-only scores (image_f_score)
     run.state["tracker"].log_epoch({
         "epoch": epoch + 1, "phase": phase["name"], "lr": lr, "train_loss": train_metrics["loss"],
         **{f"train_{k}": v for k, v in train_metrics.items() if k != "loss"},
         **{f"val_{k}": val.get(k, "") for k in scores}})  # same names; "" = not validated
+    if val and per_class:
+        run.state["tracker"].log_per_class({"epoch": epoch + 1, "phase": phase["name"], **per_class})
     if phase_done and not finished:
         progress.phase_ends.append(epoch + 1)
     files = ["last.pth"]
@@ -636,23 +682,43 @@ def summarize(run: Run, interrupted: str | None) -> dict:
                "epoch": progress.epoch, "monitor": run.final.monitor, "best_score": progress.best_score,
                "best_epoch": progress.best_epoch, "phase_best": progress.phase_best, "run_dir": str(run.run_dir),
                "signal": signal.Signals[interrupted] if interrupted else None}
-    parent = progress.parent_best
-    if parent and progress.best_score is not None:
+    parent, start = progress.parent_best, progress.start_score
+    if start is not None and progress.best_score is not None:  # what this run gained, measured here
+        summary.update(start_score=start["score"], improvement=progress.best_score - start["score"])
+    elif parent and not parent.get("foreign") and progress.best_score is not None:
         summary.update(parent_best=parent["score"], improvement=progress.best_score - parent["score"])
     run.state["tracker"].log_summary(summary)
     return summary
 
 
 def report(run: Run, summary: dict) -> None:
-    progress, parent = run.state["progress"], run.state["progress"].parent_best
+    """The final lines: the best score next to the run's late level (noise.py), and for a continuation, the new
+    best against its starting weights scored here (never against a number computed elsewhere)."""
+    progress, parent, start = run.state["progress"], run.state["progress"].parent_best, run.state["progress"].start_score
     if summary["status"].startswith("interrupted") or progress.best_score is None:
         return
-    log.info("Best val %s %.4f at epoch %d; checkpoints in %s", run.final.monitor, progress.best_score,
-             progress.best_epoch, run.ckpt_dir)
-    if "improvement" in summary:
+    monitor = run.final.monitor
+    scores = [r.get(f"val_{monitor}") for r in read_rows(run.run_dir / "metrics.csv") if r.get("phase") != "start"]
+    late = noise.level(scores)
+    log.info("Best val %s %.4f at epoch %d%s; checkpoints in %s", monitor, progress.best_score, progress.best_epoch,
+             f" ({late})" if late else "", run.ckpt_dir)
+    if start is not None:
+        delta = progress.best_score - start["score"]
+        verdict = noise.verdict(delta, noise.spread(scores))
+        if progress.best_epoch == start["epoch"]:
+            log.info("No epoch beat the starting weights (val %s %.4f, scored here): best_model.pth keeps them.",
+                     monitor, start["score"])
+        else:
+            log.info("New best %s %.4f (epoch %d) beats the starting weights' %.4f (scored here, same data and "
+                     "metric) by %+.4f %s.", monitor, progress.best_score, progress.best_epoch, start["score"], delta,
+                     verdict)
+    if parent and parent.get("foreign"):
+        log.info("The parent file's stored best %.4f was computed by another script (another metric or other "
+                 "data): not compared.", parent["score"])
+    elif parent and start is None and "improvement" in summary:
         delta = summary["improvement"]
         log.info("New best %s %.4f (epoch %d) %s the parent's best %.4f (epoch %d of %s) by %+.4f.",
-                 run.final.monitor, progress.best_score, progress.best_epoch,
+                 monitor, progress.best_score, progress.best_epoch,
                  "beats" if delta > 0 else "does not beat", parent["score"], parent["epoch"], parent["path"], delta)
 
 
@@ -701,8 +767,9 @@ def run_meta(cfg, config: dict, schedule: list, plan, job: dict) -> dict:
 
 @torch.no_grad()
 def evaluate(model, objective, loader: RunLoader, device, data, dtype=None) -> dict:
+    """The objective's validation scores, and per class ("per_class": {"f1/<class>": ...}) where it has them."""
     model.eval()
-    meter = objective.meter(data, device)
+    meter = objective.val_meter(data, device) if hasattr(objective, "val_meter") else objective.meter(data, device)
     generator = torch.Generator().manual_seed(0)  # val masks (SimMIM) are the same every epoch
     total, batches = torch.zeros((), device=device), 0
     for batch in loader.epoch(0):  # keys (0, 0, index): the same samples every time
@@ -712,7 +779,8 @@ def evaluate(model, objective, loader: RunLoader, device, data, dtype=None) -> d
         total += loss
         batches += 1
         meter.update(outputs, batch)
-    return {"loss": (total / max(batches, 1)).item(), **meter.compute()}
+    scores = {"loss": (total / max(batches, 1)).item(), **meter.compute()}
+    return {**scores, "per_class": meter.per_class()} if hasattr(meter, "per_class") else scores
 
 
 def better(score, best, higher_is_better: bool, min_delta: float = 0.0) -> bool:
