@@ -171,8 +171,9 @@ def test_a_worker_killed_outright_ends_the_run_with_one_paragraph(folder_run, tm
 
 def test_preempted_slurm_job_with_workers_is_requeued_and_resumes_bit_exact(slurm_cluster, folder_run, tmp_path):
     """A preemption as submitit's job._interrupt() sends it (SIGTERM, then USR2) to every process of the job step,
-    the DataLoader workers included: the run saves and goes on after SIGTERM (submitit ignores it), saves again at
-    USR2, is requeued, and the requeued job ends with the uninterrupted run's weights."""
+    the DataLoader workers included: the run saves and goes on after SIGTERM with the same workers (submitit
+    ignores SIGTERM), saves again at USR2, is requeued, and the requeued job ends with the uninterrupted run's
+    weights. (Here USR2 waits for the SIGTERM save, so that both are seen; sent together, the later one stops.)"""
     from test_slurm import SLURM
 
     data, reference = folder_run
@@ -184,14 +185,16 @@ def test_preempted_slurm_job_with_workers_is_requeued_and_resumes_bit_exact(slur
     wait_for(env_file.exists, proc, "the job's start")
     first = json.loads(env_file.read_text())[0]
     wait_for(lambda: workers(first["pid"]), proc, "the job's DataLoader workers")
-    for sig in ("TERM", "USR2"):
-        subprocess.run(["scancel", f"--signal={sig}", first["SLURM_JOB_ID"]], check=True)
+    log_file = run_dir / "training.log"
+    subprocess.run(["scancel", "--signal=TERM", first["SLURM_JOB_ID"]], check=True)
+    wait_for(lambda: "Caught SIGTERM" in log_file.read_text(), proc, "the SIGTERM save")  # then trains on
+    subprocess.run(["scancel", "--signal=USR2", first["SLURM_JOB_ID"]], check=True)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     starts = json.loads(env_file.read_text())
     assert len(starts) == 2 and starts[1]["SLURM_RESTART_COUNT"] == "1", starts
-    log = (run_dir / "training.log").read_text()
-    assert "Caught SIGTERM" in log and "DataLoader worker" not in log, log
+    log = log_file.read_text()
+    assert "DataLoader worker" not in log, log
     caught = re.search(r"Caught SIGUSR2: saved \S+last\.pth at epoch (\d+), batch (\d+)/(\d+)", log)
     assert caught, log
     final = load(run_dir / "checkpoints" / "final_model.pth")
