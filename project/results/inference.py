@@ -44,7 +44,9 @@ def probabilities(model, batch: torch.Tensor, tta: bool = False, flip_pairs=None
     probs = model(batch).float().softmax(1)
     if tta:
         mirrored = model(batch.flip(-1)).float().softmax(1)
-        probs = (probs + swap_channels(mirrored.flip(-1), flip_pairs)) / 2
+        if mirrored.dim() == 4:  # per-pixel: back to the image's orientation, left/right classes swapped back
+            mirrored = swap_channels(mirrored.flip(-1), flip_pairs)
+        probs = (probs + mirrored) / 2  # class scores (N, K) of a mirror need no turning back
     return probs
 
 
