@@ -61,7 +61,12 @@ def load(target, checkpoint: str = "best", overrides: list[str] | None = None, w
     else:
         cfg = compose(overrides or [])
         saved = foreign.normalise(raw, path, weights_key, "best_f_score")
-    model_args = saved.get("model_args") or tasks.build_data(cfg, augment=False)["model_args"]
+    model_args = saved.get("model_args")
+    if not model_args:  # a file without them (another script's): the data says, and names the classes for describe()
+        data = tasks.build_data(cfg, augment=False)
+        model_args = data["model_args"]
+        saved.setdefault("classes", list(data.get("classes") or []))
+        saved["model_args"] = dict(model_args)  # in memory only: what the model was built with (solution export)
     model = tasks.build_model(cfg, {"model_args": dict(model_args), "task": cfg.data.get("task")})
     phases.drop_modules(model, list(saved.get("dropped_modules") or []))
     key, weights = pick_weights(saved, ema, weights_key, resume)
