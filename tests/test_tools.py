@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import ROOT, TINY, load, run_cli, train_tiny
@@ -88,8 +89,10 @@ def test_compare_ranks_a_sweep_by_best_val_metric(sweep, capsys):
     assert all(r["status"] == "done" and r["epochs"] == "3" for r in rows)
     with open(sweep / "comparison.csv") as f:
         assert [r["run"] for r in csv.DictReader(f)] == expected
-    assert [line[:4] for line in (sweep / "comparison.md").read_text().splitlines()] == ["| # ", "|---", "| 1 ",
-                                                                                    "| 2 ", "| 3 "]
+    lines = (sweep / "comparison.md").read_text().splitlines()
+    assert [line[:4] for line in lines[:5]] == ["| # ", "|---", "| 1 ", "| 2 ", "| 3 "]
+    # is the winner's lead real: the noise rule on the top two (project/noise.py)
+    assert lines[5] == "" and lines[6].startswith("Top two: ") and " noise: spread " in lines[6]
     assert_png(sweep / "comparison.png")
 
 
@@ -187,16 +190,35 @@ def test_analyze_a_run_that_ran_to_the_end(sweep, tmp_path, capsys):
     assert_png(tmp_path / "curves.png")
 
 
-def test_analyze_a_continuation_against_its_parent(sweep, child, capsys):
+def test_analyze_a_continuation_against_its_starting_weights(sweep, child, capsys):
+    """A reset_optimizer run is judged against its starting weights as scored in its own first row (the same
+    data and metric), with the noise rule's verdict; its parent's stored best is no longer the yardstick."""
     assert analyze.main([str(child)]) == 0
     out = capsys.readouterr().out
-    path = sweep / "0" / "checkpoints" / "best_model.pth"
-    parent = load(path)
-    delta = best_val(child) - parent["best_f_score"]
+    parent = load(sweep / "0" / "checkpoints" / "best_model.pth")
+    start = load(child / "checkpoints" / "final_model.pth")["start_score"]["score"]
+    assert start == parent["best_f_score"]  # the parent's best weights, scored again on the same data
+    delta = max(best_val(child), start) - start
     verb = "beats" if delta > 0 else "does not beat"
-    assert (f"this run {verb} its parent's best {parent['best_f_score']:.4f} (epoch {parent['epoch']} of {path}): "
-            f"{delta:+.4f}") in out
+    assert f"this run {verb} its starting weights' {start:.4f} (scored here, epoch 0): {delta:+.4f} (" in out
+    assert " noise: spread " in out and "; last 2: " in out
     assert_png(child / "analysis.png")
+
+
+def test_analyze_reads_the_curves_a_checkpoint_keeps(tmp_path, capsys):
+    """Their own script kept its curves as `history` in best_model.pth: the same verdict and picture."""
+    history = {"train_loss": [1.0, 0.8, 0.6, 0.5, 0.45, 0.4], "val_loss": [1.1, 0.9, 0.8, 0.82, 0.85, 0.9],
+               "train_f_score": [0.3, 0.45, 0.55, 0.6, 0.65, 0.7], "val_f_score": [0.3, 0.5, 0.6, 0.59, 0.58, 0.56],
+               "lr": [1e-3] * 6}
+    path = tmp_path / "their_best_model.pth"
+    torch.save({"epoch": 6, "model_state_dict": {"w": torch.zeros(2)}, "history": history}, path)
+    assert analyze.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "best epoch    3: val f_score 0.6000 (train 0.5500); last 5: 0.5660 +- 0.0397" in out
+    assert "overfitting   from epoch 4" in out
+    assert_png(tmp_path / "their_best_model_analysis.png")
+    torch.save({"model_state_dict": {"w": torch.zeros(2)}}, path)
+    assert analyze.main([str(path)]) == 2 and "holds no `history`" in capsys.readouterr().err
 
 
 def test_analyze_bad_input_is_one_paragraph_and_exit_2(tmp_path):
@@ -280,7 +302,7 @@ def test_console_scripts_are_prefixed_and_shadow_nothing():
     parser.read(ROOT / "setup.cfg")
     scripts = dict(line.split(" = ") for line in parser["options.entry_points"]["console_scripts"].strip().splitlines())
     assert scripts == {f"project-{name}": f"project.results.{name}:main"
-                       for name in ("inspect", "analyze", "compare", "preview")}
+                       for name in ("inspect", "analyze", "compare", "preview", "evaluate", "predict", "export")}
     for module in ("project.inspect", "project.analyze", "project.compare", "project.results.preview"):
         proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 0 and "usage:" in proc.stdout, f"python -m {module}: {proc.stderr}"

@@ -1,6 +1,10 @@
-"""analyze RUN_DIR: training curves as a PNG and a verdict in words.
+"""analyze RUN_DIR|CHECKPOINT: training curves as a PNG and a verdict in words.
 
     python -m project.results.analyze outputs/2026-01-01/12-00-00 [--out curves.png] [--streak 3] [--json]
+    python -m project.results.analyze their_best_model.pth     # a file whose `history` holds the curves
+
+A checkpoint another script wrote often keeps its curves as `history`, a dict of lists (train_loss, val_f_score,
+lr, ...: one value per epoch); those are read as metrics.csv would be.
 
 The verdict answers: which epoch was best, how far train and val are apart (at the best epoch and at the end),
 from which epoch the run overfitted (val falling while train keeps improving), how often a new best came after
@@ -13,6 +17,7 @@ import re
 import sys
 from pathlib import Path
 
+from project import noise
 from project.errors import UserError
 from project.runs import (check_run_dir, final_checkpoint, fail, fmt, guess_monitor, higher_is_better,
                           metric_rows, plain)
@@ -81,7 +86,10 @@ def verdict(rows: list[dict], monitor: str, higher: bool, streak: int = 3) -> di
         "loss_gap_at_best": val_loss[best_i] - train_loss[best_i], "loss_gap_at_end": val_loss[last] - train_loss[last],
         "overfit_start": overfit, "recoveries": recoveries, "streak": streak,
         "phase_changes": [{"epoch": rows[i]["epoch"], "phase": rows[i]["phase"]} for i in range(1, len(rows))
-                          if rows[i].get("phase") != rows[i - 1].get("phase")],
+                          if rows[i].get("phase") != rows[i - 1].get("phase") and rows[i - 1].get("phase") != "start"],
+        # the noise rule (project/noise.py): the late level of the curve, and its spread
+        "level": noise.level([val[i] for i in validated if rows[i].get("phase") != "start"]),
+        "spread": noise.spread([val[i] for i in validated if rows[i].get("phase") != "start"]),
     }
 
 
@@ -108,7 +116,8 @@ def report(run_dir: Path, v: dict, end: dict, png: Path) -> str:
     m, s = v["monitor"], v["streak"]
     lines = [f"Run {run_dir}: {v['epochs']} epochs, monitor val {m} ({'higher' if v['higher_is_better'] else 'lower'} "
              "is better)",
-             f"  best epoch    {v['best_epoch']}: val {m} {fmt(v['best'])} (train {fmt(v['train_at_best'])})",
+             f"  best epoch    {v['best_epoch']}: val {m} {fmt(v['best'])} (train {fmt(v['train_at_best'])})"
+             + (f"; {v['level']}" if v["level"] else ""),
              f"  train-val gap {fmt(v['gap_at_best'])} at the best epoch, {fmt(v['gap_at_end'])} at the end "
              f"(epoch {v['end_epoch']}; val loss - train loss: {fmt(v['loss_gap_at_best'])} -> "
              f"{fmt(v['loss_gap_at_end'])})"]
@@ -129,11 +138,19 @@ def report(run_dir: Path, v: dict, end: dict, png: Path) -> str:
         lines.append(f"                epoch {r['epoch']}: {fmt(r['value'])} after "
                      f"{r['validations_without_improvement']} validations at {fmt(r['previous_best'])} "
                      f"(best of epoch {r['previous_best_epoch']})")
-    if v.get("parent"):
+    if v.get("start"):
+        st, delta = v["start"], v["best"] - v["start"]["score"]
+        beats = "beats" if better(v["best"], st["score"], v["higher_is_better"]) else "does not beat"
+        lines.append(f"  start         this run {beats} its starting weights' {fmt(st['score'])} (scored here, "
+                     f"epoch {st['epoch']}): {delta:+.4f} {noise.verdict(delta, v['spread'])}")
+    if v.get("parent") and v["parent"].get("foreign"):
+        lines.append(f"  parent        the file's stored best {fmt(v['parent']['score'])} was computed by another "
+                     "script: not compared")
+    elif v.get("parent") and not v.get("start"):
         p, delta = v["parent"], v["best"] - v["parent"]["score"]
         beats = "beats" if better(v["best"], p["score"], v["higher_is_better"]) else "does not beat"
         lines.append(f"  parent        this run {beats} its parent's best {fmt(p['score'])} (epoch {p['epoch']} of "
-                     f"{p['path']}): {delta:+.4f}")
+                     f"{p['path']}): {delta:+.4f} {noise.verdict(delta, v['spread'])}")
     for p in v["phase_changes"]:
         lines.append(f"  phase         {p['phase']!r} from epoch {p['epoch']}")
     lines.append(f"  ended         {end['text']}")
@@ -174,7 +191,7 @@ def plot(rows: list[dict], v: dict, title: str, out: Path) -> None:
     for r in v["recoveries"]:
         score_ax.annotate("recovery", (r["epoch"], r["value"]), textcoords="offset points", xytext=(0, 10),
                           ha="center", fontsize=8, color="tab:green")
-    if v.get("parent"):
+    if v.get("parent") and not v["parent"].get("foreign"):
         score_ax.axhline(v["parent"]["score"], color="black", ls="-.", lw=1,
                          label=f"parent's best {fmt(v['parent']['score'])}")
     if v["overfit_start"]:
@@ -202,15 +219,37 @@ def plot(rows: list[dict], v: dict, title: str, out: Path) -> None:
     plt.close(fig)
 
 
+def history_rows(path: Path) -> list[dict]:
+    """The `history` (a dict of equally long lists, one value per epoch) of a checkpoint file, as metric rows."""
+    from project import checkpoint  # imports torch: only when a checkpoint is really read
+
+    state = checkpoint.read(path)
+    history = state.get("history") if isinstance(state, dict) else None
+    if not isinstance(history, dict) or not history or not all(isinstance(v, (list, tuple)) for v in history.values()):
+        found = sorted(state)[:10] if isinstance(state, dict) else type(state).__name__
+        raise UserError(f"{str(path)!r} holds no `history` (a dict of lists such as train_loss, val_f_score, lr) to "
+                        f"draw (its keys: {found}). Pass a run directory, or a checkpoint that keeps its curves.")
+    n = max(len(v) for v in history.values())
+    return [{"epoch": i + 1, "phase": "train", **{k: float(v[i]) if i < len(v) and v[i] is not None else math.nan
+                                                  for k, v in history.items()}} for i in range(n)]
+
+
 def analyze(run_dir, out=None, streak: int = 3) -> dict:
-    run_dir = check_run_dir(run_dir)
-    rows = metric_rows(run_dir)
-    path, state = final_checkpoint(run_dir)
+    target = Path(run_dir)
+    if target.is_file():  # a checkpoint that keeps its own curves
+        rows, path, state, run_dir = history_rows(target), None, None, target
+        end = {"ended": "unknown", "text": f"unknown (curves from {target.name}'s history)", "log": []}
+    else:
+        run_dir = check_run_dir(target)
+        rows = metric_rows(run_dir)
+        path, state = final_checkpoint(run_dir)
+        end = how_it_ended(run_dir, state, path)
     monitor = guess_monitor(rows, state)
     v = verdict(rows, monitor, higher_is_better(monitor), streak)
     v["parent"] = (state or {}).get("parent_best")  # a reset_optimizer continuation: did it beat its parent?
-    end = how_it_ended(run_dir, state, path)
-    png = Path(out) if out else run_dir / "analysis.png"
+    v["start"] = (state or {}).get("start_score")   # its starting weights, scored here
+    png = Path(out) if out else (run_dir.with_name(f"{run_dir.stem}_analysis.png") if target.is_file()
+                                 else run_dir / "analysis.png")
     headline = f"best val {monitor} {fmt(v['best'])} at epoch {v['best_epoch']} of {v['epochs']}"
     plot(rows, v, f"{run_dir}\n{headline}", png)
     return {"run_dir": str(run_dir), **v, "ended": end, "png": str(png)}
@@ -218,7 +257,7 @@ def analyze(run_dir, out=None, streak: int = 3) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="project-analyze", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="a run directory (holds metrics.csv)")
+    parser.add_argument("run_dir", help="a run directory (holds metrics.csv), or a checkpoint file with a `history`")
     parser.add_argument("--out", help="where to write the PNG (default: RUN_DIR/analysis.png)")
     parser.add_argument("--streak", type=int, default=3,
                         help="validations without improvement before a new best counts as a recovery, and below the "

@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from project import noise
 from project.results import sweeps
 from project.errors import UserError
 from project.runs import (check_run_dir, fail, final_checkpoint, flatten, fmt, fmt_value, guess_monitor,
@@ -63,6 +64,8 @@ def summarize(run_dir: Path) -> dict:
             "epochs": rows[-1]["epoch"], "status": status, "parent_best": parent.get("score"),
             "parent": parent.get("path"), "config": flatten(run_config(run_dir, state)),
             "curve": [(epoch, value) for value, epoch in values],  # validated epochs only
+            # the noise rule (project/noise.py), over the run's own validations (not a continuation's start row)
+            "spread": noise.spread([r.get(f"val_{monitor}") for r in rows if r.get("phase") != "start"]),
             "evals": eval_scores(run_dir)}
 
 
@@ -128,6 +131,17 @@ def table_rows(runs: list[dict], keys: list[str]) -> list[list[str]]:
     return rows
 
 
+def top_two(runs: list[dict]) -> str:
+    """Is the winner's lead real? The noise rule (project/noise.py) on the two best runs."""
+    if len(runs) < 2 or math.isnan(runs[1]["best"]):
+        return ""
+    a, b = runs[0], runs[1]
+    delta = a["best"] - b["best"]
+    return (f"\nTop two: {a['name']} {fmt(a['best'])} and {b['name']} {fmt(b['best'])} differ by {abs(delta):.4f} "
+            f"{noise.verdict(delta, a['spread'], b['spread'])}; a run's spread is the standard deviation of its "
+            "last 5 validations.\n")
+
+
 def markdown(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
@@ -189,6 +203,7 @@ def compare(paths: list[str], out=None, evals: dict | None = None) -> dict:
     text = markdown(rows) + "\n"
     where = paths[0] if len(paths) == 1 else f"{len(runs)} runs"
     m, higher = runs[0]["monitor"], runs[0]["higher"]
+    text += top_two(runs)
     scored = eval_columns(runs)
     if scored:
         text += (f"\n{', '.join(f'`{c}`' for c in scored)}: the best weights scored on that split (segmentation at "
