@@ -275,3 +275,34 @@ def test_a_live_run_dir_needs_out(run, tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_classification_precision_and_recall_per_class(tmp_path, capsys):
+    """image_folder data with a labelled test/ (class folders, images of two sizes): accuracy and precision and
+    recall per class from the confusion matrix of the predictions, also after training (results.json)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for name, colour in (("cat", (200, 40, 40)), ("dog", (40, 40, 200))):
+            (tmp_path / "cls" / split / name).mkdir(parents=True)
+            for i in range(n):
+                size = (56, 40) if i % 2 else (48, 48)
+                pixels = np.clip(np.array(colour) + rng.normal(0, 60, (*size[::-1], 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "cls" / split / name / f"{i}.png")
+    run_dir = tmp_path / "run"
+    run_cli("data=image_folder", f"data.root={tmp_path / 'cls'}", "data.val_fraction=0.25", "data.image_size=16",
+            "model=resnet", "trainer.max_epochs=1", "trainer.batch_size=8", "trainer.num_threads=1",
+            "data.num_workers=0", "logger=csv", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert evaluate.main([str(run_dir), "--split", "test", *NOW]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((run_dir / "eval" / "test-best.json").read_text())
+    rows = read_csv(run_dir / "eval" / "test-best-images.csv")
+    assert len(rows) == 8 and {r["label"] for r in rows} == {"cat", "dog"}
+    truth, predicted = [r["label"] for r in rows], [r["predicted"] for r in rows]
+    assert result["metrics"]["acc"] == pytest.approx(np.mean([a == b for a, b in zip(truth, predicted)]))
+    for row in result["per_class"]:
+        c = row["class"]
+        tp = sum(a == b == c for a, b in zip(truth, predicted))
+        assert row["recall"] == pytest.approx(tp / truth.count(c))
+        assert row["precision"] == (pytest.approx(tp / predicted.count(c)) if predicted.count(c) else None)
+    assert result["main_metric"] == "acc" and "precision" in out and "recall" in out
+    assert json.loads((run_dir / "results.json").read_text())["metrics"] == result["metrics"]

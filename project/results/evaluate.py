@@ -31,6 +31,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -271,7 +272,11 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
     from project.data import splits
     from project.results import loading
 
-    model, cfg, saved, path = loading.load(path, overrides=list(overrides), ema=ema)
+    overrides = list(overrides)
+    if data_root is not None:  # a file another script wrote builds its data from the overrides
+        root = str(Path(data_root).expanduser().resolve())
+        overrides.append(f"data.root={root}" if re.fullmatch(r"[\w/.~+-]+", root) else f"data.root='{root}'")
+    model, cfg, saved, path = loading.load(path, overrides=overrides, ema=ema)
     with_data_root(cfg, data_root, path)
     data = tasks.build_data(cfg, augment=False)
     task = data.get("task") or cfg.data.get("task") or "segmentation"
@@ -303,7 +308,7 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
         "split_how": data["split"]["how"] if split == "val" and data.get("split") else f"{split}/",
         "split_note": note, "images": len(items), "tta": "flip" if tta else None, "image_size": size,
         "scored_at": (f"original size: predicted at {size}x{size}, probabilities resized bilinearly to each mask's "
-                      "size, then argmax" if task == "segmentation" else f"images resized to {size}x{size}"),
+                      "size, then argmax" if task == "segmentation" else f"{size}x{size} (images resized)"),
         "main_metric": main_metric(cfg, task), "metrics": scores["metrics"],
         "definitions": {k: DEFINITIONS[k] for k in scores["metrics"]}, "classes": desc["classes"],
         "per_class": scores["per_class"], "confusion_matrix": scores["confusion_matrix"],
@@ -417,8 +422,8 @@ def report(result: dict) -> str:
         t = result["training_val"]
         size = result["image_size"]
         lines.append(f"  (training validated these weights on its val split" + (
-            f" at {size}x{size}, masks resized" if result["task"] == "segmentation" else "") +
-            f": {t['metric']} {fmt(t['value'])}; another measurement)")
+            f" at {size}x{size}, masks resized: {t['metric']} {fmt(t['value'])}; another measurement)"
+            if result["task"] == "segmentation" else f": {t['metric']} {fmt(t['value'])})"))
     lines.append("  Per class:")
     lines += ["  " + line for line in per_class_table(result)]
     return "\n".join(lines)
