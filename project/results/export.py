@@ -412,7 +412,8 @@ def report(written: dict) -> str:
     lines = [f"Exported {written['path']} ({f'epoch {epoch}, ' if epoch is not None else ''}{config['weights']} "
              f"weights) as {config['format']}:"]
     lines += [f"  {p} ({size(p)})" for p in written["files"]]
-    lines.append(f"  parameters: {config['parameters']:,} ({written['model']}); input {config['input']['shape']} "
+    shape = ", ".join(map(str, config["input"]["shape"]))
+    lines.append(f"  parameters: {config['parameters']:,} ({written['model']}); input ({shape}) "
                  f"float32, normalised (pixel/255 - {config['normalization']['mean'][0]:g}) / "
                  f"{config['normalization']['std'][0]:g}")
     if not check_["batches"]:  # forward takes more than the image: the weights alone were compared
