@@ -42,6 +42,19 @@ def labelled(split_dir: Path, classes: list[str]) -> dict[str, tuple[Path, int]]
             for path in folder.image_files(split_dir / name).values()}
 
 
+def validation(root: Path, classes: list[str]) -> dict:
+    """val/'s class folders, which must be train/'s."""
+    val_classes = sorted(p.name for p in (root / "val").iterdir() if p.is_dir())
+    if val_classes != classes:
+        raise UserError(f"data.root={str(root)!r}: train/ has classes {classes} but val/ has {val_classes}; both "
+                        "need the same class folders.")
+    val = labelled(root / "val", classes)
+    if not val:
+        raise UserError(f"data.root={str(root)!r}: the class folders of val/ hold no images. Put validation images "
+                        "there, or remove val/ and split train/ with data.val_fraction=0.1.")
+    return val
+
+
 def build(root, image_size=64, in_channels=3, num_workers=2, val_fraction=None, val_list=None, split_seed=0,
           decoder="pil", augment=None):
     root = Path(root).expanduser()
@@ -57,35 +70,12 @@ def build(root, image_size=64, in_channels=3, num_workers=2, val_fraction=None, 
     if not train:
         raise UserError(f"data.root={str(root)!r}: the class folders of train/ hold no images "
                         f"({', '.join(folder.IMAGE_EXTS)}). Lay the images out as {LAYOUT}.")
-    has_val = (root / "val").is_dir()
-    if has_val and (val_fraction is not None or val_list is not None):
-        raise UserError(f"data.root={str(root)!r} has a val/ folder and {splits.describe(val_fraction, val_list)} "
-                        "also chooses validation images: use one (data.val_fraction=null data.val_list=null for "
-                        "val/, or move val/ away).")
-    if has_val:
-        val_classes = sorted(p.name for p in (root / "val").iterdir() if p.is_dir())
-        if val_classes != classes:
-            raise UserError(f"data.root={str(root)!r}: train/ has classes {classes} but val/ has {val_classes}; both "
-                            "need the same class folders.")
-        val = labelled(root / "val", classes)
-        if not val:
-            raise UserError(f"data.root={str(root)!r}: the class folders of val/ hold no images. Put validation "
-                            "images there, or remove val/ and split train/ with data.val_fraction=0.1.")
-        train_names, val_names = list(train), list(val)
-    elif val_fraction is None and val_list is None:
-        raise UserError(f"data.root={str(root)!r} has no val/ folder. Split validation images off train/ with "
-                        "data.val_fraction=0.1 (a fixed split, data.split_seed), or list them (CLASS/NAME per line) "
-                        "with data.val_list=FILE, or add ROOT/val/CLASS/.")
-    else:
-        train_names, val_names = splits.split(list(train), val_fraction, val_list, split_seed)
-        train, val = {n: train[n] for n in train_names}, {n: train[n] for n in val_names}
+    train, val, split = splits.choose(root, train, validation(root, classes) if (root / "val").is_dir() else None,
+                                      val_fraction, val_list, split_seed, "ROOT/val/CLASS/")
     args = dict(image_size=image_size, in_channels=in_channels, decoder=decoder)
     data = {"train": ClassFolder(list(train.values()), augment=compose(augment), **args),
             "val": ClassFolder(list(val.values()), **args), "classes": classes, "num_workers": num_workers,
-            "split": splits.summary(splits.describe(None if has_val else val_fraction, None if has_val else val_list,
-                                                    split_seed), train_names, val_names),
-            "split_names": {"train": train_names, "val": val_names},
-            "model_args": {"num_classes": len(classes)}}
+            **split, "model_args": {"num_classes": len(classes)}}
     test = root / "test"
     if test.is_dir():
         if any(p.is_dir() for p in test.iterdir()):

@@ -74,30 +74,15 @@ def build(root, num_classes, classes=None, colors=None, flip_pairs=None, in_chan
     folder.check_decoder(decoder)
     train = pairs_in(root / "train", images_dir, masks_dir)
     has_val = (root / "val" / images_dir).is_dir()
-    if has_val and (val_fraction is not None or val_list is not None):
-        raise UserError(f"data.root={str(root)!r} has a val/ folder and {splits.describe(val_fraction, val_list)} "
-                        "also chooses validation images: use one (data.val_fraction=null data.val_list=null for "
-                        "val/, or move val/ away).")
-    if has_val:
-        val = pairs_in(root / "val", images_dir, masks_dir)
-        train_names, val_names = list(train), list(val)
-    elif val_fraction is None and val_list is None:
-        raise UserError(f"data.root={str(root)!r} has no val/ folder. Split validation images off train/ with "
-                        "data.val_fraction=0.1 (a fixed split, data.split_seed), or name them in a text file with "
-                        "data.val_list=FILE, or add ROOT/val/{images,masks}.")
-    else:
-        train_names, val_names = splits.split(list(train), val_fraction, val_list, split_seed)
-        train, val = ({n: train[n] for n in train_names}, {n: train[n] for n in val_names})
+    train, val, split = splits.choose(root, train, pairs_in(root / "val", images_dir, masks_dir) if has_val else None,
+                                      val_fraction, val_list, split_seed, f"ROOT/val/{{{images_dir},{masks_dir}}}")
     augment = compose(augment)
     args = dict(image_size=image_size, in_channels=in_channels, num_classes=num_classes, ignore_index=ignore_index,
                 decoder=decoder)
     data = {"train": SegFolder(list(train.values()), augment=augment, **args),
             "val": SegFolder(list(val.values()), **args),
             **described, "ignore_index": ignore_index, "num_workers": num_workers,
-            "split": splits.summary(splits.describe(None if has_val else val_fraction, None if has_val else val_list,
-                                                    split_seed), train_names, val_names),
-            "split_names": {"train": train_names, "val": val_names},
-            "model_args": {"num_classes": num_classes, "in_channels": in_channels}}
+            **split, "model_args": {"num_classes": num_classes, "in_channels": in_channels}}
     if (root / "test" / images_dir).is_dir():
         data["test"] = SegFolder(list(pairs_in(root / "test", images_dir, masks_dir, masks_required=False).values()),
                                  **args)
