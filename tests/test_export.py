@@ -154,7 +154,6 @@ def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_batch(run, tmp_path, cap
         assert (got.argmax(1) == want.argmax(1)).all()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("model", ["microsegformer", "resnet"])
 def test_the_other_models_export_to_onnx(model, tmp_path, capsys):
     """A transformer (attention, reshapes, interpolation) and torchvision's ResNet-18 on classification data.
