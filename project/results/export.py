@@ -112,8 +112,11 @@ def export(target, fmt: str, out, checkpoint: str = "best", ema: str = "auto", o
     config = model_config(model, cfg, saved, path, fmt)
     config["source"]["sha256"] = ckpt.sha256(path)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".export-"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".export-"))
+    except OSError as e:
+        raise UserError(f"--out {out} cannot be written ({e.strerror}). Pass a folder you can write to.") from None
     try:
         shape, norm = config["input"]["shape"], config["normalization"]
         sample = {n: sample_input(shape, norm, n) for n in (TRACE_BATCH, *CHECK_BATCHES)}
