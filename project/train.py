@@ -438,6 +438,8 @@ def train_epoch(run: Run, epoch: int) -> str | None:
             bar.close()
             return run.stop.caught
     bar.close()
+    if epoch + 1 < t.max_epochs:  # workers load the next epoch's first batches while this one validates and saves
+        run.loaders["train"].prefetch(epoch + 1)
     return None
 
 
@@ -683,10 +685,12 @@ def summarize(run: Run, interrupted: str | None) -> dict:
                "best_epoch": progress.best_epoch, "phase_best": progress.phase_best, "run_dir": str(run.run_dir),
                "signal": signal.Signals[interrupted] if interrupted else None}
     parent, start = progress.parent_best, progress.start_score
+    if parent and not parent.get("foreign"):  # the parent's own best (another script's is not comparable)
+        summary["parent_best"] = parent["score"]
     if start is not None and progress.best_score is not None:  # what this run gained, measured here
         summary.update(start_score=start["score"], improvement=progress.best_score - start["score"])
-    elif parent and not parent.get("foreign") and progress.best_score is not None:
-        summary.update(parent_best=parent["score"], improvement=progress.best_score - parent["score"])
+    elif "parent_best" in summary and progress.best_score is not None:
+        summary["improvement"] = progress.best_score - parent["score"]
     run.state["tracker"].log_summary(summary)
     return summary
 

@@ -230,6 +230,7 @@ def test_run_loader_sends_keys_keeps_order_and_workers_and_ignores_stop_signals(
             want = batch_order(10, 4, 7, epoch)[begin:]
             assert [b[0].tolist() for b in batches] == [[[7, epoch, i] for i in w.tolist()] for w in want]
             pids |= {p for b in batches for p in b[1].tolist()}
+            loader.prefetch(epoch + 1)  # as train_epoch does: taken by epoch 2, not by epoch 1 from batch 1
             if epoch == 0:
                 workers = [w.pid for w in loader.workers]
                 for s in STOP_SIGNALS:  # what a job's process group gets: the workers ignore it

@@ -142,6 +142,7 @@ class RunLoader:
                                     shard=shard)
         self.loader = None
         self.died = []  # (pid, exit code) of workers found dead when closing: -N = killed by signal N
+        self.ahead = None  # (epoch, iterator) started by prefetch()
         if not isinstance(dataset, TensorSamples):  # the in-memory fast path: whole-batch indexing, no DataLoader
             self.loader = DataLoader(
                 dataset, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=pin_memory,
@@ -161,6 +162,9 @@ class RunLoader:
         return self.loader is not None and self.loader.num_workers > 0 and self.loader._iterator is None
 
     def epoch(self, epoch: int, start: int = 0):
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and (ahead[0], 0) == (epoch, start):
+            return ahead[1]  # prefetched: its first batches are loaded or loading
         order = self.sampler.set_epoch(epoch, start)
         if self.loader is None:
             return (self.dataset[b] for b in order)
@@ -172,11 +176,18 @@ class RunLoader:
         with forking():
             return iter(self.loader)
 
+    def prefetch(self, epoch: int) -> None:
+        """Start epoch `epoch` from its first batch now, so that the workers load its first batches while the
+        caller does something else (validates); the next `epoch(epoch)` takes it. Only for started workers."""
+        if self.loader is not None and self.loader.num_workers and not self.forks:
+            self.ahead = (epoch, self.epoch(epoch))
+
     def close(self) -> None:
         """End the workers; `died` lists those that had ended before (persistent workers end only here). Their
         pids are forgotten first, so torch's SIGCHLD handler does not raise again while the others exit. A worker
         still running after torch's shutdown (which ends stragglers with SIGTERM: ignored) is killed."""
         _open.discard(self)
+        self.ahead = None
         iterator = self.loader._iterator if self.loader is not None else None
         if iterator is None:
             return
