@@ -8,6 +8,7 @@ to restore, is decided before anything is built (project/resume.py).
 """
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
@@ -60,6 +61,7 @@ class Run:
     writer: checkpoint.BackgroundWriter = field(default_factory=checkpoint.BackgroundWriter)
     loaders: dict = field(default_factory=dict)  # "train", "val": one RunLoader each for the whole run
     last_saved: tuple | None = None       # (path, epoch) of the newest checkpoint, for the divergence message
+    profiler: object = None               # trainer.profiler.enabled: project/profiling.StepProfiler
 
     @property
     def ckpt_dir(self) -> Path:
@@ -209,6 +211,10 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     rng.seed_everything(cfg.seed)
     final = phases.build_objective(cfg, schedule[-1])
     data = tasks.build_data(cfg)
+    if t.get("overfit_batches"):  # validated on the training batches themselves, without augmentation
+        augmented = cfg.get("augment", {}).get("transforms")
+        data["overfit_val"] = tasks.build_data(cfg, augment=False)["train"] if augmented else data["train"]
+        check_overfit(t, data)
     tasks.check_objective(cfg, final, data)
     model = tasks.build_model(cfg, data).to(device)
     tasks.probe_model(cfg, model, data, device)
@@ -248,10 +254,44 @@ def build_loaders(cfg, data: dict, device: torch.device, before_fork=None) -> di
     `before_fork()` (the checkpoint writer thread must not run while they fork)."""
     workers, batch_size = data.get("num_workers", 0), cfg.trainer.batch_size
     shard = distributed.shard if distributed.current().enabled else None
+    # trainer.overfit_batches: validation's epoch 0 is the training loader's epoch 0 (same seed and order), on the
+    # unaugmented training split; evaluate() takes its first N batches
+    val = (RunLoader(data["overfit_val"], batch_size, seed=cfg.seed, num_workers=workers, before_fork=before_fork)
+           if "overfit_val" in data else
+           RunLoader(data["val"], batch_size, seed=0, shuffle=False, num_workers=workers, before_fork=before_fork))
     return {"train": RunLoader(data["train"], batch_size, seed=cfg.seed, num_workers=workers,
                                pin_memory=device.type == "cuda", shard=shard, before_fork=before_fork),
-            "val": RunLoader(data["val"], batch_size, seed=0, shuffle=False, num_workers=workers,
-                             before_fork=before_fork)}
+            "val": val}
+
+
+def check_overfit(t, data: dict) -> None:
+    full = math.ceil(len(data["train"]) / t.batch_size)
+    if t.overfit_batches > full:
+        raise UserError(
+            f"trainer.overfit_batches={t.overfit_batches}, but the training split has only {full} batches of "
+            f"trainer.batch_size={t.batch_size} ({len(data['train'])} samples): choose at most "
+            f"trainer.overfit_batches={full}. Nothing was trained or written.")
+
+
+def batches_per_epoch(run: Run, split: str) -> int:
+    """Batches an epoch trains ("train") or a validation scores ("val"): all of them, or as trainer.overfit_batches
+    or trainer.limit_<split>_batches say (an int: that many, at most all; a float: that fraction, at least one)."""
+    t = run.cfg.trainer
+    full = math.ceil(len(run.data[split]) / t.batch_size)
+    if t.get("overfit_batches"):
+        return t.overfit_batches
+    limit = t.get(f"limit_{split}_batches")
+    if limit is None:
+        return full
+    return min(limit, full) if isinstance(limit, int) else max(1, int(full * limit))
+
+
+def limits(cfg) -> dict | None:
+    """The settings that make a run a trial rather than a training run (the checkpoints' `limited` key); None for
+    a run that trains on everything."""
+    t = cfg.trainer
+    found = {k: t.get(k) for k in ("limit_train_batches", "limit_val_batches", "overfit_batches") if t.get(k)}
+    return found or None
 
 
 def restore(run: Run, plan) -> None:

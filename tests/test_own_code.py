@@ -60,7 +60,7 @@ def test_own_model_trains_and_continues_from_its_own_best_model(tmp_path):
                    "resume=reset_optimizer", f"resume.checkpoint={tmp_path / 'best_model.pth'}",
                    "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path, env_extra=env)
     assert "5 matched, 0 missing" not in proc.stdout and "6 matched, 0 missing" in proc.stdout
-    assert "the parent's best 0.5000 (epoch 40 of" in proc.stdout
+    assert "stored best 0.5000 was computed by another script" in proc.stdout  # shown, not a bar
     child = load(tmp_path / "b" / "checkpoints" / "final_model.pth")
     assert child["config"]["model"]["_target_"] == "mypkg.nets.TinyNet" and child["lineage"][0]["epoch"] == 40
     w = "body.0.weight"  # one epoch moves the loaded weights only a little
@@ -174,7 +174,7 @@ def test_their_classes_as_they_are_train_and_continue_from_their_own_best_model(
     assert ("storypkg.model.MicroSegFormer takes no in_channels argument: the data's in_channels=3 not passed "
             "(it gets num_classes=4)") in out, out
     assert f"Parameter matching with {story_file}: {len(theirs)} matched, 0 missing" in out, out
-    assert "dropout p=0.1," in out and "the parent's best 0.3300 (epoch 3 of" in out, out
+    assert "dropout p=0.1," in out and "stored best 0.3300 was computed by another script" in out, out
     child = load(tmp_path / "story" / "checkpoints" / "final_model.pth")
     (parent,) = child["lineage"]
     assert parent["path"] == str(story_file) and parent["sha256"] == checkpoint.sha256(story_file)

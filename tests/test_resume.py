@@ -76,7 +76,7 @@ def test_reset_optimizer_fresh_state_new_values_and_lineage(parent_run, tmp_path
     assert "parameter" in out and "checkpoint" in out and "now" in out  # the changes table
     assert "model.dropout" in out and "0.1" in out and "0.25" in out
     assert "dropout p=0.25" in out  # every dropout module of the built model
-    assert "the parent's best" in out  # did the continuation beat its parent?
+    assert "the starting weights" in out  # did the continuation beat the weights it started from?
 
     child = load(tmp_path / "child" / "checkpoints" / "final_model.pth")
     steps_per_epoch = 6

@@ -117,7 +117,9 @@ def test_reset_optimizer_is_a_new_run_that_names_its_parent(sweep, wandb_env, tm
                                        "run_id": parent["run_id"], "best_score": parent_best["best_f_score"],
                                        "best_epoch": parent_best["best_epoch"]}
     assert run["summary"]["parent_best"] == parent_best["best_f_score"]
-    assert run["summary"]["improvement"] == pytest.approx(child["best_f_score"] - parent_best["best_f_score"])
+    # the gain is measured against the starting weights scored here (the same data and metric)
+    assert run["summary"]["start_score"] == child["start_score"]["score"]
+    assert run["summary"]["improvement"] == pytest.approx(child["best_f_score"] - child["start_score"]["score"])
     # logger.log_checkpoints=true: best and final checkpoint in one model artifact (uploaded by `wandb sync`)
     assert run["artifacts"] == {f"model-{run['run_id']}": ["best_model.pth", "final_model.pth"]}
     assert parent["artifacts"] == {}  # off by default
