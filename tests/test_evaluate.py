@@ -306,3 +306,17 @@ def test_classification_precision_and_recall_per_class(tmp_path, capsys):
         assert row["precision"] == (pytest.approx(tp / predicted.count(c)) if predicted.count(c) else None)
     assert result["main_metric"] == "acc" and "precision" in out and "recall" in out
     assert json.loads((run_dir / "results.json").read_text())["metrics"] == result["metrics"]
+
+
+def test_a_test_split_that_cannot_be_scored_does_not_fail_the_trained_run(tmp_path):
+    root = faces(tmp_path / "faces", labelled_test=True)
+    bad = np.array(Image.open(root / "test" / "masks" / "0002.png"))
+    bad[0, 0] = 99  # neither a class index nor ignore_index
+    Image.fromarray(bad).save(root / "test" / "masks" / "0002.png")
+    proc = run_cli(*TRAIN, "trainer.max_epochs=1", f"data.root={root}", "logger=csv",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert "The test split could not be scored after training" in log and "0002.png holds the value 99" in log
+    assert f"project-evaluate {tmp_path / 'run'} --split test" in log
+    assert (tmp_path / "run" / "checkpoints" / "final_model.pth").is_file()
+    assert not (tmp_path / "run" / "results.json").exists()

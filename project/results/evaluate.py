@@ -488,12 +488,14 @@ def after_fit(run, summary: dict) -> str | None:
         return None
     try:
         result = score(best, "test", device=str(run.device), label="test best_model.pth")
-    except UserError as e:
-        log.warning("The test split could not be scored after training: %s", e)
+        result.pop("per_image")
+        result["source"] = "trainer.test_after_fit"
+        atomic_write(run.run_dir / "results.json", (json.dumps(plain(result), indent=1) + "\n").encode())
+    except Exception as e:  # noqa: BLE001 - the trained run is complete; its test score must not fail it
+        log.warning("The test split could not be scored after training (%s: %s). The run's checkpoints are "
+                    "complete; score it later with: project-evaluate %s --split test", type(e).__name__, e,
+                    run.run_dir)
         return None
-    result.pop("per_image")
-    result["source"] = "trainer.test_after_fit"
-    atomic_write(run.run_dir / "results.json", (json.dumps(plain(result), indent=1) + "\n").encode())
     summary.update({f"test/{k}": v for k, v in result["metrics"].items()})
     run.state["tracker"].log_summary(summary)
     main = result["main_metric"]
