@@ -76,13 +76,12 @@ def main() -> int:
         tmp = Path(tmp)
         fake_faces.write(tmp / "faces", train=0, test=args.images, size=args.size)
         paths = sorted((tmp / "faces" / "test" / "images").iterdir())
-        sizes = predict.image_sizes(paths)
 
         def loop(chosen: list[Path], out: Path) -> float:
             out.mkdir()
             started = time.perf_counter()
-            predict.run_model(model, chosen, sizes, info, out, device=device, precision=predict.autocast(cfg, device),
-                              tta=args.tta == "flip", batch_size=args.batch_size, palette=False, decoder="pil")
+            predict.run_model(model, chosen, info, out, device=device, tta=args.tta == "flip",
+                              batch_size=args.batch_size, palette=False, decoder="pil")
             if device.type == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - started
