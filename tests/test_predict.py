@@ -59,11 +59,12 @@ def run_dir(work, faces):
 
 @pytest.fixture(scope="module")
 def images(work, faces):
-    """The 4 test faces (48x48) and a non-square one, 40 high and 64 wide."""
+    """The 4 test faces (48x48), a non-square one, 40 high and 64 wide, and a text file."""
     folder = work / "images"
     shutil.copytree(faces / "test" / "images", folder)
     wide = Image.open(faces / "train" / "images" / "0000.jpg").resize((64, 40), Image.BILINEAR)
     wide.save(folder / "wide.jpg", quality=90)
+    (folder / "notes.txt").write_text("not an image: skipped, and said so")
     return folder
 
 
@@ -97,7 +98,7 @@ def test_masks_are_the_argmax_at_each_images_own_size(predicted, work, run_dir, 
     assert sorted(p.name for p in masks.iterdir()) == ["0000.png", "0001.png", "0002.png", "0003.png", "wide.png"]
     model, cfg = load_model(run_dir)
     classes_seen = set()
-    for image in sorted(images.iterdir()):
+    for image in sorted(images.glob("*.jpg")):
         mask = Image.open(masks / f"{image.stem}.png")
         assert mask.mode == "L" and mask.size == Image.open(image).size
         got = np.array(mask)
@@ -105,6 +106,7 @@ def test_masks_are_the_argmax_at_each_images_own_size(predicted, work, run_dir, 
         classes_seen |= set(np.unique(got).tolist())
     assert len(classes_seen) >= 3, classes_seen  # a model that predicts several classes: the comparison means something
     assert "Wrote 5 masks" in predicted.stdout and "7,639 parameters" in predicted.stdout, predicted.stdout
+    assert "Skipped 1 file not an image by its extension: notes.txt" in predicted.stdout
 
 
 def test_a_non_square_image_keeps_its_size(predicted, work):

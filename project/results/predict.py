@@ -515,7 +515,9 @@ def describe_result(r: dict) -> str:
                         f"agrees on {r['solution_agreement']:.2%} of the pixels)" if r.get("solution") else ""))
     if r["skipped"]:
         shown = ", ".join(r["skipped"][:5]) + (f" and {len(r['skipped']) - 5} more" if len(r["skipped"]) > 5 else "")
-        lines.append(f"Skipped {len(r['skipped'])} files that are not images by their extension: {shown}")
+        n = len(r["skipped"])
+        lines.append(f"Skipped {n} file{'s' if n > 1 else ''} not an image by {'their' if n > 1 else 'its'} "
+                     f"extension: {shown}")
     return "\n".join(lines)
 
 
