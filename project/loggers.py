@@ -37,6 +37,11 @@ class NullTracker:
     def log_summary(self, summary: dict) -> None:
         pass
 
+    def checkpoint_saved(self, paths: list, info: dict) -> None:
+        """A save of `paths` (checkpoint files) starts now; the files of the previous call are on disk by now
+        (train.py's save() waits for the previous write first). `info`: epoch, monitor, best_score, best_epoch."""
+        pass
+
     def state_dict(self) -> dict:
         return {}
 
@@ -69,6 +74,12 @@ class WandbLogger(CSVLogger):
     W&B is optional to the run: if it cannot start, or fails later, one warning is logged and training goes
     on with metrics.csv alone. resume=full continues the W&B run id stored in the checkpoint (load_state_dict),
     so a continued curve stays one line; reset_optimizer starts a new run whose config names its parent.
+
+    log_checkpoints=true: the checkpoints become versions of the model artifact `model-<run id>`: best_model.pth at
+    each new best (alias `best`), once it is on disk, and at the end the last one (final_model.pth, or last.pth
+    for a run that stopped early; alias `latest`). A continuation names its parent's artifact in its config
+    (`parent.artifact`) and, online, declares it as its input (use_artifact), so W&B's lineage view draws the
+    family; offline W&B refuses use_artifact, so the config is where the name is.
     """
 
     def __init__(self, run_dir, meta: dict | None = None, project: str | None = None, entity: str | None = None,
@@ -79,6 +90,7 @@ class WandbLogger(CSVLogger):
 
         self.wandb, self.run_dir, self.log_checkpoints = wandb, Path(run_dir), log_checkpoints
         self.summary, self.run, self.started = None, None, False
+        self.pending = []  # best checkpoints saved, logged as artifacts once on disk (the next save, or finish)
         self.mode = mode
         meta = self.meta
         # our own id, known before W&B answers: a checkpoint can name the run even if W&B never started
@@ -88,7 +100,8 @@ class WandbLogger(CSVLogger):
         if parent:
             config["parent"] = {"checkpoint": parent["checkpoint"],
                                 "run_id": (parent.get("logger") or {}).get("wandb_run_id"),
-                                "best_score": parent["best_score"], "best_epoch": parent["best_epoch"]}
+                                "best_score": parent["best_score"], "best_epoch": parent["best_epoch"],
+                                "artifact": parent.get("artifact")}
         self.init_args = {
             "dir": str(self.run_dir), "project": project or os.environ.get("WANDB_PROJECT") or "project",
             "entity": entity, "resume": "allow",
@@ -121,6 +134,12 @@ class WandbLogger(CSVLogger):
         parent = self.meta.get("parent")
         if self.run is not None and parent:
             self.run.summary["parent_best"] = parent["best_score"]
+            if parent.get("artifact") and not self.run.offline:
+                try:  # the parent's model artifact as this run's input: W&B's lineage view draws the family
+                    self.run.use_artifact(parent["artifact"])
+                except Exception as e:  # e.g. the parent's artifact was never uploaded (an offline parent)
+                    log.warning("W&B could not declare the parent's artifact %s as input (%s); its name is in the "
+                                "run config as parent.artifact.", parent["artifact"], first_line(e))
 
     def _start(self, mode: str):
         """wandb.init in `mode`; if online fails (no network, bad key, server down), once more offline."""
@@ -161,6 +180,26 @@ class WandbLogger(CSVLogger):
         self.start()
         self._call(lambda run: run.summary.update(wandb_summary(summary)))
 
+    def checkpoint_saved(self, paths: list, info: dict) -> None:
+        """The summary gets the best so far (the runs table sorts by it while runs train); with
+        log_checkpoints, the best checkpoint saved before (on disk now) becomes an artifact version."""
+        if info.get("monitor") and info.get("best_score") is not None:
+            self._call(lambda run: run.summary.update({f"best_val_{info['monitor']}": info["best_score"],
+                                                       "best_epoch": info.get("best_epoch")}))
+        if not self.log_checkpoints or self.run is None:
+            return
+        pending, self.pending = self.pending, [(Path(p), dict(info)) for p in paths if Path(p).name == "best_model.pth"]
+        for path, saved in pending:
+            self._call(lambda run: self._log_file(run, path, ["best"], saved))
+
+    def _log_file(self, run, path: Path, aliases: list[str], info: dict) -> None:
+        if not path.is_file():
+            return
+        artifact = self.wandb.Artifact(f"model-{self.run_id}", type="model",
+                                       metadata={"file": path.name, **{k: v for k, v in info.items() if v is not None}})
+        artifact.add_file(str(path), name=path.name)  # copied to W&B's staging area now: a later save may replace it
+        run.log_artifact(artifact, aliases=aliases)
+
     def state_dict(self) -> dict:
         return {"wandb_run_id": self.run_id}
 
@@ -171,7 +210,7 @@ class WandbLogger(CSVLogger):
             return
         try:
             if self.log_checkpoints:
-                self._log_checkpoints(run)
+                self._log_checkpoints(run, status)
             if status == "interrupted":
                 run.mark_preempting()  # W&B shows "preempted"; resume=full continues the same run
             # train.py logs the summary as the last step of training: none means an exception ended it
@@ -180,17 +219,16 @@ class WandbLogger(CSVLogger):
         except Exception as e:
             log.warning("W&B did not finish cleanly (%s); the local copy is in %s/wandb.", first_line(e), self.run_dir)
 
-    def _log_checkpoints(self, run) -> None:
-        files = [self.run_dir / "checkpoints" / name for name in ("best_model.pth", "final_model.pth")]
-        files = [f for f in files if f.is_file()]
-        if not files:
-            return
+    def _log_checkpoints(self, run, status: str) -> None:
+        """At the end (train.py has waited for the last write): the best still pending, then the last checkpoint."""
+        for path, info in self.pending:
+            self._log_file(run, path, ["best"], info)
+        self.pending = []
+        final = self.run_dir / "checkpoints" / "final_model.pth"
+        last = final if status == "done" and final.is_file() else self.run_dir / "checkpoints" / "last.pth"
         summary = self.summary or {}
-        artifact = self.wandb.Artifact(f"model-{self.run_id}", type="model", metadata={
-            k: summary.get(k) for k in ("monitor", "best_score", "best_epoch", "epoch", "status")})
-        for f in files:
-            artifact.add_file(str(f), name=f.name)  # copied to W&B's staging area: a later resume may overwrite f
-        run.log_artifact(artifact, aliases=["latest", *(f.stem for f in files)])
+        self._log_file(run, last, ["latest"], {k: summary.get(k) for k in ("monitor", "best_score", "best_epoch",
+                                                                           "epoch", "status")})
 
     def _call(self, action) -> None:
         if self.run is None:

@@ -28,6 +28,7 @@ from project.data.loader import RunLoader, is_worker_death
 from project.errors import DiskError, TrainingDiverged, UserError, WorkerDied
 from project.nonfinite import NonFiniteGuard
 from project.loggers import NullTracker, read_rows
+from project.results import lineage
 from project.runtime import StopRequest, pick_device, record_environment, restore_history
 from project.state import EMA, RNG, Progress, TrainMeter, load_state_dicts, state_dicts
 from project.validate import AUTOCAST_DTYPES, check_config
@@ -52,6 +53,7 @@ class Run:
     full_counts: dict              # parameters per top-level module, before any phase dropped one
     state: dict = field(default_factory=dict)
     choices: dict = field(default_factory=dict)  # the config-group choices that give cfg ({"model": "unet", ...})
+    family: dict | None = None     # where this run dir comes from: lineage.json's fixed part (results/lineage.py)
     phase: dict | None = None
     objective: object = None
     net: torch.nn.Module | None = None   # what the step calls: the model, DDP-wrapped and compiled as configured
@@ -104,6 +106,7 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
     run = setup(cfg, config, overrides, plan, run_dir, job or {})
     run.choices = choices
     announce(run)
+    run.family = lineage.begin(run, plan, job or {})  # rank 0: lineage.json, rewritten at every save
     tracker = run.state["tracker"]
     tracker.start()
     run.stop = StopRequest()
@@ -656,6 +659,7 @@ def save(run: Run, files: list[str]) -> None:
                                "meter": distributed.sum_counts(meter["meter"])}
     if not distributed.current().main:
         return
+    lineage.saved(run, ckpt, files)  # lineage.json; the tracker logs the checkpoints written before
     prune = functools.partial(checkpoint.prune_periodic, run.ckpt_dir, run.cfg.trainer.keep_last,
                               protect=set(progress.phase_ends))
     run.writer.submit(checkpoint.snapshot(ckpt), [run.ckpt_dir / name for name in files], then=prune)
@@ -803,10 +807,10 @@ def run_meta(cfg, config: dict, schedule: list, plan, job: dict) -> dict:
     if plan is not None and plan.mode == "reset_optimizer":
         saved = plan.checkpoint
         parent = {"checkpoint": str(plan.path), "logger": saved.get("logger"), "best_score": saved["best_score"],
-                  "best_epoch": saved["best_epoch"]}
+                  "best_epoch": saved["best_epoch"], "artifact": lineage.parent_artifact(saved, plan.path)}
     return {"config": config, "run_name": ",".join(overrides) or cfg.name,
             "group": job.get("sweep_dir") or cfg.name, "job_type": cfg.resume.mode,
-            "tags": [*(p["name"] for p in schedule), cfg.resume.mode], "parent": parent}
+            "tags": lineage.tags(cfg, schedule), "parent": parent}
 
 
 @torch.no_grad()

@@ -1,7 +1,9 @@
 """logger=wandb with the real wandb package in offline mode, read back with W&B's own reader (`wandb leet
 inspect`). Nothing here touches the network: W&B's folders are under tmp and no API key is visible."""
+import csv
 import json
 import os
+import statistics
 import socket
 import subprocess
 import sys
@@ -41,10 +43,12 @@ def wandb_run(path: Path) -> dict:
     records = [json.loads(line) for line in leet(path, "--json").splitlines()]
     run = next(r["run"] for r in records if r["type"] == "run")
     steps = [r["history"]["step"]["num"] for r in records if r["type"] == "history"]
-    artifacts = {r["artifact"]["name"]: sorted(c["path"] for c in r["artifact"]["manifest"]["contents"])
-                 for r in records if r["type"] == "artifact"}
+    versions = [{"name": r["artifact"]["name"], "aliases": r["artifact"].get("aliases", []),
+                 "files": sorted(c["path"] for c in r["artifact"]["manifest"]["contents"]),
+                 "metadata": json.loads(r["artifact"].get("metadata") or "{}")}
+                for r in records if r["type"] == "artifact"]  # every log_artifact call, in order
     return {**info, "group": run.get("run_group"), "job_type": run.get("job_type"), "steps": steps,
-            "artifacts": artifacts}
+            "versions": versions}
 
 
 @pytest.fixture(scope="module")
@@ -104,25 +108,94 @@ def test_full_resume_continues_the_same_wandb_run(sweep, wandb_env, tmp_path):
     assert run["summary"]["best_epoch"] == load(tmp_path / "more" / "checkpoints" / "final_model.pth")["best_epoch"]
 
 
-def test_reset_optimizer_is_a_new_run_that_names_its_parent(sweep, wandb_env, tmp_path):
+@pytest.fixture(scope="module")
+def child(sweep, wandb_env, tmp_path_factory):
+    """resume=reset_optimizer from sweep job 1, logging its checkpoints, with a tag of the user's."""
+    cwd = tmp_path_factory.mktemp("child")
+    run_cli(*TINY, "logger=wandb", "logger.log_checkpoints=true", "resume=reset_optimizer",
+            f"resume.checkpoint={sweep / '1'}", "trainer.max_epochs=2", "tags=[dropout-test]",
+            f"hydra.run.dir={cwd / 'child'}", cwd=cwd, env_extra=wandb_env)
+    return cwd / "child"
+
+
+def test_reset_optimizer_is_a_new_run_that_names_its_parent(sweep, child):
     parent = wandb_run(sweep / "1" / "wandb")
     parent_best = load(sweep / "1" / "checkpoints" / "best_model.pth")
-    run_cli(*TINY, "logger=wandb", "logger.log_checkpoints=true", "resume=reset_optimizer",
-            f"resume.checkpoint={sweep / '1'}", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'child'}",
-            cwd=tmp_path, env_extra=wandb_env)
-    run = wandb_run(tmp_path / "child" / "wandb")
-    child = load(tmp_path / "child" / "checkpoints" / "final_model.pth")
+    run = wandb_run(child / "wandb")
+    final = load(child / "checkpoints" / "final_model.pth")
     assert run["run_id"] != parent["run_id"] and run["job_type"] == "reset_optimizer"
     assert run["config"]["parent"] == {"checkpoint": str(sweep.resolve() / "1" / "checkpoints" / "best_model.pth"),
                                        "run_id": parent["run_id"], "best_score": parent_best["best_f_score"],
-                                       "best_epoch": parent_best["best_epoch"]}
+                                       "best_epoch": parent_best["best_epoch"],
+                                       "artifact": None}  # the sweep logged no checkpoints: no artifact to name
+    # the summary: the monitored metric's best and the parent's, so W&B's runs table sorts by them
     assert run["summary"]["parent_best"] == parent_best["best_f_score"]
+    assert run["summary"]["best_val_f_score"] == final["best_f_score"]
     # the gain is measured against the starting weights scored here (the same data and metric)
-    assert run["summary"]["start_score"] == child["start_score"]["score"]
-    assert run["summary"]["improvement"] == pytest.approx(child["best_f_score"] - child["start_score"]["score"])
-    # logger.log_checkpoints=true: best and final checkpoint in one model artifact (uploaded by `wandb sync`)
-    assert run["artifacts"] == {f"model-{run['run_id']}": ["best_model.pth", "final_model.pth"]}
-    assert parent["artifacts"] == {}  # off by default
+    assert run["summary"]["start_score"] == final["start_score"]["score"]
+    assert run["summary"]["improvement"] == pytest.approx(final["best_f_score"] - final["start_score"]["score"])
+    # tags=[...] with the framework's (the phase, the resume mode)
+    assert sorted(run["tags"]) == ["dropout-test", "reset_optimizer", "train"]
+    assert parent["versions"] == []  # logger.log_checkpoints is off by default
+
+
+def test_checkpoints_are_artifact_versions_at_each_best_and_the_last_at_the_end(child):
+    """logger.log_checkpoints=true: best_model.pth at each new best (the starting weights, scored here, are the
+    first), alias best; final_model.pth at the end, alias latest; all versions of model-<run id>."""
+    run = wandb_run(child / "wandb")
+    final = load(child / "checkpoints" / "final_model.pth")
+    with open(child / "metrics.csv", newline="") as f:
+        scores = [(int(r["epoch"]), float(r["val_f_score"])) for r in csv.DictReader(f)]
+    bests, top = [], None
+    for epoch, score in scores:  # the epochs that set a new best, as training decided them
+        if top is None or score > top:
+            bests.append((epoch, score))
+            top = score
+    versions = run["versions"]
+    assert [v["name"] for v in versions] == [f"model-{run['run_id']}"] * (len(bests) + 1)
+    assert [(v["files"], v["metadata"]["epoch"], v["metadata"]["best_score"]) for v in versions[:-1]] == [
+        (["best_model.pth"], epoch, score) for epoch, score in bests]
+    assert all("best" in v["aliases"] for v in versions[:-1])
+    assert versions[-1]["files"] == ["final_model.pth"] and versions[-1]["aliases"] == ["latest"]
+    assert versions[-1]["metadata"]["best_score"] == final["best_f_score"]
+    assert versions[-1]["metadata"]["status"] == "done"
+
+
+def test_a_continuation_names_its_parents_artifact_and_the_family_is_drawn(sweep, child, wandb_env, tmp_path):
+    """Offline (W&B refuses use_artifact there) the parent's artifact name is in the run config; lineage.json
+    records it too, and project-lineage draws sweep -> job 1 -> child -> grandchild from the files the runs wrote."""
+    child_run = wandb_run(child / "wandb")
+    run_cli(*TINY, "logger=wandb", "resume=reset_optimizer", f"resume.checkpoint={child}", "model.dropout=0.3",
+            "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'grandchild'}", cwd=tmp_path, env_extra=wandb_env)
+    run = wandb_run(tmp_path / "grandchild" / "wandb")
+    artifact = f"model-{child_run['run_id']}:best"
+    assert run["config"]["parent"]["artifact"] == artifact
+    assert run["summary"]["parent_best"] == load(child / "checkpoints" / "best_model.pth")["best_f_score"]
+    family = json.loads((tmp_path / "grandchild" / "lineage.json").read_text())
+    assert family["parent"]["artifact"] == artifact and family["parent"]["run_dir"] == str(child.resolve())
+    assert family["mode"] == "reset_optimizer" and family["changed"]["model.dropout"] == [0.1, 0.3]
+    assert family["wandb"] == {"run_id": run["run_id"], "artifact": None}
+
+    proc = subprocess.run([sys.executable, "-m", "project.results.lineage", str(sweep), str(child.parent),
+                           str(tmp_path), "--json", "--out", str(tmp_path / "family.png")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    (fam,) = json.loads(proc.stdout)["families"]
+    jobs = [str(sweep.resolve() / str(i)) for i in range(4)]
+    grandchild = "grandchild"  # shown relative to the current directory
+    assert [(e["from"], e["to"], e["mode"]) for e in fam["edges"]] == [
+        (jobs[1], str(child.resolve()), "reset_optimizer"), (str(child.resolve()), grandchild, "reset_optimizer")]
+    assert fam["groups"] == [{"sweep": str(sweep.resolve()), "parent": None, "jobs": jobs}]
+    nodes = {n["name"]: n for n in fam["nodes"]}
+    assert nodes[str(child.resolve())]["tags"] == ["dropout-test"]
+    for job in jobs:  # each job's best and last-5 spread as the run's own files have them
+        scores = [float(r["val_f_score"]) for r in csv.DictReader(open(Path(job) / "metrics.csv", newline=""))]
+        assert nodes[job]["best"] == load(Path(job) / "checkpoints" / "final_model.pth")["best_f_score"]
+        assert nodes[job]["spread"] == pytest.approx(statistics.stdev(scores))
+        assert nodes[job]["starts"] == 1 and nodes[job]["status"] == "done"
+    leaves = {name: n["best"] for name, n in nodes.items() if name not in (jobs[1], str(child.resolve()))}
+    assert fam["best_leaf"] == max(leaves, key=leaves.get)
+    assert (tmp_path / "family.png").stat().st_size > 10_000
 
 
 def test_preempted_run_restarted_in_its_dir_keeps_its_wandb_run(wandb_env, tmp_path):
@@ -140,6 +213,8 @@ def test_preempted_run_restarted_in_its_dir_keeps_its_wandb_run(wandb_env, tmp_p
     assert second["summary"]["status"] == "done"
     assert first["steps"] + second["steps"] == [1, 2, 3, 4][:len(first["steps"] + second["steps"])]
     assert second["steps"][-1] == 4
+    family = json.loads((run_dir / "lineage.json").read_text())  # one node, started twice
+    assert (family["starts"], family["status"], family["mode"], family["epoch"]) == (2, "done", "new", 4)
 
 
 def test_a_run_that_dies_is_marked_failed_not_finished(wandb_env, tmp_path):

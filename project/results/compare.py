@@ -89,8 +89,9 @@ def eval_scores(run_dir: Path) -> dict[str, float]:
 
 
 def swept_keys(runs: list[dict]) -> list[str]:
-    """Config values that differ between the runs: what the sweep (or the user) changed."""
-    keys = sorted(set().union(*(r["config"] for r in runs)))
+    """Config values that differ between the runs: what the sweep (or the user) changed. Not `tags` (labels, a
+    column of their own)."""
+    keys = sorted(set().union(*(r["config"] for r in runs)) - {"tags"})
     return [k for k in keys if len({repr(r["config"].get(k)) for r in runs}) > 1]
 
 
@@ -116,13 +117,15 @@ def eval_columns(runs: list[dict]) -> list[str]:
 def table_rows(runs: list[dict], keys: list[str]) -> list[list[str]]:
     m = runs[0]["monitor"]
     evals = eval_columns(runs)
-    header = ["#", "run", *keys, f"best val {m}", *evals, "best epoch", "epochs", "status"]
+    tagged = any(r["config"].get("tags") for r in runs)  # tags=[...]: the user's labels, shown when any run has one
+    header = ["#", "run", *["tags"] * tagged, *keys, f"best val {m}", *evals, "best epoch", "epochs", "status"]
     has_parent = any(r["parent_best"] is not None for r in runs)
     if has_parent:
         header += ["parent best", "vs parent"]
     rows = [header]
     for i, r in enumerate(runs, 1):
-        row = [str(i), r["name"], *(fmt_value(r["config"].get(k)) for k in keys), fmt(r["best"]),
+        row = [str(i), r["name"], *[",".join(map(str, r["config"].get("tags") or [])) or "-"] * tagged,
+               *(fmt_value(r["config"].get(k)) for k in keys), fmt(r["best"]),
                *(fmt(r["evals"].get(c)) for c in evals), fmt(r["best_epoch"]), str(r["epochs"]), r["status"]]
         if has_parent:
             delta = r["best"] - r["parent_best"] if r["parent_best"] is not None else math.nan
