@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py [--epochs 3] [--models microsegformer swin_mmoe_story] [--modes 32 bf16 compile]
                                     [--device auto] [--image-size 64] [--train-size 256]
+                                    [--float32-matmul-precision high] [--channels-last] [--cudnn-benchmark]
 
 For each model and mode, the run is built as run.py builds it; the trainer runs its own epoch (train_epoch and
 end_epoch: validation with its metrics, metrics.csv, last.pth and best_model.pth in the background writer, as
@@ -11,6 +12,10 @@ is (epochs - 1) * train images / time. `compile` is trainer.compile=true with th
 model=swin_mmoe_story is the story's network (fine-tuning, schedule=single) at --image-size.
 --without-saves replaces project.train.save by a no-op in the trainer (a diagnostic: how much of the gap to the
 plain loop is the checkpoint writing).
+The GPU switches apply to every mode and to both loops: --float32-matmul-precision (trainer.float32_matmul_precision:
+high = TF32, medium = bf16 matmuls), --channels-last (trainer.channels_last: model and inputs in channels-last
+memory format), --cudnn-benchmark (trainer.benchmark: cuDNN autotuning). Compare a switch by running twice, with
+and without it, on the same machine.
 """
 import argparse
 import tempfile
@@ -23,10 +28,23 @@ MODELS = {"microsegformer": ["model=microsegformer"],
           "swin_mmoe_story": ["+experiment=swin_admoe", "model=swin_mmoe_story", "schedule=single"]}
 
 
+def switches(args) -> list[str]:
+    """The trainer's GPU switches the flags ask for, as overrides."""
+    return ([f"trainer.float32_matmul_precision={args.float32_matmul_precision}"] if args.float32_matmul_precision
+            else []) + (["trainer.channels_last=true"] if args.channels_last else []) + (
+            ["trainer.benchmark=true"] if args.cudnn_benchmark else [])
+
+
+def describe_switches(args) -> str:
+    named = ([f"float32 matmul {args.float32_matmul_precision}"] if args.float32_matmul_precision else []) + (
+        ["cuDNN benchmark"] if args.cudnn_benchmark else [])
+    return ", ".join((["channels-last"] if args.channels_last else []) + named) or "none"
+
+
 def compose(model: str, mode: str, args):
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    overrides = [*MODELS[model], *MODES[mode], f"data.image_size={args.image_size}",
+    overrides = [*MODELS[model], *MODES[mode], *switches(args), f"data.image_size={args.image_size}",
                  f"data.train_size={args.train_size}", f"data.val_size={args.train_size // 4}",
                  f"trainer.max_epochs={args.epochs}", f"trainer.batch_size={args.batch_size}",
                  f"trainer.device={args.device}", "logger=csv"]
@@ -67,14 +85,17 @@ def plain(cfg, overrides, tmp: Path) -> float:
     from project.data.loader import epoch_batches
     from project.tasks import build_data
     from project.rng import seed_everything
-    from project.runtime import pick_device
+    from project.runtime import apply_switches, pick_device, to_channels_last
     from project.validate import AUTOCAST_DTYPES
 
     t = cfg.trainer
     device = pick_device(t.device)
+    apply_switches(t)  # the same matmul precision and cuDNN autotuning as the trainer's run
     seed_everything(cfg.seed)
     data = build_data(cfg)  # the data config without its `task` declaration
     model = instantiate(cfg.model, **data["model_args"]).to(device)
+    if t.channels_last:
+        to_channels_last(model)  # the weights, and each 4-D input on its way in
     net = torch.compile(model, backend=t.compile_backend) if t.compile else model
     objective = instantiate(cfg.loss)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
@@ -125,9 +146,14 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--without-saves", action="store_true")
+    parser.add_argument("--float32-matmul-precision", choices=["highest", "high", "medium"], default=None,
+                        help="trainer.float32_matmul_precision (default: torch's, highest)")
+    parser.add_argument("--channels-last", action="store_true", help="trainer.channels_last=true")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="trainer.benchmark=true (cuDNN autotuning)")
     args = parser.parse_args()
     print(f"device: {describe_device(args.device)}; {args.train_size} train images of {args.image_size} px, "
-          f"batch {args.batch_size}, epochs 2-{args.epochs} timed{', trainer WITHOUT checkpoint writes' if args.without_saves else ''}")
+          f"batch {args.batch_size}, epochs 2-{args.epochs} timed{', trainer WITHOUT checkpoint writes' if args.without_saves else ''}; "
+          f"switches: {describe_switches(args)}")
     print("| model | mode | trainer img/s | plain img/s | ratio |")
     print("|---|---|---|---|---|")
     for model in args.models:

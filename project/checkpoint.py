@@ -25,9 +25,10 @@ REQUIRED_KEYS = ("format", "epoch", "global_step", "phase", "model_state_dict", 
 
 def snapshot(value):
     """A copy of a state tree on the CPU that later training steps cannot change (tensors copied, containers
-    rebuilt, plain values shared: they are immutable)."""
+    rebuilt, plain values shared: they are immutable). Tensors are saved in the standard (contiguous) layout, so a
+    channels-last run's weights and optimizer moments load anywhere as plain tensors."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        return value.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
     if isinstance(value, dict):
         return {k: snapshot(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -111,7 +111,29 @@ def config_changes(old: dict, new: dict) -> dict:
 SPLIT_KEYS = ("data.root", "data.val_fraction", "data.val_list", "data.split_seed", "data.images_dir", "data.masks_dir")
 
 
-def effect(key: str, mode: str) -> str:
+SWITCH_EFFECTS = {  # the GPU switches: (effect when turned on or set, effect when turned off / null)
+    "trainer.benchmark": ("applied: cuDNN autotuning; GPU runs are no longer bit-exact on resume (the CPU still is)",
+                          "applied: cuDNN autotuning off"),
+    "trainer.deterministic": ("applied: deterministic algorithms only; an op without one stops the run",
+                              "applied: non-deterministic GPU kernels allowed (GPU resumes may differ in the last bits)"),
+    "trainer.channels_last": ("applied: channels-last memory layout; same weights (checkpoints keep the standard "
+                              "layout), results equal within float tolerance", "applied: standard memory layout; same "
+                              "weights, results equal within float tolerance"),
+    "trainer.float32_matmul_precision": ("applied: float32 matmuls at lower precision on GPUs (TF32 or bf16); "
+                                         "results differ slightly from the checkpoint's run",
+                                         "applied: float32 matmuls at torch's default (highest) precision"),
+}
+
+
+def effect(key: str, mode: str, new=None) -> str:
+    """What changing `key` (to `new`) does to the run that continues."""
+    if key in SWITCH_EFFECTS:
+        on, off = SWITCH_EFFECTS[key]
+        if key == "trainer.deterministic" and new == "warn":
+            return "applied: deterministic algorithms; ops without one warn and run non-deterministically"
+        if key == "trainer.float32_matmul_precision" and new == "highest":
+            return off
+        return on if new else off
     if key == "loss.metric":
         return "applied: another metric, so the best score starts afresh (best_model.pth is replaced by the next)"
     if key in SPLIT_KEYS:
@@ -127,7 +149,7 @@ def effect(key: str, mode: str) -> str:
 
 def changes_table(changes: dict, mode: str) -> str:
     rows = [("parameter", "checkpoint", "now", "effect")]
-    rows += [(k, repr(old), repr(new), effect(k, mode)) for k, (old, new) in changes.items()]
+    rows += [(k, repr(old), repr(new), effect(k, mode, new)) for k, (old, new) in changes.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))

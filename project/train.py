@@ -29,6 +29,7 @@ from project.errors import DiskError, TrainingDiverged, UserError, WorkerDied
 from project.nonfinite import NonFiniteGuard
 from project.loggers import NullTracker, read_rows
 from project.results import lineage
+from project import runtime
 from project.runtime import StopRequest, pick_device, record_environment, restore_history
 from project.state import EMA, RNG, Progress, TrainMeter, load_state_dicts, state_dicts
 from project.validate import AUTOCAST_DTYPES, check_config
@@ -63,6 +64,7 @@ class Run:
     writer: checkpoint.BackgroundWriter = field(default_factory=checkpoint.BackgroundWriter)
     loaders: dict = field(default_factory=dict)  # "train", "val": one RunLoader each for the whole run
     last_saved: tuple | None = None       # (path, epoch) of the newest checkpoint, for the divergence message
+    provenance: dict = field(default_factory=dict)  # this start's code and versions: each checkpoint's summary key
     profiler: object = None               # trainer.profiler.enabled: project/profiling.StepProfiler
 
     @property
@@ -129,6 +131,9 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
         raise DiskError(f"{e} {what_is_intact(run)}") from None
     except RuntimeError as e:  # torch's SIGCHLD handler raises it anywhere in this thread when a worker dies
         if not is_worker_death(e):
+            explained = runtime.nondeterministic_error(e, run.device)  # trainer.deterministic=true met such an op
+            if explained is not None:
+                raise explained from None
             raise
         close_loaders(run)
         run.writer.wait()
@@ -208,6 +213,7 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     # the other ranks of this job on the same host)
     cores = max(1, len(os.sched_getaffinity(0)) // dist.local_world)
     torch.set_num_threads(t.num_threads or min(torch.get_num_threads(), cores))
+    runtime.apply_switches(t)  # matmul precision, cuDNN benchmark; cuBLAS's setting before anything runs on a GPU
     distributed.check_batch(t.batch_size)
     device = pick_device(t.device, dist.local_rank)
     schedule = phases.plan(cfg)
@@ -221,6 +227,8 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     tasks.check_objective(cfg, final, data)
     model = tasks.build_model(cfg, data).to(device)
     tasks.probe_model(cfg, model, data, device)
+    if t.get("channels_last"):  # before the EMA copy is made: it inherits the layout and the input conversion
+        runtime.to_channels_last(model)
     if t.sync_batchnorm and dist.enabled:  # BatchNorm statistics over the global batch, not each rank's part
         if device.type != "cuda":
             raise UserError("trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm runs on CUDA only. On the "
@@ -247,6 +255,7 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     run.state["tracker"] = tracker or NullTracker()
     run.state["rng"] = RNG()
     restore(run, plan)
+    runtime.use_deterministic(t)  # after the probe: from here on an op without a deterministic version is an error
     run.guard = NonFiniteGuard(t.on_nonfinite, device)
     run.loaders = build_loaders(cfg, data, device, before_fork=run.writer.wait)
     return run
@@ -497,6 +506,9 @@ def forward(run: Run, batch: tuple):
         with torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None):
             return run.objective(run.net, batch)
     except Exception as e:  # torch.compile compiles at the first call: its failures surface here
+        explained = runtime.nondeterministic_error(e, run.device)  # trainer.deterministic=true, even when compiling
+        if explained is not None:
+            raise explained from None
         if run.cfg.trainer.compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
             reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise UserError(
@@ -682,6 +694,7 @@ def summary_keys(run: Run, early_stopping: dict) -> dict:
         "config": run.config, "overrides": run.overrides, "choices": run.choices, "run_dir": str(run.run_dir),
         "classes": list(run.data.get("classes") or []), "data_split": run.data.get("split"),
         "model_args": run.data["model_args"],  # what the model was built with: load_model needs no data
+        "provenance": run.provenance,  # the code (git commit, dirty) and versions of this start (environment.json)
         objective.keys["best"]: phase_best.get("score", nan),
         objective.keys["current"]: progress.val_metrics.get(objective.monitor, nan),
         final.keys["best"]: nan if progress.best_score is None else progress.best_score,
@@ -777,7 +790,7 @@ def announce(run: Run) -> None:
         run.ckpt_dir.mkdir(parents=True, exist_ok=True)
         for stale in run.ckpt_dir.glob(".*.tmp"):  # writes cut short by a kill; the real files are intact
             stale.unlink()
-        record_environment(run.run_dir, run.device, distributed.current().world)
+        run.provenance = record_environment(run.run_dir, run.device, distributed.current().world, t)
         if "split_names" in run.data:  # split/{train,val}.txt: which files train and which validate
             splits.record(run.run_dir, **run.data["split_names"])
     if "split" in run.data:  # folder data: what it declares, so a wrong preset or split shows at once

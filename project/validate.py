@@ -62,6 +62,7 @@ def check_config(cfg: DictConfig) -> None:
         bad("trainer.max_nonfinite_skips", t.max_nonfinite_skips, "must be >= 0")
     if t.compile and t.compile_backend not in ("inductor", "aot_eager", "eager", "cudagraphs"):
         bad("trainer.compile_backend", t.compile_backend, "choose inductor (default), aot_eager or eager")
+    check_switches(t, bad)
     if cfg.loss.get("dice_weight", 0) < 0:
         bad("loss.dice_weight", cfg.loss.dice_weight, "the Dice weight must be >= 0")
     if cfg.data.get("image_size", 32) < 16:
@@ -73,3 +74,25 @@ def check_config(cfg: DictConfig) -> None:
         )
     if problems:
         raise UserError(" ".join(problems) + " Nothing was trained or written.")
+
+
+MATMUL_PRECISIONS = (None, "highest", "high", "medium")  # torch.set_float32_matmul_precision; None = torch's default
+
+
+def check_switches(t, bad) -> None:
+    """The GPU switches (Lightning's names): float32_matmul_precision, benchmark, deterministic, channels_last."""
+    precision = t.get("float32_matmul_precision")
+    if precision not in MATMUL_PRECISIONS:
+        bad("trainer.float32_matmul_precision", precision, "choose null (torch's default), highest, high (TF32 "
+            "matmuls on GPUs) or medium (bf16 matmuls), e.g. trainer.float32_matmul_precision=high")
+    benchmark = t.get("benchmark")
+    if benchmark is not None and not isinstance(benchmark, bool):
+        bad("trainer.benchmark", benchmark, "cuDNN autotuning is on or off: trainer.benchmark=true or false")
+    deterministic = t.get("deterministic")
+    if not (deterministic is None or isinstance(deterministic, bool) or deterministic == "warn"):
+        bad("trainer.deterministic", deterministic, "choose true (deterministic algorithms only), warn (warn on ops "
+            "without one) or false")
+    channels_last = t.get("channels_last")
+    if channels_last is not None and not isinstance(channels_last, bool):
+        bad("trainer.channels_last", channels_last, "the memory format is switched on or off: "
+            "trainer.channels_last=true or false")

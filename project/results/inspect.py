@@ -73,8 +73,15 @@ def describe(path: Path, state: dict) -> dict:
     if state.get("ema_state_dict") is not None:
         inside["ema"] = (f"{len(state['ema_state_dict'])} tensors, {state.get('ema_updates', 0)} updates; "
                          f"validated with the {state.get('validated_weights', 'model')} weights")
+    trainer = config.get("trainer", {})
+    deterministic = trainer.get("deterministic")
     settings = [f"precision {state['precision']}" if state.get("precision") else "",
-                "compiled" if state.get("compiled") else ""]
+                "compiled" if state.get("compiled") else "",
+                f"float32 matmul precision {trainer['float32_matmul_precision']}"
+                if trainer.get("float32_matmul_precision") else "",
+                "cuDNN benchmark" if trainer.get("benchmark") else "",
+                ("deterministic (warn)" if deterministic == "warn" else "deterministic") if deterministic else "",
+                "channels-last" if trainer.get("channels_last") else ""]
     if any(settings):
         inside["trained with"] = ", ".join(s for s in settings if s)
     if state.get("logger"):
@@ -88,8 +95,39 @@ def describe(path: Path, state: dict) -> dict:
         "val_metrics": state.get("val_metrics", {}), "train_metrics": state.get("train_metrics", {}),
         "early_stopping": state["early_stopping"], "parent_best": state.get("parent_best"),
         "parameters": tensors_per_module(state), "dropped_modules": state.get("dropped_modules", []),
-        "inside": inside, "lineage": state["lineage"],
+        "inside": inside, "lineage": state["lineage"], "provenance": state.get("provenance") or None,
     }
+
+
+def code_lines(provenance: dict | None) -> list[str]:
+    """What the checkpoint's run was made from: the git commits and the versions (older files: not recorded)."""
+    if not provenance:
+        return ["  code         not recorded (written before checkpoints kept their provenance)",
+                "  versions     not recorded"]
+    code = provenance.get("code", {})
+
+    def repo(entry: dict) -> str:
+        if entry.get("same_repository"):
+            return "the same repository"
+        if not entry.get("commit"):
+            return f"no commit ({entry.get('reason') or 'no commit yet'}) for {entry.get('path')}"
+        dirty = (f"dirty ({entry.get('modified', 0)} changed, {entry.get('untracked', 0)} untracked)"
+                 if entry.get("dirty") else "clean")
+        branch = f" on {entry['branch']}" if entry.get("branch") and entry["branch"] != "HEAD" else ""
+        return f"commit {entry['commit']}{branch}, {dirty}, in {entry.get('root')}"
+
+    lines = [f"  code         {repo(code.get('working_dir', {}))}"]
+    if code.get("project"):
+        lines.append(f"               project package: {repo(code['project'])}")
+    if code.get("diff"):
+        diff = code["diff"]
+        lines.append(f"               uncommitted changes: {diff['file']} in the run dir ({diff['bytes']:,} bytes"
+                     + (", cut" if diff.get("truncated") else "") + ")")
+    names = {"cuda": "CUDA", "cudnn": "cuDNN"}
+    versions = provenance.get("versions", {})
+    lines.append("  versions     " + ", ".join(f"{names.get(k, k)} {v if v is not None else 'none'}"
+                                           for k, v in versions.items()))
+    return lines
 
 
 def describe_foreign(path: Path, raw) -> dict:
@@ -206,6 +244,7 @@ def report(info: dict) -> str:
     lines += table([("module", "trained", "all values")] + [(k, f"{c['trained']:,}", f"{c['values']:,}")
                                                            for k, c in counts.items()], indent=4)
     lines.append("  inside       " + "\n               ".join(f"{k}: {v}" for k, v in info["inside"].items()))
+    lines += code_lines(info["provenance"])
     if info["lineage"]:
         lines.append("  lineage      (oldest first)")
         for i, e in enumerate(info["lineage"], 1):
