@@ -157,6 +157,7 @@ def test_the_family_tree_nodes_edges_groups_and_png(family, capsys):
     full_spread = statistics.stdev([0.57, 0.58, 0.60, 0.61, 0.62])
     assert details("outputs/full")[1] == (f"beats the parent's best at epoch 6 (0.6000): +0.0200 (within noise: "
                                           f"spread {max(full_spread, spread):.4f})")
+    assert details("outputs/from_theirs")[0] == "no config to compare with (another script's file)"
     assert details("outputs/from_theirs")[1].startswith("beats its starting weights scored here (0.2000): +0.1500")
     assert "wrote lineage.png" in text
 

@@ -435,7 +435,9 @@ def node_lines(node: Node) -> list[str]:
         details.append(f"moved here from {d['run_dir']}")
     if node.parent is not None:
         changed = changed_text(d)
-        details.append("changed " + ", ".join(changed) if changed else "no config value changed")
+        details.append("changed " + ", ".join(changed) if changed else
+                       "no config to compare with (another script's file)" if node.parent.kind == "foreign" else
+                       "no config value changed")
         details.append(verdict_text(node.vs_parent))
     return [head] + [x for x in details if x]
 
@@ -560,7 +562,7 @@ def draw(fams: list[list[Node]], out: Path) -> None:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
+    from matplotlib.patches import FancyBboxPatch, Patch
 
     pos, slot = {}, 0.0
     for family in fams:
@@ -569,7 +571,7 @@ def draw(fams: list[list[Node]], out: Path) -> None:
         slot += 0.5  # a gap between families
     width = max(slot - 0.5, 1)
     depth = max(d for _, d in pos.values()) + 1
-    fig, ax = plt.subplots(figsize=(min(max(2.8 * width + 0.6, 5.5), 80), 1.75 * depth + 0.8))
+    fig, ax = plt.subplots(figsize=(min(max(2.8 * width + 0.6, 8), 80), 1.75 * depth + 1.1))
     ax.set_xlim(-0.55, width - 0.45)
     ax.set_ylim(-depth + 0.45, 0.55)
     ax.axis("off")
@@ -621,7 +623,13 @@ def draw(fams: list[list[Node]], out: Path) -> None:
             arrow(boxes[("sweep", n.key)], boxes[n.key], None)
     ax.set_title("Run families: best ± spread of the last 5 validations, values changed against the parent",
                  fontsize=8)
-    fig.tight_layout()
+    legend = [("new run", "new", "-"), ("continued (resume=full, new dir)", "continued", "-"),
+              ("reset_optimizer", "reset_optimizer", "-"), ("file of another script", "foreign", "--"),
+              ("missing parent", "missing", "--")]
+    handles = [Patch(fc=COLORS[key], ec="#888888", ls=ls, label=label) for label, key, ls in legend]
+    handles.append(Patch(fc="white", ec="#d4a017", lw=2.2, label="best leaf"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=6.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
