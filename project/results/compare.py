@@ -11,6 +11,12 @@ marked); for an Optuna search trials.png (each trial's score over the searched v
 A run whose best weights were scored on a split (eval/<split>-best.json from project-evaluate, results.json from
 trainer.test_after_fit) gets that score as a column (`test dataset_f1`), and a grid its own table and
 heatmap_<split>.png; the ranking stays by the best val metric (a test score never picks).
+Seeds are replicates: runs whose configs are equal except for seed, name, tags, resume.*, logger.*,
+trainer.device and trainer.num_threads are one configuration. When a configuration has several runs, the table
+lists configurations (mean +- spread and n of the best val score, and of a scored split's), ranked by the mean,
+and each run below it; the spread is the sample standard deviation over the seeds, and the top two are "within
+noise" when their means differ by less than the larger spread. `seed` is never a grid axis: a 2 x 2 x 3-seed
+sweep draws a 2 x 2 heatmap of "mean +- spread". configurations.csv holds the configurations as numbers.
 Needs only the run directories, not W&B.
 """
 import argparse
@@ -134,15 +140,92 @@ def table_rows(runs: list[dict], keys: list[str]) -> list[list[str]]:
     return rows
 
 
-def top_two(runs: list[dict]) -> str:
-    """Is the winner's lead real? The noise rule (project/noise.py) on the two best runs."""
+def top_two(runs: list[dict], seeds: bool = False) -> str:
+    """Is the winner's lead real? The noise rule (project/noise.py) on the two best runs, or (`seeds`) the two best
+    configurations, whose spread is the sample standard deviation of their best scores over seeds."""
     if len(runs) < 2 or math.isnan(runs[1]["best"]):
         return ""
     a, b = runs[0], runs[1]
     delta = a["best"] - b["best"]
+    if seeds:
+        show = lambda c: f"{c['name']} {sweeps.fmt_spread(c['best'], c['spread'], c['n'])}"
+        return (f"\nTop two: {show(a)} and {show(b)}: means differ by {abs(delta):.4f} "
+                f"{noise.verdict(delta, a['spread'], b['spread'])}; a configuration's spread is the sample standard "
+                "deviation of its best score over seeds.\n")
     return (f"\nTop two: {a['name']} {fmt(a['best'])} and {b['name']} {fmt(b['best'])} differ by {abs(delta):.4f} "
             f"{noise.verdict(delta, a['spread'], b['spread'])}; a run's spread is the standard deviation of its "
             "last 5 validations.\n")
+
+
+def configurations(runs: list[dict]) -> list[dict]:
+    """Runs grouped into configurations (equal configs but for the replicate keys: seed, name, tags, resume.*,
+    logger.*, trainer.device, trainer.num_threads), in the order of their first run. Each: its runs, the mean,
+    spread (sample std over seeds) and n of their best scores and of each scored split, a status summary."""
+    groups = {}
+    for r in runs:
+        identity = (tuple(sorted((k, repr(v)) for k, v in r["config"].items() if not sweeps.is_replicate_key(k)))
+                    if r["config"] else ("no config", str(r["run_dir"])))  # a run without a config stands alone
+        groups.setdefault(identity, []).append(r)
+    configs = []
+    for members in groups.values():
+        members = sorted(members, key=lambda r: job_order(Path(r["name"])))  # jobs 0, 4, 8: the sweep's order
+        mean, spread, n = sweeps.mean_spread(r["best"] for r in members)
+        statuses = {}
+        for r in members:
+            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        parents = {r["parent_best"] for r in members}
+        configs.append({
+            "runs": members, "monitor": members[0]["monitor"], "higher": members[0]["higher"], "best": mean,
+            "spread": spread, "n": n, "config": members[0]["config"], "seeds": [r["config"].get("seed") for r in members],
+            "evals": {c: sweeps.mean_spread(r["evals"].get(c, math.nan) for r in members) for c in eval_columns(members)},
+            "status": ", ".join(f"{count} {status}" for status, count in statuses.items()),
+            "parent_best": parents.pop() if len(parents) == 1 else "mixed"})
+    return configs
+
+
+def configuration_rows(configs: list[dict], keys: list[str]) -> list[list[str]]:
+    """The ranked configurations: mean +- spread (n) of the best val score and of each scored split."""
+    m = configs[0]["monitor"]
+    evals = sorted(set().union(*(c["evals"] for c in configs)))
+    header = ["#", "runs", *keys, "n", f"best val {m}", *evals, "status"]
+    has_parent = any(c["parent_best"] is not None for c in configs)
+    if has_parent:
+        header += ["parent best", "vs parent"]
+    rows = [header]
+    for i, c in enumerate(configs, 1):
+        scored = []
+        for column in evals:
+            mean, spread, n = c["evals"].get(column, (math.nan, None, 0))
+            scored.append(sweeps.fmt_spread(mean, spread, n if n != c["n"] else None) if n else "-")
+        row = [str(i), ", ".join(r["name"] for r in c["runs"]), *(fmt_value(c["config"].get(k)) for k in keys),
+               str(c["n"]), sweeps.fmt_spread(c["best"], c["spread"]), *scored, c["status"]]
+        if has_parent:
+            parent = c["parent_best"]
+            if parent is None or parent == "mixed":
+                row += [parent or "-", "-"]
+            else:
+                row += [fmt(parent), "-" if math.isnan(c["best"]) else f"{c['best'] - parent:+.4f}"]
+        rows.append(row)
+    return rows
+
+
+def configuration_csv(configs: list[dict], keys: list[str], path: Path) -> None:
+    """configurations.csv: the same ranking as numbers (mean, spread and n in columns of their own)."""
+    m = configs[0]["monitor"]
+    evals = sorted(set().union(*(c["evals"] for c in configs)))
+    number = lambda v: "" if v is None or isinstance(v, float) and math.isnan(v) else repr(v)
+    header = ["rank", "runs", *keys, "n", f"best val {m} mean", f"best val {m} spread"]
+    header += [f"{column} {part}" for column in evals for part in ("mean", "spread", "n")]
+    rows = [header + ["status"]]
+    for i, c in enumerate(configs, 1):
+        row = [i, " ".join(r["name"] for r in c["runs"]), *(fmt_value(c["config"].get(k)) for k in keys), c["n"],
+               number(c["best"]), number(c["spread"])]
+        for column in evals:
+            mean, spread, n = c["evals"].get(column, (math.nan, None, 0))
+            row += [number(mean), number(spread), n]
+        rows.append(row + [c["status"]])
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
 
 
 def markdown(rows: list[list[str]]) -> str:
@@ -151,7 +234,9 @@ def markdown(rows: list[list[str]]) -> str:
     return "\n".join([line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows[1:])])
 
 
-def plot(runs: list[dict], keys: list[str], title: str, out: Path) -> None:
+def plot(runs: list[dict], keys: list[str], title: str, out: Path, configs: list[dict] | None = None) -> None:
+    """The val curve of every run; with `configs` (seeds as replicates) one colour and one legend entry per
+    configuration, its seeds drawn in that colour."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -159,10 +244,22 @@ def plot(runs: list[dict], keys: list[str], title: str, out: Path) -> None:
 
     m = runs[0]["monitor"]
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for r in runs:
+    colour, legend = {}, {}
+    for i, c in enumerate(configs or []):
+        for j, r in enumerate(c["runs"]):
+            colour[id(r)] = f"C{i % 10}"
+            if j == 0:
+                legend[id(r)] = (f"{c['name']}: {sweeps.fmt_spread(c['best'], c['spread'])} "
+                                 f"over {c['n']} seed{'s' if c['n'] != 1 else ''}")
+    ordered = [r for c in configs for r in c["runs"]] if configs else runs  # the legend in ranking order
+    for r in ordered:
         label = r["name"] + (": " + ", ".join(f"{k}={fmt_value(r['config'].get(k))}" for k in keys) if keys else "")
         epochs, values = zip(*r["curve"])
-        line, = ax.plot(epochs, values, "o-", ms=3, lw=1.5, label=f"{label} (best {fmt(r['best'])})")
+        if configs:
+            line, = ax.plot(epochs, values, "o-", ms=2, lw=1, alpha=0.8, color=colour[id(r)],
+                            label=legend.get(id(r), "_nolegend_"))
+        else:
+            line, = ax.plot(epochs, values, "o-", ms=3, lw=1.5, label=f"{label} (best {fmt(r['best'])})")
         if r["best_epoch"] is not None:
             ax.plot([r["best_epoch"]], [r["best"]], "o", color=line.get_color(), ms=6)
         if r["parent_best"] is not None:
@@ -193,6 +290,14 @@ def compare(paths: list[str], out=None, evals: dict | None = None) -> dict:
                         "cannot be ranked together. Compare runs of the same task.")
     runs = rank(runs)
     keys = swept_keys(runs)
+    configs = configurations(runs)
+    seeds = any(len(c["runs"]) > 1 for c in configs)  # replicates: the table is by configuration
+    if seeds:
+        config_keys = [k for k in swept_keys(configs) if not sweeps.is_replicate_key(k)]
+        for c in configs:
+            c["name"] = (", ".join(f"{k}={fmt_value(c['config'].get(k))}" for k in config_keys) or
+                         "runs " + ", ".join(r["name"] for r in c["runs"]))
+        configs = rank(configs)
     sweep_dir = Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "metrics.csv").is_file() else None
     search = sweeps.trials(sweep_dir, runs) if sweep_dir else None
     if search and search["best"] is not None:
@@ -203,10 +308,19 @@ def compare(paths: list[str], out=None, evals: dict | None = None) -> dict:
     out = Path(out) if out else Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path.cwd()
     out.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out / "comparison.md", "csv": out / "comparison.csv", "png": out / "comparison.png"}
-    text = markdown(rows) + "\n"
     where = paths[0] if len(paths) == 1 else f"{len(runs)} runs"
     m, higher = runs[0]["monitor"], runs[0]["higher"]
-    text += top_two(runs)
+    if seeds:  # configurations first (ranked by the mean over seeds), then every run
+        files["configurations"] = out / "configurations.csv"
+        configuration_csv(configs, config_keys, files["configurations"])
+        text = markdown(configuration_rows(configs, config_keys)) + "\n" + top_two(configs, seeds=True)
+        text += (f"\n{len(configs)} configurations, {len(runs)} runs: a configuration's runs differ only in seed, "
+                 "name, tags, resume.*, logger.*, trainer.device or trainer.num_threads; `best val` is the mean +- "
+                 "sample standard deviation of their best scores, ranked by the mean.\n\nEach run:\n\n"
+                 + markdown(rows) + "\n")
+    else:
+        text = markdown(rows) + "\n"
+        text += top_two(runs)
     scored = eval_columns(runs)
     if scored:
         text += (f"\n{', '.join(f'`{c}`' for c in scored)}: the best weights scored on that split (segmentation at "
@@ -216,15 +330,17 @@ def compare(paths: list[str], out=None, evals: dict | None = None) -> dict:
     if g:  # a grid over two values: the best score of each cell, as text and as a heatmap
         files["grid"], files["heatmap"] = out / "grid.csv", out / "heatmap.png"
         sweeps.write_grid_csv(g, files["grid"])
-        text += f"\nBest val {m} per grid cell ({g['y']} down, {g['x']} across):\n\n" + markdown(sweeps.grid_rows(g)) + "\n"
-        sweeps.heatmap(g, m, higher, f"Best val {m}: {where}", files["heatmap"])
+        over = f", mean +- spread over {g['replicates']} seeds" if g["replicates"] > 1 else ""
+        text += (f"\nBest val {m} per grid cell ({g['y']} down, {g['x']} across{over}):\n\n"
+                 + markdown(sweeps.grid_rows(g)) + "\n")
+        sweeps.heatmap(g, m, higher, f"Best val {m}{over}: {where}", files["heatmap"])
         for column in scored:  # the scored split per cell: a job without that score is "-", not failed
             name = "heatmap_" + "_".join(column.replace("(", "").replace(")", "").split())  # heatmap_test_dataset_f1
             e = sweeps.grid(sweep_dir, [{**r, "best": r["evals"].get(column, math.nan)} for r in runs])
             e["cells"] = {k: "-" if v == sweeps.FAILED and g["cells"][k] != sweeps.FAILED else v
                           for k, v in e["cells"].items()}
             files[name] = out / f"{name}.png"
-            text += f"\n{column} per grid cell (best weights):\n\n" + markdown(sweeps.grid_rows(e)) + "\n"
+            text += f"\n{column} per grid cell (best weights{over}):\n\n" + markdown(sweeps.grid_rows(e)) + "\n"
             sweeps.heatmap(e, m, higher, f"{column}: {where}", files[name], label=column,
                            mark=(sweeps.best_cell(g, higher), "val's pick"))  # the test score picks nothing
     if search:  # an Optuna search: the score of each trial over the searched values
@@ -239,10 +355,19 @@ def compare(paths: list[str], out=None, evals: dict | None = None) -> dict:
     files["markdown"].write_text(text)
     with open(files["csv"], "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    plot(runs, keys, f"Val {m}: {where} (best run: {runs[0]['name']})", files["png"])
-    return {"monitor": runs[0]["monitor"], "swept": keys, "table": rows, "files": {k: str(v) for k, v in files.items()},
-            "runs": [{k: (str(v) if k == "run_dir" else v) for k, v in r.items() if k not in ("config", "curve")}
-                     | {"values": {k: r["config"].get(k) for k in keys}} for r in runs]}
+    best = f"\nbest configuration: {configs[0]['name']}" if seeds else f" (best run: {runs[0]['name']})"
+    plot(runs, keys, f"Val {m}: {where}{best}", files["png"], configs if seeds else None)
+    result = {"monitor": runs[0]["monitor"], "swept": keys, "table": rows, "files": {k: str(v) for k, v in files.items()},
+              "runs": [{k: (str(v) if k == "run_dir" else v) for k, v in r.items() if k not in ("config", "curve")}
+                       | {"values": {k: r["config"].get(k) for k in keys}} for r in runs]}
+    if seeds:
+        result["configurations"] = [
+            {"name": c["name"], "runs": [r["name"] for r in c["runs"]], "seeds": c["seeds"], "n": c["n"],
+             "mean": c["best"], "spread": c["spread"], "status": c["status"],
+             "evals": {col: dict(zip(("mean", "spread", "n"), v)) for col, v in c["evals"].items()},
+             "values": {k: c["config"].get(k) for k in config_keys}} for c in configs]
+        result["configuration_table"] = configuration_rows(configs, config_keys)
+    return result
 
 
 def main(argv=None) -> int:

@@ -1,12 +1,17 @@
 """A sweep at a glance, for compare: the grid of a two-parameter sweep as a heatmap, an Optuna search as the
 score of each trial over the searched values.
 
+Seeds are replicates, never an axis: jobs equal in everything but the values `is_replicate_key` names (the seed,
+what only names, tags, continues, logs or places a run) are one configuration, and a grid cell holds the mean and
+the spread (sample standard deviation) over its jobs, so a 2 x 2 x 3-seed sweep is still a 2 x 2 grid.
+
 Read from the sweep directory alone: each job's `.hydra/` (its overrides, the sweeper that made it) and, for the
 basic sweeper, `multirun.yaml` (the swept lists, so that a grid point whose job never wrote metrics still has a
 cell). A job dir without metrics.csv, or whose runs never scored, is a failed job or trial.
 """
 import csv
 import math
+import statistics
 from pathlib import Path
 
 import yaml
@@ -14,6 +19,31 @@ import yaml
 from project.runs import fmt
 
 FAILED, MISSING = "failed", "missing"
+
+# Values that do not make two runs different configurations: runs equal in everything else are replicates (issue 19)
+REPLICATE_KEYS = {"seed", "name", "tags", "trainer.device", "trainer.num_threads"}
+REPLICATE_PREFIXES = ("resume.", "logger.", "tags.")
+
+
+def is_replicate_key(key: str) -> bool:
+    """seed, name, tags, resume.*, logger.*, trainer.device, trainer.num_threads (config keys or override keys;
+    a config-group choice such as `logger=csv` counts as its group)."""
+    key = key.lstrip("+~")
+    return key in REPLICATE_KEYS or key in ("resume", "logger") or key.startswith(REPLICATE_PREFIXES)
+
+
+def mean_spread(values) -> tuple[float, float | None, int]:
+    """(mean, sample standard deviation or None below 2 values, n) of the numbers that are not NaN."""
+    known = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not known:
+        return math.nan, None, 0
+    return statistics.fmean(known), statistics.stdev(known) if len(known) >= 2 else None, len(known)
+
+
+def fmt_spread(mean: float, spread: float | None, n: int | None = None, sep: str = " ") -> str:
+    """'0.5123 +- 0.0150' ('0.5123' without a spread), '(n=2)' appended when n is given."""
+    text = fmt(mean) + (f"{sep}+- {fmt(spread)}" if spread is not None else "")
+    return text + (f" (n={n})" if n is not None else "")
 
 
 def jobs(sweep_dir: Path) -> list[dict]:
@@ -61,18 +91,36 @@ def scores_by_job(sweep_dir: Path, runs: list[dict]) -> list[dict]:
 
 
 def grid(sweep_dir: Path, runs: list[dict]) -> dict | None:
-    """A sweep over exactly two values: {"x", "y", "xs", "ys", "cells": {(x, y): score, 'failed' or 'missing'}}."""
-    lists = swept_lists(sweep_dir)
+    """A sweep over exactly two values (seeds and the other replicate keys are not axes): {"x", "y", "xs", "ys",
+    "cells": {(x, y): mean score, 'failed' or 'missing'}, "spread": {(x, y): sample std over the cell's jobs or None},
+    "n": {(x, y): scored jobs}, "replicates": the most jobs in one cell}."""
+    lists = {k: v for k, v in swept_lists(sweep_dir).items() if not is_replicate_key(k)}
     found = scores_by_job(sweep_dir, runs)
     if len(lists) != 2 or not found:
         return None
     (y, ys), (x, xs) = lists.items()  # the first swept key down the rows, the second across
-    cells = {(a, b): MISSING for a in xs for b in ys}
+    scores = {(a, b): [] for a in xs for b in ys}
+    jobs_in = {key: 0 for key in scores}
     for job in found:
         key = (job["overrides"].get(x), job["overrides"].get(y))
-        if key in cells:
-            cells[key] = FAILED if job["failed"] else job["best"]
-    return {"x": x, "y": y, "xs": xs, "ys": ys, "cells": cells}
+        if key in scores:
+            jobs_in[key] += 1
+            scores[key].append(job["best"])
+    stats = {key: mean_spread(values) for key, values in scores.items()}
+    cells = {key: MISSING if not jobs_in[key] else FAILED if not stats[key][2] else stats[key][0] for key in scores}
+    return {"x": x, "y": y, "xs": xs, "ys": ys, "cells": cells, "spread": {k: v[1] for k, v in stats.items()},
+            "n": {k: v[2] for k, v in stats.items()}, "replicates": max(jobs_in.values())}
+
+
+def cell_text(g: dict, key, sep: str = " ") -> str:
+    """A cell as text: '0.5123' (one job per cell, as before seeds were replicates), '0.5123 +- 0.0150' (the mean
+    and spread over its seeds), '(n=2)' added where fewer jobs than the grid's most scored; 'failed', 'missing'."""
+    v = g["cells"][key]
+    if not isinstance(v, float):
+        return v
+    replicates = g.get("replicates", 1)
+    n = g.get("n", {}).get(key, 1)
+    return fmt_spread(v, g.get("spread", {}).get(key), n if replicates > 1 and n < replicates else None, sep)
 
 
 def best_cell(g: dict, higher: bool):
@@ -84,7 +132,7 @@ def grid_rows(g: dict) -> list[list[str]]:
     """The grid as text: one row per y value, one column per x value."""
     rows = [[f"{g['y']} \\ {g['x']}", *g["xs"]]]
     for b in g["ys"]:
-        rows.append([b, *(fmt(v) if isinstance(v, float) else v for v in (g["cells"][(a, b)] for a in g["xs"]))])
+        rows.append([b, *(cell_text(g, (a, b)) for a in g["xs"])])
     return rows
 
 
@@ -113,7 +161,7 @@ def heatmap(g: dict, monitor: str, higher: bool, title: str, out: Path, label: s
     for i, b in enumerate(g["ys"]):
         for j, a in enumerate(g["xs"]):
             v = g["cells"][(a, b)]
-            text = fmt(v) if isinstance(v, float) else v
+            text = cell_text(g, (a, b), sep="\n")
             ax.text(j, i, text + (f"\n{note}" if (a, b) == best else ""), ha="center", va="center", fontsize=10,
                     color="white" if isinstance(v, float) and image.norm(v) < 0.6 else "black", fontweight="bold" if (a, b) == best else None)
             if (a, b) == best:
