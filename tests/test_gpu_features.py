@@ -162,5 +162,5 @@ def test_a_v1_checkpoint_resumes_and_matches_its_uninterrupted_run(tmp_path):
     for a, b in zip(got["optimizer_state_dict"]["state"].values(), ref["optimizer_state_dict"]["state"].values(),
                     strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert "epoch 2 from batch 32" in proc.stdout
+    assert_resumed(proc.stdout, fixture, 82, got, epoch=1, batch=32)  # "epochs 1 -> 3 (epoch 2 from batch 32)"
 
