@@ -31,14 +31,22 @@ def find_checkpoint(spec: str, mode: str, search_dirs: list[Path], exclude: Path
     if spec == "latest":
         candidates = sorted((p for d in search_dirs if d.is_dir() for p in d.rglob(f"checkpoints/{name}")
                              if exclude not in p.parents), key=lambda p: p.stat().st_mtime, reverse=True)
-        live = []  # newest first; resume=full never continues a run that is still training
+        live, trials = [], []  # newest first; resume=full never continues a run that is still training
         for path in candidates:
+            marked = limited_run(path)
+            if marked:  # a debug run or another trial (trainer.limit_*_batches, overfit_batches): never picked
+                trials.append(path.parents[1])
+                log.info("resume.checkpoint=latest skips %s: a limited run (%s), a trial rather than a training "
+                         "run. To continue it anyway, name it: resume.checkpoint=%s", trials[-1],
+                         ", ".join(f"trainer.{k}={v}" for k, v in marked.items()), trials[-1])
+                continue
             if mode != "full" or not rundir.is_locked(path.parents[1]):
                 return path
             live.append(path.parents[1])
             log.warning("resume.checkpoint=latest skips %s: %s", live[-1], still_training(live[-1]))
         where = " or ".join(str(d) for d in search_dirs)
         busy = f" ({len(live)} run(s) with one are still training, e.g. {live[0]})" if live else ""
+        busy += f" ({len(trials)} limited run(s) skipped, e.g. {trials[0]})" if trials else ""
         raise UserError(
             f"resume.checkpoint=latest found no run with checkpoints/{name} under {where}{busy}. Train one "
             "first (python run.py), or name the checkpoint: resume.checkpoint=/path/to/run_dir or /path/to/file.pth.")
@@ -58,6 +66,20 @@ def find_checkpoint(spec: str, mode: str, search_dirs: list[Path], exclude: Path
         raise UserError(f"resume.checkpoint={spec!r} does not exist. Pass a .pth file, a run directory "
                         "(outputs/<date>/<time>), or latest.")
     return path
+
+
+def limited_run(path: Path) -> dict | None:
+    """A checkpoint's `limited` mark ({"limit_train_batches": 3, ...}: a run that trained or validated on part of
+    the data, or overfit a few batches), read with its tensors memory-mapped (not loaded); None for a full run, a
+    file written before the mark existed, or one that does not load (the resume reports that when it loads it)."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(checkpoint.numpy_scalar_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return state.get("limited") if isinstance(state, dict) else None
 
 
 def still_training(run_dir: Path) -> str:

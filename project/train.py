@@ -139,6 +139,7 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
         run.writer.wait()
         raise WorkerDied(worker_died_message(run, e)) from None
     report(run, summary)
+    overfit_verdict(run, summary)
     if test_line:
         log.info("%s", test_line)
     return summary
@@ -288,21 +289,32 @@ def check_overfit(t, data: dict) -> None:
 def batches_per_epoch(run: Run, split: str) -> int:
     """Batches an epoch trains ("train") or a validation scores ("val"): all of them, or as trainer.overfit_batches
     or trainer.limit_<split>_batches say (an int: that many, at most all; a float: that fraction, at least one)."""
+    limit = batch_limit(run, split)
+    return math.ceil(len(split_data(run, split)) / run.cfg.trainer.batch_size) if limit is None else limit
+
+
+def batch_limit(run: Run, split: str) -> int | None:
+    """The first how many batches of an epoch's order are used; None: all (an unlimited run's loops unchanged)."""
     t = run.cfg.trainer
-    full = math.ceil(len(run.data[split]) / t.batch_size)
-    if t.get("overfit_batches"):
-        return t.overfit_batches
-    limit = t.get(f"limit_{split}_batches")
+    full = math.ceil(len(split_data(run, split)) / t.batch_size)
+    limit = t.get("overfit_batches") or t.get(f"limit_{split}_batches")
     if limit is None:
-        return full
-    return min(limit, full) if isinstance(limit, int) else max(1, int(full * limit))
+        return None
+    n = min(limit, full) if isinstance(limit, int) else max(1, int(full * limit))
+    return None if n == full else n
+
+
+def split_data(run: Run, split: str):
+    """The dataset a split's loader reads: overfit_batches validates on the (unaugmented) training split."""
+    return run.data["overfit_val"] if split == "val" and "overfit_val" in run.data else run.data[split]
 
 
 def limits(cfg) -> dict | None:
     """The settings that make a run a trial rather than a training run (the checkpoints' `limited` key); None for
     a run that trains on everything."""
     t = cfg.trainer
-    found = {k: t.get(k) for k in ("limit_train_batches", "limit_val_batches", "overfit_batches") if t.get(k)}
+    found = {k: t.get(k) for k in ("limit_train_batches", "limit_val_batches", "overfit_batches")
+             if t.get(k) and not (isinstance(t.get(k), float) and t.get(k) == 1.0)}  # 1.0: all of them
     return found or None
 
 
@@ -355,9 +367,11 @@ def score_start(run: Run) -> None:
     model = run.state["ema"].module if run.validates_ema else run.model
     val = {}
     if distributed.current().main:
-        val = evaluate(model, objective, run.loaders["val"], run.device, run.data, run.autocast_dtype)
+        val = evaluate(model, objective, run.loaders["val"], run.device, run.data, run.autocast_dtype,
+                       limit=batch_limit(run, "val"))
     val = distributed.broadcast(val)
     per_class = val.pop("per_class", {})
+    val.pop("batches", None)
     score = val[objective.monitor]
     progress.start_score = {"score": score, "epoch": progress.epoch, "metric": objective.monitor}
     progress.best_score, progress.best_epoch, progress.best_per_class = score, progress.epoch, per_class
@@ -437,24 +451,55 @@ def enter_phase(run: Run, index: int, start: int, lr_from_config: bool = False) 
 def train_loop(run: Run) -> dict:
     t, progress = run.cfg.trainer, run.state["progress"]
     interrupted = None
-    for epoch in range(progress.epoch, t.max_epochs):
-        if epoch >= run.phase["end"] or progress.phase_stopped and not run.phase["last"]:
-            progress.phase_index, progress.phase_start = run.phase["index"] + 1, epoch
-            progress.bad_epochs, progress.phase_stopped = 0, False
-            enter_phase(run, progress.phase_index, epoch)
-        interrupted = train_epoch(run, epoch)
-        if interrupted or end_epoch(run, epoch):
-            break
+    announce_limits(run)
+    if t.get("profiler", {}).get("enabled") and distributed.current().main:
+        from project.profiling import StepProfiler
+
+        run.profiler = StepProfiler(t.profiler, run.run_dir, run.device)
+    try:
+        for epoch in range(progress.epoch, t.max_epochs):
+            if epoch >= run.phase["end"] or progress.phase_stopped and not run.phase["last"]:
+                progress.phase_index, progress.phase_start = run.phase["index"] + 1, epoch
+                progress.bad_epochs, progress.phase_stopped = 0, False
+                enter_phase(run, progress.phase_index, epoch)
+            interrupted = train_epoch(run, epoch)
+            if interrupted or end_epoch(run, epoch):
+                break
+    finally:
+        if run.profiler is not None:
+            run.profiler.stop()
     return summarize(run, interrupted)
+
+
+def announce_limits(run: Run) -> None:
+    """Say what a limited or overfit run trains and validates, and that its checkpoints are marked as a trial."""
+    t, limited = run.cfg.trainer, limits(run.cfg)
+    if limited is None:
+        return
+    settings = ", ".join(f"trainer.{k}={v}" for k, v in limited.items())
+    train, val = batches_per_epoch(run, "train"), batches_per_epoch(run, "val")
+    if t.get("overfit_batches"):
+        what = (f"Overfitting {train} batches ({min(train * t.batch_size, len(run.data['train']))} samples): the "
+                f"first {train} of epoch 1's order, every epoch, validated on the same {val} batches without "
+                "augmentation")
+    else:
+        what = (f"Limited run: each epoch trains {train} of {math.ceil(len(run.data['train']) / t.batch_size)} "
+                f"batches, each validation scores {val} of {math.ceil(len(run.data['val']) / t.batch_size)}")
+    log.info("%s (%s). A trial, not a training run: its checkpoints are marked `limited`, "
+             "resume.checkpoint=latest skips it and project-compare labels it.", what, settings)
 
 
 def train_epoch(run: Run, epoch: int) -> str | None:
     """Train one epoch from progress.batch_in_epoch; returns the name of a stop signal that ended it early."""
     t, progress, meter = run.cfg.trainer, run.state["progress"], run.state["train_meter"]
-    start, n = progress.batch_in_epoch, math.ceil(len(run.data["train"]) / t.batch_size)
+    start, n = progress.batch_in_epoch, batches_per_epoch(run, "train")
     if start == 0:
         meter.reset(run.objective.meter(run.data, run.device))
-    batches = run.loaders["train"].epoch(epoch, start)  # the first epoch forks the workers (after the writer)
+    # overfit_batches: epoch 0's order every epoch; a limit ends the epoch after its first n batches
+    order = 0 if t.get("overfit_batches") else epoch
+    batches = run.loaders["train"].epoch(order, start)  # the first epoch forks the workers (after the writer)
+    if batch_limit(run, "train") is not None:
+        batches = itertools.islice(batches, max(n - start, 0))
     bar = tqdm(batches, total=n, initial=start, desc=f"epoch {epoch + 1}/{t.max_epochs}", leave=False,
                disable=None, dynamic_ncols=True)
     run.model.train()
@@ -479,6 +524,8 @@ def train_epoch(run: Run, epoch: int) -> str | None:
         optimizer_step(run)
         progress.global_step += 1
         progress.batch_in_epoch = i + 1
+        if run.profiler is not None:
+            run.profiler.step()
         if distributed.current().enabled:  # every rank stops at the same step, whichever caught the signal
             run.stop.signum = distributed.agree_stop(run.stop.signum)
         if progress.global_step % t.log_every_n_steps == 0 or i + 1 == n:
@@ -491,7 +538,7 @@ def train_epoch(run: Run, epoch: int) -> str | None:
             return run.stop.caught
     bar.close()
     if epoch + 1 < t.max_epochs:  # workers load the next epoch's first batches while this one validates and saves
-        run.loaders["train"].prefetch(epoch + 1)
+        run.loaders["train"].prefetch(order if t.get("overfit_batches") else epoch + 1)
     return None
 
 
@@ -574,11 +621,12 @@ def end_epoch(run: Run, epoch: int) -> bool:
     t, phase, progress, meter = run.cfg.trainer, run.phase, run.state["progress"], run.state["train_meter"]
     meter.loss_sum = distributed.mean(meter.loss_sum)  # the job's train loss and metrics, not one rank's
     meter.meter.load_state_dict(distributed.sum_counts(meter.meter.state_dict()))
-    train_metrics = meter.compute(math.ceil(len(run.data["train"]) / t.batch_size))
+    train_metrics = meter.compute(batches_per_epoch(run, "train"))
     lr = run.state["optimizer"].param_groups[0]["lr"]
+    trained = progress.batch_in_epoch  # the epoch's batches, up to the last optimizer step
     progress.epoch, progress.batch_in_epoch, progress.train_metrics = epoch + 1, 0, train_metrics
     # validate every trainer.eval_interval epochs of a phase, and at its end; patience counts validations
-    val = {}
+    val, validated = {}, None
     if (epoch + 1 - progress.phase_start) % t.eval_interval == 0 or epoch + 1 == phase["end"]:
         # several ranks: rank 0 validates the whole set (the job's numbers, as one process would) with the
         # unwrapped model, the others take its result so that every rank decides the same
@@ -586,9 +634,11 @@ def end_epoch(run: Run, epoch: int) -> bool:
         if run.validates_ema:
             model = run.state["ema"].module
         if distributed.current().main:
-            val = evaluate(model, run.objective, run.loaders["val"], run.device, run.data, run.autocast_dtype)
+            val = evaluate(model, run.objective, run.loaders["val"], run.device, run.data, run.autocast_dtype,
+                           limit=batch_limit(run, "val"))
         val = distributed.broadcast(val)
         per_class = val.pop("per_class", {})
+        validated = val.pop("batches", None)
         progress.val_metrics = val
     improved, phase_improved = record_scores(run, val, epoch)
     if improved:
@@ -627,6 +677,9 @@ def end_epoch(run: Run, epoch: int) -> bool:
              train_metrics["loss"], format_metrics(train_metrics),
              f"val loss {val['loss']:.4f} {format_metrics(val)}" if val else "no validation this epoch",
              "  *best*" if improved else "  *phase best*" if phase_improved and len(run.schedule) > 1 else "")
+    if limits(run.cfg):  # a trial: what it really ran
+        log.info("  (limited run: %d training batches this epoch%s)", trained,
+                 f", {validated} validation batches" if validated is not None else "")
     if progress.phase_stopped:
         best = progress.phase_best[phase["key"]]
         log.info("Early stopping in phase %r: no improvement of val %s for %d epochs (best %.4f at epoch %d).",
@@ -695,6 +748,7 @@ def summary_keys(run: Run, early_stopping: dict) -> dict:
         "classes": list(run.data.get("classes") or []), "data_split": run.data.get("split"),
         "model_args": run.data["model_args"],  # what the model was built with: load_model needs no data
         "provenance": run.provenance,  # the code (git commit, dirty) and versions of this start (environment.json)
+        "limited": limits(run.cfg),  # a trial (limit_*_batches, overfit_batches): latest skips it, compare labels it
         objective.keys["best"]: phase_best.get("score", nan),
         objective.keys["current"]: progress.val_metrics.get(objective.monitor, nan),
         final.keys["best"]: nan if progress.best_score is None else progress.best_score,
@@ -783,6 +837,35 @@ def report(run: Run, summary: dict) -> None:
                  "beats" if delta > 0 else "does not beat", parent["score"], parent["epoch"], parent["path"], delta)
 
 
+def overfit_verdict(run: Run, summary: dict) -> None:
+    """trainer.overfit_batches: did the train loss (metrics.csv) fall below 10% of its first epoch's value? A recipe
+    that cannot fit a few batches is broken, whatever a long run would show."""
+    n = run.cfg.trainer.get("overfit_batches")
+    if not n or summary["status"].startswith("interrupted") or not distributed.current().main:
+        return
+    rows = [r for r in read_rows(run.run_dir / "metrics.csv") if r.get("phase") != "start" and r.get("train_loss")]
+    if len(rows) < 2:
+        log.warning("Overfit check: %d epoch(s) trained, too few to tell whether the recipe can fit %d batches; "
+                    "train longer (debug=overfit trains 50 epochs).", len(rows), n)
+        return
+    first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
+    ratio = last / first if first > 0 else math.inf
+    val = run.state["progress"].val_metrics
+    where = (f"train loss {first:.4f} (epoch {rows[0]['epoch']}) -> {last:.4f} (epoch {rows[-1]['epoch']}), "
+             f"{ratio:.1%} of its first value; val on the same {n} batches without augmentation: "
+             + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
+    summary["overfit"] = {"batches": n, "first_train_loss": first, "last_train_loss": last, "ratio": ratio,
+                          "fits": ratio < 0.1}
+    if ratio < 0.1:
+        log.info("Overfit check passed: the train loss fell below 10%% of its first value (%s). The recipe can fit "
+                 "%d batches.", where, n)
+    else:
+        log.warning("Overfit check FAILED: the train loss did not fall below 10%% of its first value (%s). The "
+                    "recipe cannot fit %d batches, so it is broken: look at the learning rate (optimizer.lr), the "
+                    "loss and the targets it gets, the model's output (classes, activation) and the data (inputs "
+                    "and labels aligned?) before a long run.", where, n)
+
+
 def announce(run: Run) -> None:
     """Prepare the run dir and say what this run is."""
     t, progress, model = run.cfg.trainer, run.state["progress"], run.model
@@ -827,13 +910,15 @@ def run_meta(cfg, config: dict, schedule: list, plan, job: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, objective, loader: RunLoader, device, data, dtype=None) -> dict:
-    """The objective's validation scores, and per class ("per_class": {"f1/<class>": ...}) where it has them."""
+def evaluate(model, objective, loader: RunLoader, device, data, dtype=None, limit: int | None = None) -> dict:
+    """The objective's validation scores, and per class ("per_class": {"f1/<class>": ...}) where it has them;
+    "batches": how many were scored (all, or the first `limit`: trainer.limit_val_batches, overfit_batches)."""
     model.eval()
     meter = objective.val_meter(data, device) if hasattr(objective, "val_meter") else objective.meter(data, device)
     generator = torch.Generator().manual_seed(0)  # val masks (SimMIM) are the same every epoch
     total, batches = torch.zeros((), device=device), 0
-    for batch in loader.epoch(0):  # keys (0, 0, index): the same samples every time
+    batches_ = loader.epoch(0)  # keys (0, 0, index): the same samples every time
+    for batch in batches_ if limit is None else itertools.islice(batches_, limit):
         batch = tuple(b.to(device, non_blocking=True) for b in batch)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss, outputs = objective(model, batch, generator=generator)
@@ -841,7 +926,8 @@ def evaluate(model, objective, loader: RunLoader, device, data, dtype=None) -> d
         batches += 1
         meter.update(outputs, batch)
     scores = {"loss": (total / max(batches, 1)).item(), **meter.compute()}
-    return {**scores, "per_class": meter.per_class()} if hasattr(meter, "per_class") else scores
+    scores = {**scores, "per_class": meter.per_class()} if hasattr(meter, "per_class") else scores
+    return {**scores, "batches": batches}
 
 
 def better(score, best, higher_is_better: bool, min_delta: float = 0.0) -> bool:

@@ -62,6 +62,28 @@ def check_config(cfg: DictConfig) -> None:
         bad("trainer.max_nonfinite_skips", t.max_nonfinite_skips, "must be >= 0")
     if t.compile and t.compile_backend not in ("inductor", "aot_eager", "eager", "cudagraphs"):
         bad("trainer.compile_backend", t.compile_backend, "choose inductor (default), aot_eager or eager")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = t.get(key)
+        if value is not None and not is_limit(value):
+            bad(f"trainer.{key}", value, f"give a number of batches (an int >= 1, e.g. trainer.{key}=10), a "
+                "fraction of them (a float in (0, 1], e.g. 0.25; 1.0 = all), or null for all")
+    overfit = t.get("overfit_batches")
+    if overfit is not None and (isinstance(overfit, bool) or not isinstance(overfit, int) or overfit < 0):
+        bad("trainer.overfit_batches", overfit, "give a number of batches (an int, e.g. trainer.overfit_batches=4), "
+            "or 0 / null to turn it off")
+    elif overfit and any(t.get(k) is not None for k in ("limit_train_batches", "limit_val_batches")):
+        problems.append(
+            f"trainer.overfit_batches={overfit} trains and validates on exactly those {overfit} batches, so "
+            f"trainer.limit_train_batches={t.get('limit_train_batches')!r} and trainer.limit_val_batches="
+            f"{t.get('limit_val_batches')!r} would contradict it: leave both null (limit_train_batches=null "
+            "limit_val_batches=null) or turn overfitting off (trainer.overfit_batches=null).")
+    profiler = t.get("profiler") or {}
+    if profiler.get("enabled"):
+        steps = {k: profiler.get(k) for k in ("wait", "warmup", "active", "row_limit")}
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in steps.values()) or min(steps.values()) < 0 \
+                or steps["active"] < 1 or steps["row_limit"] < 1:
+            bad("trainer.profiler", steps, "wait and warmup are optimizer steps >= 0, active >= 1 steps are "
+                "recorded and row_limit >= 1 operators are listed, e.g. trainer.profiler.active=6")
     check_switches(t, bad)
     if cfg.loss.get("dice_weight", 0) < 0:
         bad("loss.dice_weight", cfg.loss.dice_weight, "the Dice weight must be >= 0")
@@ -96,3 +118,10 @@ def check_switches(t, bad) -> None:
     if channels_last is not None and not isinstance(channels_last, bool):
         bad("trainer.channels_last", channels_last, "the memory format is switched on or off: "
             "trainer.channels_last=true or false")
+
+
+def is_limit(value) -> bool:
+    """trainer.limit_*_batches: an int count >= 1 or a float fraction in (0, 1] (bools are not numbers here)."""
+    if isinstance(value, bool):
+        return False
+    return (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value <= 1)

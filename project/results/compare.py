@@ -66,6 +66,7 @@ def summarize(run_dir: Path) -> dict:
     if path is not None:
         status = (("early stopped" if state["early_stopping"].get("stopped") else "done")
                   if path.name == "final_model.pth" else "unfinished")
+        status += limited_label(state.get("limited"))
     return {"run_dir": run_dir, "monitor": monitor, "higher": higher, "best": best, "best_epoch": best_epoch,
             "epochs": rows[-1]["epoch"], "status": status, "parent_best": parent.get("score"),
             "parent": parent.get("path"), "config": flatten(run_config(run_dir, state)),
@@ -73,6 +74,17 @@ def summarize(run_dir: Path) -> dict:
             # the noise rule (project/noise.py), over the run's own validations (not a continuation's start row)
             "spread": noise.spread([r.get(f"val_{monitor}") for r in rows if r.get("phase") != "start"]),
             "evals": eval_scores(run_dir)}
+
+
+def limited_label(limited: dict | None) -> str:
+    """' (limited: train 3, val 2 batches)', ' (overfit 4 batches)': a trial, its scores not a training run's."""
+    if not limited:
+        return ""
+    if limited.get("overfit_batches"):
+        return f" (overfit {limited['overfit_batches']} batches)"
+    parts = [f"{split} {limited[f'limit_{split}_batches']:g}" for split in ("train", "val")
+             if limited.get(f"limit_{split}_batches")]
+    return f" (limited: {', '.join(parts)} batches)"
 
 
 def eval_column(result: dict) -> str:
