@@ -120,6 +120,7 @@ def test_a_2x2x3_seed_sweep_is_a_2x2_table_and_heatmap_of_means(seed_sweep, caps
         assert row["test dataset_f1"] == test
         assert row["status"] == f"{len(bests)} done"
     assert rows[0]["runs"] == "6, 7, 8" and rows[-1]["runs"] == "9, 10"  # jobs of a configuration, in order
+    assert rows[0]["tags"] == "t1,t2,t3" and rows[-1]["tags"] == "t1,t2"  # the labels of its runs
 
     # the top two: 0.0233 apart with seed spreads 0.0252 and 0.0100: within noise, by the noise rule
     (a, b) = [expected[k][0] for k in ranking[:2]]

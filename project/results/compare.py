@@ -195,11 +195,17 @@ def configurations(runs: list[dict]) -> list[dict]:
     return configs
 
 
+def configuration_tags(c: dict) -> str:
+    """The tags=[...] of a configuration's runs, together ('-' for none)."""
+    return ",".join(sorted({str(t) for r in c["runs"] for t in r["config"].get("tags") or []})) or "-"
+
+
 def configuration_rows(configs: list[dict], keys: list[str]) -> list[list[str]]:
     """The ranked configurations: mean +- spread (n) of the best val score and of each scored split."""
     m = configs[0]["monitor"]
     evals = sorted(set().union(*(c["evals"] for c in configs)))
-    header = ["#", "runs", *keys, "n", f"best val {m}", *evals, "status"]
+    tagged = any(configuration_tags(c) != "-" for c in configs)  # as the run table: shown when any run has one
+    header = ["#", "runs", *["tags"] * tagged, *keys, "n", f"best val {m}", *evals, "status"]
     has_parent = any(c["parent_best"] is not None for c in configs)
     if has_parent:
         header += ["parent best", "vs parent"]
@@ -209,8 +215,9 @@ def configuration_rows(configs: list[dict], keys: list[str]) -> list[list[str]]:
         for column in evals:
             mean, spread, n = c["evals"].get(column, (math.nan, None, 0))
             scored.append(sweeps.fmt_spread(mean, spread, n if n != c["n"] else None) if n else "-")
-        row = [str(i), ", ".join(r["name"] for r in c["runs"]), *(fmt_value(c["config"].get(k)) for k in keys),
-               str(c["n"]), sweeps.fmt_spread(c["best"], c["spread"]), *scored, c["status"]]
+        row = [str(i), ", ".join(r["name"] for r in c["runs"]), *[configuration_tags(c)] * tagged,
+               *(fmt_value(c["config"].get(k)) for k in keys), str(c["n"]), sweeps.fmt_spread(c["best"], c["spread"]),
+               *scored, c["status"]]
         if has_parent:
             parent = c["parent_best"]
             if parent is None or parent == "mixed":

@@ -306,11 +306,11 @@ def plan(sweep_dir, typed: list[str] = (), launcher: str | None = None) -> Plan:
             continue
         identity = job_identity(overrides)
         job = by_identity.get(identity)
-        if job is None:
-            mine = {k: v for k, v in identity}
-            odd = {k: v for k, v in identity if all((k, v) not in j.identity for j in jobs)}
-            missing = sorted({k for j in jobs for k, _ in j.identity} - set(mine))
-            what = " ".join(f"{k}={v}" for k, v in sorted(odd.items())) or f"without {', '.join(missing)}"
+        if job is None:  # name what no job of the sweep ran: a value, a key the sweep lacks, a key it lacks
+            keys = {k for j in jobs for k, _ in j.identity}
+            odd = [f"{k}={v}" for k, v in sorted(identity) if all((k, v) not in j.identity for j in jobs)]
+            odd += [f"without {k}" for k in sorted(keys - {k for k, _ in identity})]
+            what = ", ".join(odd) or show(identity)
             raise UserError(
                 f"The job dir {d} ran {what}, which is not a job of this sweep ({' '.join(task)}). Move it out of "
                 f"the sweep dir, or continue the sweep with that value added to its list (project-sweep continue "
