@@ -27,10 +27,12 @@ def kill_when(proc, run_dir: Path, aim_at_write: bool, rng: random.Random, start
         if proc.poll() is not None:
             return {}
         time.sleep(0.005)
-    # before the first checkpoint exists every kill waits for a write: on a loaded machine the first epoch may take
-    # longer than any random delay, and kills that all land before it would never let the run progress
-    aim_at_write = aim_at_write or not (ckpts / "last.pth").exists()
-    deadline = time.time() + (120 if aim_at_write else rng.uniform(0.0, 1.5))
+    # no kill before the run's first checkpoint is published: on a loaded machine the first epoch may take longer
+    # than any random delay, and kills that all landed before it would never let the run progress
+    first = time.time() + 300
+    while not (ckpts / "last.pth").exists() and time.time() < first and proc.poll() is None:
+        time.sleep(0.005)
+    deadline = time.time() + (10 if aim_at_write else rng.uniform(0.0, 1.5))
     while time.time() < deadline and proc.poll() is None:
         if aim_at_write and writing(ckpts, proc.pid):
             break
