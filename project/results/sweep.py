@@ -73,7 +73,8 @@ def values_of(o) -> list[str]:
     """The values of an override, each read back as Hydra writes it into a job's overrides: several for a list."""
     if o.is_sweep_override():
         if not o.is_discrete_sweep():
-            raise UserError(f"{o.input_line!r} is not a list of values (Hydra's basic sweeper cannot expand it).")
+            raise UserError(f"{o.input_line!r} is not a list of values, which Hydra's basic sweeper cannot expand "
+                            "into jobs. Type the values: key=a,b,c (or range(start,stop,step)).")
         return [canonical(parse(f"{o.get_key_element()}={v}").value()) for v in o.sweep_string_iterator()]
     return [canonical(o.value())]
 
@@ -192,6 +193,9 @@ def apply_typed(sweep_dir: Path, task: list[str], typed: list[str]) -> tuple[lis
         if key.startswith("hydra.launcher."):
             launcher.append(text)
             continue
+        if key == "hydra/launcher":
+            raise UserError(f"{text}: choose the launcher with --launcher {o.value()} (its hydra.launcher.* settings "
+                            "may follow as overrides).")
         if key.startswith(("hydra.", "hydra/")):
             raise UserError(f"{text} changes Hydra's settings of the sweep; project-sweep continue keeps them (the "
                             "sweep dir and its layout are the sweep's own). Only hydra.launcher.* (how the jobs run) "
