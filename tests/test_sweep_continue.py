@@ -75,6 +75,7 @@ def test_a_local_gpus_sweep_stopped_by_sigterm_is_continued(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "Sweep stopped by SIGTERM" in out and "jobs not started: none" in out, out
+    assert f"project-sweep continue {sweep}" in " ".join(out.split()), out  # the command that finishes it
     assert "2 of 4 jobs failed (2 interrupted)" in " ".join(out.split()), out
 
     jobs = dirs_by_job(sweep)

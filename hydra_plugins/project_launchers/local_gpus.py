@@ -316,8 +316,8 @@ class LocalGpusLauncher(Launcher):
         if self.stop_signal is not None:
             sweep_dir = shlex.quote(str(Path(str(self.config.hydra.sweep.dir)).absolute()))
             summary.append(f"Sweep stopped by {signal.Signals(self.stop_signal).name}: the running jobs were asked to "
-                           f"save their last.pth and stop; jobs not started: {not_started or 'none'}. The same sweep "
-                           f"command with hydra.sweep.dir={sweep_dir} continues every job where it stopped.")
+                           f"save their last.pth and stop; jobs not started: {not_started or 'none'}. Finish it with: "
+                           f"project-sweep continue {sweep_dir} (every job continues where it stopped).")
         if failed:
             stopped = sum("interrupted: " in line for line in lines)
             summary.append(f"{len(failed)} of {len(done)} jobs failed" + (f" ({stopped} interrupted)" if stopped else "")
