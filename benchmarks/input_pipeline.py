@@ -130,6 +130,11 @@ def trial(make, cfg, data, epochs: int) -> dict:
     return {"first": firsts, "total": totals, "images": images}
 
 
+def steady(got: dict) -> float:
+    """Training images/s after the first epoch (validation included in the time)."""
+    return sum(got["images"][1:]) / sum(got["total"][1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -157,34 +162,40 @@ def main() -> None:
             write_folder(root, args.images, max(4, args.images // 8), args.size, args.classes)
             print(f"wrote {args.images} + {max(4, args.images // 8)} JPEGs of {args.size}px with PNG masks to {root} "
                   f"in {time.perf_counter() - t0:.1f} s", flush=True)
+        setups = {}
+        for workers in args.workers:
+            cfg = compose(root, args, workers)
+            setups[workers] = cfg, tasks.build_data(cfg)
+        for i in range(len(setups[args.workers[0]][1]["train"])):  # warm-up: files in the page cache, code paths
+            setups[args.workers[0]][1]["train"][i]
         results = {}
         for r in range(args.rounds):
             for workers in args.workers:
-                cfg = compose(root, args, workers)
-                data = tasks.build_data(cfg)
+                cfg, data = setups[workers]
                 order = [("framework", framework_epochs), ("plain", plain_epochs)]
                 for name, make in order if r % 2 == 0 else order[::-1]:
                     got = trial(make, cfg, data, args.epochs)
                     results.setdefault((workers, name), []).append(got)
-                    steady = sum(got["images"][1:]) / sum(got["total"][1:])
-                    print(f"round {r + 1} workers {workers} {name:9s}: {steady:6.1f} img/s, first batch "
+                    print(f"round {r + 1} workers {workers} {name:9s}: {steady(got):6.1f} img/s, first batch "
                           + ", ".join(f"{f * 1000:.0f}" for f in got["first"]) + " ms", flush=True)
 
     print(f"\n{args.images} JPEGs {args.size}px -> {args.image_size}px, augment={args.augment}, batch "
           f"{args.batch_size}, {args.epochs} epochs per trial, median of {args.rounds} rounds")
-    print("| workers | framework img/s | plain img/s | ratio | first batch, epoch 1 (framework / plain) "
-          "| first batch, later epochs (framework / plain) |")
+    print("| workers | framework img/s | plain img/s | ratio (of the medians; median of the rounds' ratios) "
+          "| first batch, epoch 1 (framework / plain) | first batch, later epochs (framework / plain) |")
     print("|---|---|---|---|---|---|")
     for workers in args.workers:
         row = {}
         for name in ("framework", "plain"):
             trials = results[(workers, name)]
-            row[name] = (statistics.median(sum(t["images"][1:]) / sum(t["total"][1:]) for t in trials),
+            row[name] = (statistics.median(steady(t) for t in trials),
                          statistics.median(t["first"][0] for t in trials) * 1000,
                          statistics.median(f for t in trials for f in t["first"][1:]) * 1000)
         fw, pl = row["framework"], row["plain"]
-        print(f"| {workers} | {fw[0]:.1f} | {pl[0]:.1f} | {fw[0] / pl[0]:.3f} | {fw[1]:.0f} / {pl[1]:.0f} ms "
-              f"| {fw[2]:.0f} / {pl[2]:.0f} ms |")
+        paired = statistics.median(steady(a) / steady(b) for a, b in zip(results[(workers, "framework")],
+                                                                         results[(workers, "plain")]))
+        print(f"| {workers} | {fw[0]:.1f} | {pl[0]:.1f} | {fw[0] / pl[0]:.3f}; {paired:.3f} | {fw[1]:.0f} / "
+              f"{pl[1]:.0f} ms | {fw[2]:.0f} / {pl[2]:.0f} ms |")
 
 
 if __name__ == "__main__":
