@@ -170,11 +170,14 @@ def plot(rows: list[dict], v: dict, title: str, out: Path) -> None:
     panels = [(axes[0], "loss", "loss")] if m == "loss" else [(axes[0], "loss", "loss"), (axes[1], m, m)]
     for ax, key, label in panels:
         train, val = series(rows, f"train_{key}"), series(rows, f"val_{key}")
-        # only the epochs that were validated (trainer.eval_interval > 1 leaves the others empty)
+        # the validated epochs (trainer.eval_interval > 1 leaves the others empty; a continuation's start row and a
+        # validation-only score such as image_f_score have no train value); the gap where both exist
+        validated = [(e, u) for e, u in zip(epochs, val) if not math.isnan(u)]
         xs = [e for e, t, u in zip(epochs, train, val) if not (math.isnan(t) or math.isnan(u))]
         train_at, val_at = [train[epochs.index(e)] for e in xs], [val[epochs.index(e)] for e in xs]
         ax.plot(epochs, train, "o-", ms=3, color="tab:blue", label=f"train {label}")
-        ax.plot(xs, val_at, "o-", ms=3, color="tab:orange", label=f"val {label}")
+        if validated:
+            ax.plot(*zip(*validated), "o-", ms=3, color="tab:orange", label=f"val {label}")
         # red where train is ahead of val (the overfitting direction), blue where val is ahead
         ahead = [better(t, u, higher_is_better(key)) for t, u in zip(train_at, val_at)]
         ax.fill_between(xs, train_at, val_at, where=ahead, interpolate=True, color="tab:red", alpha=0.15,
