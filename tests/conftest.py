@@ -58,6 +58,18 @@ def load(path):
     return torch.load(path)  # as users do: torch's default weights_only=True
 
 
+def tensors(value):
+    """Every tensor in a checkpoint's tree."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from tensors(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from tensors(v)
+
+
 def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -10,7 +10,7 @@ import re
 
 import torch
 
-from conftest import TINY, TINY_DATA, load, run_cli, train_tiny
+from conftest import TINY_DATA, load, run_cli, train_tiny
 
 # TINY_DATA: 48 training samples (6 batches of 8) and 16 validation samples (2 batches), 32x32 images, seed 42
 UNET_TINY = [*TINY_DATA, "model=unet", "model.base_channels=8"]

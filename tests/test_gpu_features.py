@@ -7,7 +7,7 @@ import shutil
 import torch
 
 from conftest import (ROOT, TINY, assert_resumed, assert_same, assert_same_state, load, run_cli, stop_with_sigterm,
-                      train_tiny)
+                      tensors, train_tiny)
 
 FEATURES = ["trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=3", "trainer.gradient_clip_val=1.0",
             "trainer.ema.decay=0.9"]
@@ -106,15 +106,6 @@ def test_compiled_checkpoints_resume_in_eager_mode_and_back(tmp_path):
 
 
 def all_finite(run_dir):
-    def tensors(value):
-        if isinstance(value, torch.Tensor):
-            yield value
-        elif isinstance(value, dict):
-            for v in value.values():
-                yield from tensors(v)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                yield from tensors(v)
     files = sorted((run_dir / "checkpoints").glob("*.pth"))
     assert files
     return all(torch.isfinite(t.float()).all() for f in files for t in tensors(load(f)) if t.is_floating_point())

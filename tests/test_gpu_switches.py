@@ -10,24 +10,13 @@ import sys
 
 import torch
 
-from conftest import ROOT, TINY, TINY_DATA, assert_same_state, load, run_cli, train_tiny
+from conftest import ROOT, TINY, TINY_DATA, assert_same_state, load, run_cli, tensors, train_tiny
 
 # The default model (a U-Net: 4-D convolutions, BatchNorm, transposed convolutions), CPU-sized.
 UNET = [*TINY_DATA, "model=unet", "model.base_channels=4"]
 # channels-last on the CPU takes other convolution kernels: after 12 AdamW steps (lr 2e-3) the weights measured
 # at most 8.4e-5 apart and the val loss 1e-6; the tolerances leave room for other CPUs
 WEIGHT_ATOL, LOSS_RTOL = 1e-3, 1e-4
-
-
-def tensors(value):
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from tensors(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from tensors(v)
 
 
 def environment(run_dir) -> list[dict]:

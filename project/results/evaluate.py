@@ -421,7 +421,7 @@ def report(result: dict) -> str:
     if result.get("training_val"):
         t = result["training_val"]
         size = result["image_size"]
-        lines.append(f"  (training validated these weights on its val split" + (
+        lines.append("  (training validated these weights on its val split" + (
             f" at {size}x{size}, masks resized: {t['metric']} {fmt(t['value'])}; another measurement)"
             if result["task"] == "segmentation" else f": {t['metric']} {fmt(t['value'])})"))
     lines.append("  Per class:")

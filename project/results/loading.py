@@ -47,8 +47,6 @@ def load(target, checkpoint: str = "best", overrides: list[str] | None = None, w
          ema: str = "auto"):
     """(model in eval mode on the CPU, cfg, saved dict, path). Our files are built from their own config (and
     `overrides` on top); another script's file from the config the overrides compose."""
-    import torch
-
     from project import checkpoint as ckpt, foreign, phases, resume, tasks
 
     path = checkpoint_path(target, checkpoint)
