@@ -97,7 +97,10 @@ def test_full_restores_their_adam_moments_exactly(files, tmp_path):
     assert ours.keys() == theirs.keys() and len(ours) == 101
     for i in theirs:
         assert all(torch.equal(ours[i][k], theirs[i][k]) for k in ("exp_avg", "exp_avg_sq", "step"))
-    assert run.state["progress"].epoch == 92 and run.state["progress"].best_score == 0.6889
+    progress = run.state["progress"]
+    # their epoch is restored; their best (another script's metric) is shown as the parent's, never the bar
+    assert progress.epoch == 92 and progress.best_score is None
+    assert progress.parent_best["score"] == 0.6889 and progress.parent_best["foreign"]
 
 
 def test_full_without_optimizer_state_suggests_reset_optimizer(files, tmp_path):
