@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TINY, load, run_cli, stop_with_sigterm
+from project.loggers import read_rows
 
 WANDB = Path(sys.executable).parent / "wandb"
 TINY_NO_DROPOUT = [o for o in TINY if not o.startswith(("model.dropout=", "logger="))]  # the sweep sets model.dropout
@@ -95,6 +96,11 @@ def test_sweep_gives_one_offline_run_per_job_in_one_group(sweep):
         assert summary["best_val_f_score"] == final["best_f_score"] and summary["best_epoch"] == final["best_epoch"]
         assert summary["status"] == "done" and summary["val/f_score"] == final["val_f_score"]
         assert (sweep / job / "metrics.csv").read_text().count("\n") == 3  # the CSV record is kept as well
+        # per-class scores as val/<metric>/<class name>, the last validation's in the summary (NaN ones left out)
+        last = read_rows(sweep / job / "per_class.csv")[-1]
+        sent = {k: float(v) for k, v in last.items() if k not in ("epoch", "phase") and v != "nan"}
+        assert "f1/background" in sent and "iou/triangle" in last
+        assert all(summary[f"val/{k}"] == pytest.approx(v) for k, v in sent.items())
 
 
 def test_full_resume_continues_the_same_wandb_run(sweep, wandb_env, tmp_path):
