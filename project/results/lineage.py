@@ -104,6 +104,8 @@ def write(run_dir: Path, data: dict) -> None:
     except OSError as e:  # a full disk or a read-only mount: said as for checkpoints (project/rundir.py)
         from project.rundir import disk_error
 
+        tmp.unlink(missing_ok=True)  # a partial temp file must not keep holding the space
+
         error = disk_error(e, path)
         if error is None:
             raise
