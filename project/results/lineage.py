@@ -105,7 +105,6 @@ def write(run_dir: Path, data: dict) -> None:
         from project.rundir import disk_error
 
         tmp.unlink(missing_ok=True)  # a partial temp file must not keep holding the space
-
         error = disk_error(e, path)
         if error is None:
             raise
