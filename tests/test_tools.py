@@ -218,7 +218,7 @@ def test_analyze_reads_the_curves_a_checkpoint_keeps(tmp_path, capsys):
     assert "overfitting   from epoch 4" in out
     assert_png(tmp_path / "their_best_model_analysis.png")
     torch.save({"model_state_dict": {"w": torch.zeros(2)}}, path)
-    assert analyze.main([str(path)]) == 2 and "holds no `history`" in capsys.readouterr().err
+    assert analyze.main([str(path)]) == 2 and "holds no `history`" in " ".join(capsys.readouterr().err.split())
 
 
 def test_analyze_bad_input_is_one_paragraph_and_exit_2(tmp_path):
@@ -302,7 +302,8 @@ def test_console_scripts_are_prefixed_and_shadow_nothing():
     parser.read(ROOT / "setup.cfg")
     scripts = dict(line.split(" = ") for line in parser["options.entry_points"]["console_scripts"].strip().splitlines())
     assert scripts == {f"project-{name}": f"project.results.{name}:main"
-                       for name in ("inspect", "analyze", "compare", "preview", "evaluate", "predict", "export")}
+                       for name in ("inspect", "analyze", "compare", "preview", "evaluate", "predict", "export", "lineage",
+                                    "sweep")}
     for module in ("project.inspect", "project.analyze", "project.compare", "project.results.preview"):
         proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 0 and "usage:" in proc.stdout, f"python -m {module}: {proc.stderr}"
