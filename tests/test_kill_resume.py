@@ -19,7 +19,8 @@ def writing(ckpts: Path, pid: int) -> bool:
     return ckpts.is_dir() and any(p.name.endswith(f".{pid}.tmp") for p in ckpts.iterdir())
 
 
-def kill_when(proc, run_dir: Path, aim_at_write: bool, rng: random.Random, starts_before: int) -> dict:
+def kill_when(proc, run_dir: Path, aim_at_write: bool, rng: random.Random, starts_before: int,
+              wait_for_checkpoint: bool = False) -> dict:
     """SIGKILL the run once it trains: either the moment a checkpoint write is seen in flight (its temp file), or
     at a random moment up to 1.5 s after this start announced itself. Returns what was true at the kill."""
     ckpts, log = run_dir / "checkpoints", run_dir / "training.log"
@@ -27,10 +28,10 @@ def kill_when(proc, run_dir: Path, aim_at_write: bool, rng: random.Random, start
         if proc.poll() is not None:
             return {}
         time.sleep(0.005)
-    # no kill before the run's first checkpoint is published: on a loaded machine the first epoch may take longer
-    # than any random delay, and kills that all landed before it would never let the run progress
+    # wait_for_checkpoint: once a kill has landed before the run's first checkpoint, the next waits for it (on a
+    # loaded machine the first epoch may take longer than any random delay, and the run would never progress)
     first = time.time() + 300
-    while not (ckpts / "last.pth").exists() and time.time() < first and proc.poll() is None:
+    while wait_for_checkpoint and not (ckpts / "last.pth").exists() and time.time() < first and proc.poll() is None:
         time.sleep(0.005)
     deadline = time.time() + (10 if aim_at_write else rng.uniform(0.0, 1.5))
     while time.time() < deadline and proc.poll() is None:
@@ -59,7 +60,8 @@ def test_sigkill_at_random_moments_and_inside_writes_then_matches_uninterrupted(
     for i in range(KILLS):
         starts = (run_dir / "training.log").read_text().count("Run dir ") if (run_dir / "training.log").exists() else 0
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        kill = kill_when(proc, run_dir, aim_at_write=i % 2 == 1, rng=rng, starts_before=starts)
+        kill = kill_when(proc, run_dir, aim_at_write=i % 2 == 1, rng=rng, starts_before=starts,
+                         wait_for_checkpoint=any(not k["after_checkpoint"] for k in kills))
         if not kill:
             break  # it finished before this kill
         kills.append(kill)
