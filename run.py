@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from project import rundir
+from project.rundirs import lock as rundir
 from project.errors import DiskError, Interrupted, RunDirUnavailable, TrainingDiverged, UserError, WorkerDied
 
 log = logging.getLogger("run")
@@ -72,7 +72,7 @@ def main(cfg: DictConfig) -> float | None:
         if dist.main:
             rundir.acquire(run_dir)  # one process per run dir, before anything is written into it
             rundir.write_records(run_dir, cfg, hc, job["overrides"])
-        from project.train import train
+        from project.recipe.train import train
 
         summary = train(cfg, run_dir, [cwd / "outputs", cwd / "multirun"], job)
     except Exception as e:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from project.checkpoint import state_difference  # the tests' bit-for-bit comparison (needs no pytest)
+from project.checkpoints.files import state_difference  # the tests' bit-for-bit comparison (needs no pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
 

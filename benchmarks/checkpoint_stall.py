@@ -6,7 +6,7 @@ Builds the run as run.py does (+experiment=swin_admoe, so model=swin_mmoe_story 
 optimizer step), then, alternating, times
   - synchronous: serialise the training state and write it atomically (fsync, rename), as the trainer did before
     the background writer: the training thread waits for all of it;
-  - background: project.train.save() returns once the state is snapshotted to CPU memory; the write happens
+  - background: project.recipe.train.save() returns once the state is snapshotted to CPU memory; the write happens
     in the writer thread (its time is printed too, but training does not wait for it).
 The stall ratio is background / synchronous (medians). Target: <= 0.20.
 """
@@ -23,7 +23,7 @@ def build(model: str, tmp: Path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from project import train
+    from project.recipe import train
     from project.data.loader import epoch_batches
 
     overrides = ["+experiment=swin_admoe", f"model={model}", "schedule=single", "data.image_size=64",
@@ -40,8 +40,9 @@ def build(model: str, tmp: Path):
 
 
 def synchronous(run) -> float:
-    from project import checkpoint, state
-    from project.train import summary_keys
+    from project import state
+    from project.checkpoints import files as checkpoint
+    from project.recipe.train import summary_keys
 
     start = time.perf_counter()
     ckpt = {"format": checkpoint.FORMAT, **state.state_dicts(run.state)}
@@ -51,7 +52,7 @@ def synchronous(run) -> float:
 
 
 def background(run) -> tuple[float, float]:
-    from project.train import save
+    from project.recipe.train import save
 
     start = time.perf_counter()
     save(run, ["last.pth"])

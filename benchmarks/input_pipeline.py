@@ -70,7 +70,7 @@ def framework_epochs(cfg, data, epochs: int):
     do with them. Yields (train batches, what to do after them: prefetch and validate)."""
     import torch
 
-    from project import train
+    from project.recipe import train
 
     loaders = train.build_loaders(cfg, data, torch.device("cpu"))
 

@@ -48,7 +48,7 @@ def compose(epochs: int, threads: int | None, setup: str = "default"):
 
 
 def run_trainer(cfg, work: Path) -> int:
-    from project.train import train
+    from project.recipe.train import train
 
     logging.basicConfig(filename=work / "training.log", level=logging.INFO)
     summary = train(cfg, work, search_dirs=[])

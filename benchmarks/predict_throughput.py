@@ -3,7 +3,7 @@
 Trains nothing. The model is the one `python run.py` builds by default (model=unet: base_channels 16, depth 2),
 composed from conf/ with `data=celebamask` (19 classes, image_size 512), its weights as initialised. The images
 are generated 512x512 JPEG faces (project.data.fake_faces). What is timed is project-predict's own loop
-(project.results.predict.run_model): decode, resize to the training size, normalise, forward (twice with
+(project.commands.predict.run_model): decode, resize to the training size, normalise, forward (twice with
 --tta flip), probabilities back to the image's size, argmax, and the mask PNG written; one batch is run before
 the clock starts. The machine's load average (uptime) is printed before and after, since a shared CPU changes
 the figure.
@@ -36,7 +36,7 @@ def build(size: int, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
     from project import tasks
-    from project.results import loading
+    from project.checkpoints import loading
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["data=celebamask", f"data.image_size={size}", *overrides])
@@ -65,7 +65,7 @@ def main() -> int:
     import torch
 
     from project.data import fake_faces
-    from project.results import predict
+    from project.commands import predict
 
     if args.threads:
         torch.set_num_threads(args.threads)

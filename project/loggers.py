@@ -307,7 +307,7 @@ def append_rows(path: Path, rows: list[dict]) -> None:
     try:
         _append_rows(path, rows)
     except OSError as e:  # a full disk or a read-only mount: say so plainly (project/rundir.py)
-        from project.rundir import disk_error
+        from project.rundirs.lock import disk_error
 
         error = disk_error(e, path)
         if error is None:

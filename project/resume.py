@@ -11,10 +11,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from project import checkpoint, foreign, phases, rundir
+from project import phases
+from project.checkpoints import files as checkpoint
+from project.checkpoints import foreign
+from project.rundirs import lock as rundir
 from project.errors import UserError
-from project.foreign import FORMAT as FOREIGN
-from project.runs import flatten
+from project.checkpoints.foreign import FORMAT as FOREIGN
+from project.rundirs.reading import flatten
 from project.state import RESTORES
 from project.validate import check_config
 

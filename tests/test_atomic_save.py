@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, TINY_DATA, assert_resumed, load, run_cli
-from project import checkpoint, rundir
+from project.checkpoints import files as checkpoint
+from project.rundirs import lock as rundir
 from project.errors import DiskError
 
 
@@ -70,7 +71,7 @@ def test_a_temp_name_left_by_a_failed_save_never_writes_through_to_a_published_f
 
     import torch
 
-    from project.checkpoint import save_atomic
+    from project.checkpoints.files import save_atomic
 
     save_atomic({"epoch": 1}, [tmp_path / "last.pth", tmp_path / "best_model.pth"])
     stale = tmp_path / f".last.pth.{os.getpid()}.tmp"

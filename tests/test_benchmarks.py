@@ -8,7 +8,7 @@ import sys
 import torch
 
 from conftest import ROOT
-from project.checkpoint import state_difference
+from project.checkpoints.files import state_difference
 
 TEST_ONLY = ("pytest", "optuna")  # setup.cfg's test extra (hydra-optuna-sweeper, sqlalchemy, alembic come with optuna)
 
@@ -28,7 +28,7 @@ def test_every_benchmark_shows_its_help_without_the_test_packages(tmp_path):
 
 
 def test_the_chaos_benchmarks_comparison_finds_any_difference():
-    """benchmarks/chaos.py's bit-for-bit verdict (project.checkpoint.state_difference, no pytest needed)."""
+    """benchmarks/chaos.py's bit-for-bit verdict (project.checkpoints.files.state_difference, no pytest needed)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())

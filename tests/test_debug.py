@@ -31,7 +31,7 @@ def val_loss_on(run_dir, pick):
     """The loss of the run's final weights on the batches `pick(data)` returns, computed here from scratch: the
     run's own config and data builder, the objective the config names, the model in eval mode."""
     from project import phases, tasks
-    from project.results.loading import load_model
+    from project.checkpoints.loading import load_model
 
     model, cfg = load_model(run_dir, "final")
     objective = phases.build_objective(cfg, phases.plan(cfg)[-1])
@@ -103,7 +103,7 @@ def test_debug_overfit_fits_four_batches_of_the_default_model(tmp_path):
 def test_debug_fast_then_latest_skips_it_and_compare_labels_it(tmp_path):
     """A real run, then a newer debug=fast run: resume.checkpoint=latest continues the real one and says which it
     skipped; project-compare marks the debug run in its status column."""
-    from project.results.compare import compare
+    from project.commands.compare import compare
 
     full = tmp_path / "outputs" / "full"
     run_cli(*UNET_TINY, "trainer.max_epochs=1", f"hydra.run.dir={full}", cwd=tmp_path)

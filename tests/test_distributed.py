@@ -76,7 +76,8 @@ def _count_syncs(rank: int, port: int, out_dir: str) -> None:
     from omegaconf import OmegaConf
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    from project import distributed, train
+    from project import distributed
+    from project.recipe import train
     from project.runtime import StopRequest
 
     distributed.init(60)

@@ -16,7 +16,8 @@ from PIL import Image
 
 from conftest import ROOT, run_cli
 from project.data import fake_faces
-from project.results import compare, evaluate
+from project.commands import compare
+from project.commands import evaluate
 
 TRAIN = ["data=celebamask", "data.val_fraction=0.2", "data.image_size=32", "model.base_channels=4",
          "trainer.max_epochs=3", "trainer.batch_size=4", "optimizer.lr=0.02", "trainer.num_threads=1",
@@ -59,7 +60,7 @@ def unlabelled(tmp_path_factory):
 
 
 def direct(run_dir: Path, split: str, tta: bool = False) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(file, prediction, mask) per image, computed here without project.results: the saved weights, the image
+    """(file, prediction, mask) per image, computed here without project.commands: the saved weights, the image
     resized to 32x32 and normalised as in training, softmax, the probabilities resized bilinearly to the mask's
     size, argmax."""
     from torchvision.transforms import v2
@@ -190,7 +191,7 @@ def test_test_after_fit_scores_the_best_weights_once(run):
     assert results["source"] == "trainer.test_after_fit"
     assert results["metrics"]["dataset_f1"] == pytest.approx(want["dataset_f1"], abs=1e-9)
     assert results["metrics"]["image_f1"] == pytest.approx(want["image_f1"], abs=1e-9)
-    last = [line for line in run["log"].splitlines() if "[project.train]" in line][-1]
+    last = [line for line in run["log"].splitlines() if "[project.recipe.train]" in line][-1]
     assert f"dataset_f1 {results['metrics']['dataset_f1']:.4f}" in last and "original size" in last
     assert "Test (4 images, best weights of epoch" in last
     from test_wandb import wandb_run
@@ -238,7 +239,7 @@ def test_a_foreign_file_with_overrides_scores_as_the_run(run, tmp_path, capsys):
 
 
 def test_bad_input_is_one_paragraph_and_exit_2(run, unlabelled, tmp_path, capsys):
-    proc = subprocess.run([sys.executable, "-m", "project.results.evaluate", str(run["dir"]), "--split", "test",
+    proc = subprocess.run([sys.executable, "-m", "project.commands.evaluate", str(run["dir"]), "--split", "test",
                            "--data-root", str(unlabelled), *NOW], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2 and proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
     message = " ".join(proc.stderr.split())

@@ -39,14 +39,14 @@ def best(run):
 
 
 def export(*args, cwd=None) -> subprocess.CompletedProcess:
-    """The command as users type it (python -m project.results.export is project-export's module)."""
-    return subprocess.run([sys.executable, "-m", "project.results.export", *map(str, args)], cwd=cwd, env=ENV,
+    """The command as users type it (python -m project.commands.export is project-export's module)."""
+    return subprocess.run([sys.executable, "-m", "project.commands.export", *map(str, args)], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=300)
 
 
 def export_here(capsys, *args) -> tuple[int, str]:
     """The same command in this process (saves a torch start-up per call): exit status and what it printed."""
-    from project.results.export import main
+    from project.commands.export import main
 
     code = main([str(a) for a in args])
     out = capsys.readouterr()
@@ -255,7 +255,7 @@ def test_bad_input_is_one_paragraph_naming_the_value(run, tmp_path, capsys):
 
 def test_onnx_without_the_export_extra_says_how_to_install_it(run, tmp_path):
     code = ("import sys; sys.modules['onnxruntime'] = None; sys.modules['onnxscript'] = None\n"
-            "from project.results.export import main; sys.exit(main(sys.argv[1:]))")
+            "from project.commands.export import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", code, str(run), "--format", "onnx", "--out", str(tmp_path / "o")],
                           env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -265,7 +265,7 @@ def test_onnx_without_the_export_extra_says_how_to_install_it(run, tmp_path):
 
 
 def test_compare_allows_the_tolerance_and_near_ties_only():
-    from project.results.export import compare
+    from project.commands.export import compare
 
     want = torch.tensor([[0.0, 1.0], [5.0, 1.0000001], [2.0, -3.0]])[None]  # (batch 1, classes 3, positions 2)
     assert compare(want, want + 5e-6, 1e-4, 1e-5)["close"]
@@ -300,9 +300,9 @@ def test_console_script_and_lazy_imports():
     """project-export is installed; `import project` and the export module's start-up import no torch, onnx,
     onnxruntime or safetensors (they come when an export runs)."""
     scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
-    assert scripts.get("project-export") == "project.results.export:main"
+    assert scripts.get("project-export") == "project.commands.export:main"
     heavy = ("torch", "onnx", "onnxruntime", "onnxscript", "safetensors")
-    code = (f"import sys, project, project.results.export; from project import load_model; "
+    code = (f"import sys, project, project.commands.export; from project import load_model; "
             f"print([m for m in {heavy!r} if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -13,7 +13,7 @@ from torchvision import tv_tensors
 
 from conftest import ROOT, TINY_TRAINER, load, run_cli
 from project import distributed, tasks
-from project.results import preview
+from project.commands import preview
 from project.data import fake_faces, image_folder, splits
 from project.data.augment import FlipPairs
 from project.data.loader import batch_order

@@ -8,7 +8,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, load, run_cli, train_tiny
-from project import checkpoint, resume, train
+from project import resume
+from project.checkpoints import files as checkpoint
+from project.recipe import train
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +117,12 @@ def test_inspect_describes_their_file(files):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "project.inspect", str(files / "their_best_model.pth")],
+    proc = subprocess.run([sys.executable, "-m", "project.commands.inspect", str(files / "their_best_model.pth")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "not written by this framework" in proc.stdout and "under 'model_state_dict': 104 tensors" in proc.stdout
     assert "holds        weights, optimizer state, epoch 92, best_f_score 0.6889" in proc.stdout
     assert "lacks        config, RNG state, data position" in proc.stdout
-    ddp = subprocess.run([sys.executable, "-m", "project.inspect", str(files / "ddp.pth")], capture_output=True,
+    ddp = subprocess.run([sys.executable, "-m", "project.commands.inspect", str(files / "ddp.pth")], capture_output=True,
                          text=True, cwd=ROOT).stdout
     assert "every key starts with module." in ddp and "resume=full cannot (no optimizer state)" in ddp

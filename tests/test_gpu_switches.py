@@ -60,7 +60,7 @@ def test_channels_last_puts_the_model_and_every_4d_input_in_that_layout(tmp_path
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from project import train
+    from project.recipe import train
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*UNET, "trainer.channels_last=true", "trainer.ema.decay=0.9"])

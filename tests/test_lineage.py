@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from project.results import lineage
-from project.results.compare import compare
+from project.commands import lineage
+from project.commands.compare import compare
 
 CONFIG = {"model": {"dropout": 0.1}, "optimizer": {"lr": 2e-3, "weight_decay": 1e-4}, "trainer": {"max_epochs": 6},
           "logger": {"_target_": "project.loggers.CSVLogger"}, "tags": []}

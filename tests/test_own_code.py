@@ -154,7 +154,7 @@ def test_their_classes_as_they_are_train_and_continue_from_their_own_best_model(
     import subprocess
     import sys
 
-    from project import checkpoint
+    from project.checkpoints import files as checkpoint
 
     (tmp_path / "storypkg").mkdir()
     (tmp_path / "storypkg" / "__init__.py").write_text("")

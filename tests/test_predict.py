@@ -20,14 +20,14 @@ from torchvision.transforms import v2
 from conftest import ROOT, run_cli
 from project import load_model
 from project.data import fake_faces
-from project.results import predict
+from project.commands import predict
 
 PREDICT = Path(sys.executable).parent / "project-predict"  # the console script setup.cfg installs
 FLIP_PAIRS = [[4, 5], [6, 7], [8, 9]]
 
 
 def run_predict(*args, cwd: Path, pythonpath: str = "", module: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "project.results.predict"] if module else [str(PREDICT)]
+    cmd = [sys.executable, "-m", "project.commands.predict"] if module else [str(PREDICT)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, str(ROOT)) if p)}
     return subprocess.run([*cmd, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 

@@ -30,7 +30,7 @@ def starts(run_dir) -> list[dict]:
 
 
 def inspect(path) -> str:
-    proc = subprocess.run([sys.executable, "-m", "project.results.inspect", str(path)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "project.commands.inspect", str(path)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout

@@ -9,7 +9,7 @@ import optuna
 import yaml
 
 from conftest import TINY, load, run_cli
-from project import compare
+from project.commands import compare
 from test_tools import assert_png
 
 # TINY without the values searched or swept here: a plain key=value on the command line fixes a searched value

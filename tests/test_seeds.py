@@ -15,8 +15,8 @@ import yaml
 
 from conftest import load
 from project import noise
-from project.checkpoint import FORMAT
-from project.results import compare
+from project.checkpoints.files import FORMAT
+from project.commands import compare
 from test_tools import assert_png, table
 
 DROPOUTS, DECAYS, SEEDS = ("0.1", "0.25"), ("0.0001", "0.001"), ("1", "2", "3")

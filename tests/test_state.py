@@ -10,7 +10,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, assert_same
-from project import checkpoint, resume, state, train
+from project import resume, state
+from project.checkpoints import files as checkpoint
+from project.recipe import train
 from project.errors import UserError
 from project.runtime import StopRequest
 

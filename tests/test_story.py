@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import ROOT, load, run_cli
-from project import checkpoint
+from project.checkpoints import files as checkpoint
 from project.data import fake_faces
 
 
@@ -26,7 +26,7 @@ def test_their_model_and_file_to_a_submission(tmp_path):
 
     tool = lambda *args: subprocess.run([sys.executable, "-m", *args], env=mine, cwd=tmp_path, capture_output=True,
                                         text=True, timeout=600)
-    analyzed = tool("project.results.analyze", str(tmp_path / "their_best_model.pth"))
+    analyzed = tool("project.commands.analyze", str(tmp_path / "their_best_model.pth"))
     assert analyzed.returncode == 0 and "monitor val f_score" in analyzed.stdout, analyzed.stderr
 
     run = tmp_path / "continued"
@@ -41,10 +41,10 @@ def test_their_model_and_file_to_a_submission(tmp_path):
     best = load(run / "checkpoints" / "best_model.pth")
     assert best["monitor"] == "image_f_score" and best["best_image_f_score"] >= best["start_score"]["score"]
 
-    scored = tool("project.results.evaluate", str(run))
+    scored = tool("project.commands.evaluate", str(run))
     assert scored.returncode == 0 and "image_f1" in scored.stdout and "<- main (loss.metric)" in scored.stdout, \
         scored.stdout + scored.stderr
-    predicted = tool("project.results.predict", str(run), "--images", str(faces / "test" / "images"), "--out",
+    predicted = tool("project.commands.predict", str(run), "--images", str(faces / "test" / "images"), "--out",
                      str(tmp_path / "masks"), "--tta", "flip", "--zip", str(tmp_path / "submission.zip"), "--solution",
                      "--max-params", "1821084")
     assert predicted.returncode == 0, predicted.stdout + predicted.stderr

@@ -27,7 +27,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 def project_sweep(*args, cwd, timeout=600) -> subprocess.CompletedProcess:
     """project-sweep as a user runs it (a fresh process); the sweep it launches replaces that process."""
-    return subprocess.run([sys.executable, "-m", "project.results.sweep", *map(str, args)], cwd=cwd, env=ENV,
+    return subprocess.run([sys.executable, "-m", "project.commands.sweep", *map(str, args)], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
 
 

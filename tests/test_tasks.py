@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 from conftest import ROOT, run_cli
-from project import train
+from project.recipe import train
 from project.errors import UserError
 from project.runtime import StopRequest
 from test_configs_and_data import write_seg_folder

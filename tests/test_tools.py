@@ -13,9 +13,11 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, TINY, load, run_cli, train_tiny
-from project.results import analyze, compare, inspect
+from project.commands import analyze
+from project.commands import compare
+from project.commands import inspect
 from project.loggers import append_rows, read_rows
-from project.runs import metric_rows
+from project.rundirs.reading import metric_rows
 
 LRS = ["0.0002", "0.0008", "0.003"]
 
@@ -69,7 +71,7 @@ def assert_png(path, min_size=(600, 400)):
 
 def tool(name, *args) -> subprocess.CompletedProcess:
     """The tool as a user runs it: a fresh process; stderr with its line breaks undone, for matching."""
-    proc = subprocess.run([sys.executable, "-m", f"project.{name}", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", f"project.commands.{name}", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     proc.stderr = " ".join(proc.stderr.split())
     return proc
@@ -301,10 +303,10 @@ def test_console_scripts_are_prefixed_and_shadow_nothing():
     parser = configparser.ConfigParser()
     parser.read(ROOT / "setup.cfg")
     scripts = dict(line.split(" = ") for line in parser["options.entry_points"]["console_scripts"].strip().splitlines())
-    assert scripts == {f"project-{name}": f"project.results.{name}:main"
+    assert scripts == {f"project-{name}": f"project.commands.{name}:main"
                        for name in ("inspect", "analyze", "compare", "preview", "evaluate", "predict", "export", "lineage",
                                     "sweep")}
-    for module in ("project.inspect", "project.analyze", "project.compare", "project.results.preview"):
+    for module in ("project.commands.inspect", "project.commands.analyze", "project.commands.compare", "project.commands.preview"):
         proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 0 and "usage:" in proc.stdout, f"python -m {module}: {proc.stderr}"
     installed = Path(sys.executable).parent / "project-inspect"

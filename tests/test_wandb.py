@@ -63,7 +63,7 @@ def sweep(tmp_path_factory, wandb_env):
 
 def test_wandb_stays_off_the_start_up_path():
     """logger=csv runs must not pay for importing wandb."""
-    code = "import sys, project.loggers, project.train; assert 'wandb' not in sys.modules, 'wandb imported'"
+    code = "import sys, project.loggers, project.recipe.train; assert 'wandb' not in sys.modules, 'wandb imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
 
@@ -182,7 +182,7 @@ def test_a_continuation_names_its_parents_artifact_and_the_family_is_drawn(sweep
     assert family["mode"] == "reset_optimizer" and family["changed"]["model.dropout"] == [0.1, 0.3]
     assert family["wandb"] == {"run_id": run["run_id"], "artifact": None}
 
-    proc = subprocess.run([sys.executable, "-m", "project.results.lineage", str(sweep), str(child.parent),
+    proc = subprocess.run([sys.executable, "-m", "project.commands.lineage", str(sweep), str(child.parent),
                            str(tmp_path), "--json", "--out", str(tmp_path / "family.png")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr

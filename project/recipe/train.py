@@ -22,13 +22,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from project import checkpoint, distributed, foreign, noise, phases, resume, rng, tasks
+from project import distributed, noise, phases, resume, rng, tasks
+from project.checkpoints import files as checkpoint
+from project.checkpoints import foreign
 from project.data import splits
 from project.data.loader import RunLoader, is_worker_death
 from project.errors import DiskError, TrainingDiverged, UserError, WorkerDied
 from project.nonfinite import NonFiniteGuard
 from project.loggers import NullTracker, read_rows
-from project.results import lineage
+from project.commands import lineage
 from project import runtime
 from project.runtime import StopRequest, pick_device, record_environment, restore_history
 from project.state import EMA, RNG, Progress, TrainMeter, load_state_dicts, state_dicts
@@ -146,11 +148,11 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
 
 
 def test_after_fit(run: Run, summary: dict) -> str | None:
-    """trainer.test_after_fit: rank 0 scores best_model.pth once on a labelled test/ (project/results/evaluate.py):
+    """trainer.test_after_fit: rank 0 scores best_model.pth once on a labelled test/ (project/commands/evaluate.py):
     results.json, test/<metric> in the tracker's summary, the final log line. The test split never picks."""
     if not distributed.current().main:
         return None
-    from project.results.evaluate import after_fit
+    from project.commands.evaluate import after_fit
 
     return after_fit(run, summary)
 

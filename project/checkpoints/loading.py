@@ -47,7 +47,9 @@ def load(target, checkpoint: str = "best", overrides: list[str] | None = None, w
          ema: str = "auto"):
     """(model in eval mode on the CPU, cfg, saved dict, path). Our files are built from their own config (and
     `overrides` on top); another script's file from the config the overrides compose."""
-    from project import checkpoint as ckpt, foreign, phases, resume, tasks
+    from project import phases, resume, tasks
+    from project.checkpoints import files as ckpt
+    from project.checkpoints import foreign
 
     path = checkpoint_path(target, checkpoint)
     raw = ckpt.read(path)

@@ -102,7 +102,7 @@ def write(run_dir: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=1, default=str))
         os.replace(tmp, path)
     except OSError as e:  # a full disk or a read-only mount: said as for checkpoints (project/rundir.py)
-        from project.rundir import disk_error
+        from project.rundirs.lock import disk_error
 
         tmp.unlink(missing_ok=True)  # a partial temp file must not keep holding the space
         error = disk_error(e, path)
@@ -659,7 +659,7 @@ def lineage(paths: list[str] | None = None, out=None) -> dict:
 
 
 def main(argv=None) -> int:
-    from project.runs import fail, plain
+    from project.rundirs.reading import fail, plain
 
     parser = argparse.ArgumentParser(prog="project-lineage", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", help="run dirs, sweep dirs or folders holding them "

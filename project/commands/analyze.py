@@ -1,7 +1,7 @@
 """analyze RUN_DIR|CHECKPOINT: training curves as a PNG and a verdict in words.
 
-    python -m project.results.analyze outputs/2026-01-01/12-00-00 [--out curves.png] [--streak 3] [--json]
-    python -m project.results.analyze their_best_model.pth     # a file whose `history` holds the curves
+    python -m project.commands.analyze outputs/2026-01-01/12-00-00 [--out curves.png] [--streak 3] [--json]
+    python -m project.commands.analyze their_best_model.pth     # a file whose `history` holds the curves
 
 A checkpoint another script wrote often keeps its curves as `history`, a dict of lists (train_loss, val_f_score,
 lr, ...: one value per epoch); those are read as metrics.csv would be.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from project import noise
 from project.errors import UserError
-from project.runs import (check_run_dir, final_checkpoint, fail, fmt, guess_monitor, higher_is_better,
+from project.rundirs.reading import (check_run_dir, final_checkpoint, fail, fmt, guess_monitor, higher_is_better,
                           metric_rows, plain)
 
 
@@ -224,7 +224,7 @@ def plot(rows: list[dict], v: dict, title: str, out: Path) -> None:
 
 def history_rows(path: Path) -> list[dict]:
     """The `history` (a dict of equally long lists, one value per epoch) of a checkpoint file, as metric rows."""
-    from project import checkpoint  # imports torch: only when a checkpoint is really read
+    from project.checkpoints import files as checkpoint  # imports torch: only when a checkpoint is really read
 
     state = checkpoint.read(path)
     history = state.get("history") if isinstance(state, dict) else None

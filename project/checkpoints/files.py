@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from project import rundir
+from project.rundirs import lock as rundir
 from project.errors import UserError
 
 FORMAT = "project-checkpoint-v2"

@@ -122,7 +122,7 @@ def run_model(model, paths: list[Path], info: dict, out: Path, *, device, tta: b
     import torch
     from tqdm import tqdm
 
-    from project.results import inference
+    from project.evaluation import inference
 
     task = info["task"]
     rows = []
@@ -443,7 +443,7 @@ def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tt
     paths, others = image_list(images)
     sizes = image_sizes(paths)
 
-    from project.results import loading
+    from project.checkpoints import loading
 
     model, cfg, saved, ckpt_path = loading.load(target, checkpoint, list(overrides or []), ema=ema)
     info = loading.describe(cfg, saved)

@@ -1,7 +1,7 @@
 """compare SWEEP_DIR_OR_RUN_DIRS...: which run won, with the values that differ between the runs as columns.
 
-    python -m project.results.compare multirun/2026-01-01/12-00-00            # every run under a sweep directory
-    python -m project.results.compare outputs/2026-01-01/12-00-00 outputs/2026-01-02/09-30-00 [--out DIR] [--json]
+    python -m project.commands.compare multirun/2026-01-01/12-00-00            # every run under a sweep directory
+    python -m project.commands.compare outputs/2026-01-01/12-00-00 outputs/2026-01-02/09-30-00 [--out DIR] [--json]
 
 Runs are sorted by their best val metric (from metrics.csv). For continuations (resume=reset_optimizer) the
 parent's best and the difference are shown. Writes comparison.md, comparison.csv and comparison.png (val curves
@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 
 from project import noise
-from project.results import sweeps
+from project.commands import grid as sweeps
 from project.errors import UserError
-from project.runs import (check_run_dir, fail, final_checkpoint, flatten, fmt, fmt_value, guess_monitor,
+from project.rundirs.reading import (check_run_dir, fail, final_checkpoint, flatten, fmt, fmt_value, guess_monitor,
                           higher_is_better, metric_rows, plain, run_config)
 
 

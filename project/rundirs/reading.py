@@ -52,7 +52,7 @@ def metric_rows(run_dir: Path) -> list[dict]:
 
 def final_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
     """The run's last state: final_model.pth when it ended, else last.pth; (None, None) when there is none."""
-    from project import checkpoint  # imports torch: only when a checkpoint is really read
+    from project.checkpoints import files as checkpoint  # imports torch: only when a checkpoint is really read
 
     for name in ("final_model.pth", "last.pth"):
         path = run_dir / "checkpoints" / name

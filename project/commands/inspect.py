@@ -1,9 +1,9 @@
 """inspect CHECKPOINT: what is inside one of our checkpoints, and how its config differs from another.
 
-    python -m project.results.inspect outputs/2026-01-01/12-00-00/checkpoints/best_model.pth
-    python -m project.results.inspect best_model.pth --diff other_run/checkpoints/best_model.pth   # or a run directory
-    python -m project.results.inspect best_model.pth --diff conf/config.yaml    # the config a new run would get now
-    python -m project.results.inspect best_model.pth --json
+    python -m project.commands.inspect outputs/2026-01-01/12-00-00/checkpoints/best_model.pth
+    python -m project.commands.inspect best_model.pth --diff other_run/checkpoints/best_model.pth   # or a run directory
+    python -m project.commands.inspect best_model.pth --diff conf/config.yaml    # the config a new run would get now
+    python -m project.commands.inspect best_model.pth --json
 
 CHECKPOINT may also be a run directory (its checkpoints/last.pth). The file is opened as resume opens it
 (torch.load with weights_only=True), so a broken or foreign file gets the same explanation, exit status 2.
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from project.errors import UserError
-from project.runs import fail, flatten, fmt, plain
+from project.rundirs.reading import fail, flatten, fmt, plain
 
 
 def resolve(path) -> Path:
@@ -30,7 +30,7 @@ def resolve(path) -> Path:
 
 
 def load(path) -> dict:
-    from project import checkpoint  # torch is imported here, after the arguments are parsed
+    from project.checkpoints import files as checkpoint  # torch is imported here, after the arguments are parsed
 
     return checkpoint.load(resolve(path))
 
@@ -132,7 +132,7 @@ def code_lines(provenance: dict | None) -> list[str]:
 
 def describe_foreign(path: Path, raw) -> dict:
     """A checkpoint another script wrote: what resume can take from it, and what it lacks."""
-    from project import foreign
+    from project.checkpoints import foreign
 
     key, weights = foreign.find_weights(raw, path, None)
     info = raw if isinstance(raw, dict) and key is not None else {}
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print plain JSON instead of text")
     args = parser.parse_args(argv)
     try:
-        from project import checkpoint  # torch is imported here, after the arguments are parsed
+        from project.checkpoints import files as checkpoint  # torch is imported here, after the arguments are parsed
 
         path = resolve(args.checkpoint)
         raw = checkpoint.read(path)

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import yaml
 
-from project import rundir
+from project.rundirs import lock as rundir
 from project.errors import UserError
-from project.runs import fail
+from project.rundirs.reading import fail
 
 JOB_DIR_KEY = "PROJECT_SWEEP_JOB_"
 SUBDIR = '${oc.select:"hydra.job.env_set.' + JOB_DIR_KEY + '${hydra.job.num}"}'

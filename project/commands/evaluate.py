@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 from project.errors import UserError
-from project.runs import fail, fmt, plain
+from project.rundirs.reading import fail, fmt, plain
 
 FORMAT = "project-evaluation-v1"
 SPLITS = ("val", "test")
@@ -63,8 +63,8 @@ MONITORS = {"f_score": "dataset_f1", "image_f_score": "image_f1"}  # training's 
 def targets(target, checkpoint: str = "best") -> tuple[bool, list[tuple[str | None, Path]]]:
     """(is a sweep, [(job name or None, checkpoint file)]): one file for a run dir or a file, each job's for a
     sweep dir (the jobs without that checkpoint, failed ones, are left out)."""
-    from project.results.compare import job_order
-    from project.results.loading import FILES, checkpoint_path
+    from project.commands.compare import job_order
+    from project.checkpoints.loading import FILES, checkpoint_path
 
     path = Path(target).expanduser()
     if not path.exists():
@@ -87,7 +87,7 @@ def run_dir_of(path: Path) -> Path | None:
 
 def label_of(path: Path) -> str:
     """best, last, final for our files; the file's stem for others."""
-    from project.results.loading import FILES
+    from project.checkpoints.loading import FILES
 
     return {v: k for k, v in FILES.items()}.get(path.name, path.stem)
 
@@ -95,7 +95,7 @@ def label_of(path: Path) -> str:
 def output_dir(path: Path, out, job: str | None) -> Path:
     """Where the files go: --out (one folder per job of a sweep), else the run dir's eval/ (the file's folder for
     a checkpoint outside a run dir). Decided before scoring, so a refusal costs no time."""
-    from project import rundir
+    from project.rundirs import lock as rundir
 
     if out:
         return Path(out).expanduser() / job if job else Path(out).expanduser()
@@ -162,7 +162,7 @@ class Files:
 
     def __getitem__(self, i):
         from project.data import folder
-        from project.results.inference import read
+        from project.evaluation.inference import read
 
         path, target = self.items[i]
         try:
@@ -198,7 +198,7 @@ def score_segmentation(model, items, desc: dict, decoder: str, batch_size: int, 
     import torch
 
     from project.metrics import ConfusionMatrix, image_f1
-    from project.results.inference import at_size, prepare, probabilities
+    from project.evaluation.inference import at_size, prepare, probabilities
 
     n, ignore = len(desc["classes"]), desc["ignore_index"]
     confusion, per_image = ConfusionMatrix(n, device, ignore), []
@@ -229,7 +229,7 @@ def score_classification(model, items, desc: dict, decoder: str, batch_size: int
     """Accuracy, and precision, recall and F1 per class from one confusion matrix."""
     import torch
 
-    from project.results.inference import prepare
+    from project.evaluation.inference import prepare
 
     n = len(desc["classes"])
     confusion, per_image = torch.zeros(n, n, dtype=torch.long), []
@@ -270,7 +270,7 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
 
     from project import tasks
     from project.data import splits
-    from project.results import loading
+    from project.checkpoints import loading
 
     overrides = list(overrides)
     if data_root is not None:  # a file another script wrote builds its data from the overrides
@@ -460,7 +460,7 @@ def evaluate(target, split: str = "val", data_root=None, checkpoint: str = "best
         echo("  wrote " + ", ".join(result["files"].values()) + "\n")
     comparison = None
     if sweep:
-        from project.results import compare
+        from project.commands import compare
 
         evals = {Path(r["run_dir"]).resolve(): [r] for r in results if r["run_dir"]}
         comparison = compare.compare([str(target)], out, evals=evals)
@@ -476,7 +476,7 @@ def after_fit(run, summary: dict) -> str | None:
     failed run."""
     import logging
 
-    log = logging.getLogger("project.train")
+    log = logging.getLogger("project.recipe.train")
     test, best = run.data.get("test"), run.ckpt_dir / "best_model.pth"
     if test is None or not run.cfg.trainer.get("test_after_fit", True):
         return None

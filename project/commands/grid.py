@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from project.runs import fmt
+from project.rundirs.reading import fmt
 
 FAILED, MISSING = "failed", "missing"
 

@@ -1,7 +1,7 @@
 """export TARGET --format safetensors|pt2|onnx --out DIR: a trained model as a file other programs load.
 
     project-export outputs/2026-11-27/12-00-00 --format onnx --out exported/      # best_model.pth's validated weights
-    python -m project.results.export their_best_model.pth --format safetensors --out exported/ \\
+    python -m project.commands.export their_best_model.pth --format safetensors --out exported/ \\
         model=custom model._target_=pkg.Net data=celebamask                     # a file another script wrote
 
 Formats (one model file in DIR, plus config.json with what using it needs):
@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 from project.errors import UserError
-from project.runs import fail
+from project.rundirs.reading import fail
 
 FILES = {"safetensors": "model.safetensors", "pt2": "model.pt2", "onnx": "model.onnx"}
 # (rtol, atol) between the reloaded export and the eager model, float32 on the CPU. safetensors: the same eager
@@ -105,8 +105,8 @@ def export(target, fmt: str, out, checkpoint: str = "best", ema: str = "auto", o
     check_arguments(fmt, out, overrides, ema)
     import torch  # after the arguments are checked: a typo costs no torch start-up
 
-    from project import checkpoint as ckpt
-    from project.results.loading import load
+    from project.checkpoints import files as ckpt
+    from project.checkpoints.loading import load
 
     model, cfg, saved, path = load(target, checkpoint, overrides, ema=ema)
     config = model_config(model, cfg, saved, path, fmt)
@@ -149,7 +149,7 @@ def model_config(model, cfg, saved: dict, path: Path, fmt: str) -> dict:
     from omegaconf import OmegaConf
 
     from project import tasks
-    from project.results.loading import describe
+    from project.checkpoints.loading import describe
 
     spec = OmegaConf.to_container(cfg.model, resolve=True)
     if "dropout" in spec and spec["dropout"] is None:

@@ -1,0 +1,1 @@
+"""Checkpoint files: writing, reading ours and other scripts' files, a model back from one."""

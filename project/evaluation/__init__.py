@@ -1,0 +1,1 @@
+"""Scoring and applying trained models: inference on image files, the scorers."""

@@ -1,0 +1,1 @@
+"""The training recipe: set-up, the loop, the end of an epoch, restore, messages."""

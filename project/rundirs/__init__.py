@@ -1,0 +1,1 @@
+"""Run directories: the lock, their records, and reading them back."""
