@@ -161,3 +161,22 @@ def test_cuda_asked_for_but_absent(workspace):
         pytest.skip("this machine has a GPU")
     cwd, _ = workspace
     fails(cwd, "trainer.device=cuda", expect=["trainer.device=cuda", "trainer.device=auto"])
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("+trainer.max_epoch=3", ["+trainer.max_epoch=3", "no key 'max_epoch'", "did you mean trainer.max_epochs?"]),
+    ("+optimizer.weight_decai=0.1", ["+optimizer.weight_decai=0.1", "torch.optim.AdamW", "no key 'weight_decai'",
+                                     "did you mean optimizer.weight_decay?"]),
+    ("+data.val_fration=0.2", ["+data.val_fration=0.2", "no key 'val_fration'", "did you mean data.val_fraction?"]),
+    ("optimizer.lr=abc", ["optimizer.lr='abc' is not a number", "optimizer.lr=4e-4"]),
+    ("trainer.log_every_n_steps=0", ["trainer.log_every_n_steps=0 is out of range", "every N >= 1"]),
+    ("data.num_workers=-1", ["data.num_workers=-1 is out of range", "data.num_workers=2"]),
+    ("scheduler.warmup_epochs=-2", ["scheduler.warmup_epochs=-2 is out of range", "scheduler.warmup_epochs=1"]),
+])
+def test_a_mistyped_key_or_a_bad_value_is_refused_before_the_run_dir_is_made(tmp_path, override, expect):
+    """Issue 25: keys the config and the component do not have, and values of the wrong type or range, end in one
+    paragraph with the nearest valid name (exit 2, no run dir left), never a traceback or a silent default."""
+    data = (["data=seg_folder", f"data.root={tmp_path / 'faces'}", "data.val_fraction=null"]
+            if override.lstrip("+").startswith("data.") else [])
+    fails(tmp_path, *data, override, expect=[*expect, "Nothing was trained or written"],
+          base=TINY if not data else TINY_DATA[3:])

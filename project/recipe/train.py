@@ -34,7 +34,7 @@ from project.commands import lineage
 from project import runtime
 from project.runtime import StopRequest, pick_device, record_environment, restore_history
 from project.state import EMA, RNG, Progress, TrainMeter, load_state_dicts, state_dicts
-from project.validate import AUTOCAST_DTYPES, check_config
+from project.validate import AUTOCAST_DTYPES, check_added_keys, check_config
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
     """
     check_config(cfg)
     typed = [o for o in (job or {}).get("overrides", []) if not o.startswith("hydra.")]
+    check_added_keys(cfg, typed)
     plan = resume.decide(cfg, run_dir, search_dirs, typed if job else None)
     if plan is not None and plan.finished:
         saved = plan.checkpoint
