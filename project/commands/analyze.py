@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 from project import noise
+from project.commands.text import fail, fmt, plain
 from project.errors import UserError
-from project.rundirs.reading import (check_run_dir, final_checkpoint, fail, fmt, guess_monitor, higher_is_better,
-                          metric_rows, plain)
+from project.rundirs.reading import check_run_dir, final_checkpoint, guess_monitor, higher_is_better, metric_rows
 
 
 def series(rows: list[dict], key: str) -> list[float]:

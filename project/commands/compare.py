@@ -29,9 +29,10 @@ from pathlib import Path
 
 from project import noise
 from project.commands import grid as sweeps
+from project.commands.text import fail, fmt, fmt_value, plain
 from project.errors import UserError
-from project.rundirs.reading import (check_run_dir, fail, final_checkpoint, flatten, fmt, fmt_value, guess_monitor,
-                          higher_is_better, metric_rows, plain, run_config)
+from project.rundirs.reading import (check_run_dir, final_checkpoint, flatten, guess_monitor, higher_is_better,
+                          metric_rows, run_config)
 
 
 def find_runs(paths: list[str]) -> list[Path]:
