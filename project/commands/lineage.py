@@ -223,12 +223,74 @@ def layout(family: list[Node], x0: float) -> tuple[dict, float]:
     return pos, slot[0]
 
 
+def group_box(ax, pos: dict, members: list[Node], label: str) -> None:
+    """A dashed box around the jobs of one sweep, labelled at its top left."""
+    from matplotlib.patches import FancyBboxPatch
+
+    xs = [pos[m.key][0] for m in members]
+    y = -pos[members[0].key][1]
+    ax.add_patch(FancyBboxPatch((min(xs) - 0.47, y - 0.44), max(xs) - min(xs) + 0.94, 0.86,
+                                boxstyle="round,pad=0.02", fc="#f4f0fa", ec="#8e7cc3", lw=1, ls="--", zorder=0))
+    ax.text(min(xs) - 0.45, y + 0.4, label, fontsize=6.5, color="#5b4a91", va="top", ha="left", zorder=1)
+
+
+def sweep_boxes(ax, fams: list[list[Node]], nodes: list[Node], pos: dict) -> dict:
+    """The sweeps' group boxes; a sweep without a parent gets its own box on top, the jobs below. Returns
+    {("sweep", job key): that top box}."""
+    heads = {}
+    for family in fams:
+        if len(family) > 1 or family[0].sweep:
+            group_box(ax, pos, family, f"sweep {short(shown(family[0].sweep))}")
+            xs = [pos[t.key][0] for t in family]
+            head = ax.text((min(xs) + max(xs)) / 2, 0, f"sweep {shown(family[0].sweep)}\n({jobs(len(family))}, no "
+                           "parent)", ha="center", va="center", fontsize=7, zorder=3,
+                           bbox=dict(boxstyle="round,pad=0.4", fc="#f4f0fa", ec="#8e7cc3"))
+            for t in family:
+                heads.setdefault(("sweep", t.key), head)
+    for n in nodes:
+        for sweep, members in groups_of(n.children):
+            if sweep:
+                group_box(ax, pos, members, f"sweep {short(shown(sweep))} ({jobs(len(members))})")
+    return heads
+
+
+def node_box(ax, n: Node, pos: dict):
+    """A node's box, coloured by how it came from its parent; the best leaf framed in gold."""
+    x, d = pos[n.key]
+    mode = n.data.get("mode") if n.kind == "run" and n.parent is not None else n.kind
+    return ax.text(x, -d, box_text(n), ha="center", va="center", fontsize=6.5, zorder=3,
+                   bbox=dict(boxstyle="round,pad=0.4", fc=COLORS.get(mode, "#ffffff"),
+                             ec="#d4a017" if n.best_leaf else "#888888", lw=2.2 if n.best_leaf else 0.8,
+                             ls="--" if n.kind in ("missing", "foreign") else "-"))
+
+
+def arrow(ax, a, b, label: str | None, dashed: bool = False) -> None:
+    """From box `a` to box `b`, ending at their edges (the boxes drawn first), with the edge's name midway."""
+    (xa, ya), (xb, yb) = a.get_position(), b.get_position()
+    ax.annotate("", xy=(xb, yb), xytext=(xa, ya), zorder=2, arrowprops=dict(
+        arrowstyle="-|>", color="#555555", lw=1, ls="--" if dashed else "-", shrinkA=2, shrinkB=2,
+        patchA=a.get_bbox_patch(), patchB=b.get_bbox_patch()))
+    if label:
+        ax.text(xa + (xb - xa) * 0.5, (ya + yb) / 2, label, fontsize=6, ha="center", va="center", zorder=2.5,
+                color="#333333", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9))
+
+
+def legend(fig) -> None:
+    from matplotlib.patches import Patch
+
+    entries = [("new run", "new", "-"), ("continued (resume=full, new dir)", "continued", "-"),
+               ("reset_optimizer", "reset_optimizer", "-"), ("file of another script", "foreign", "--"),
+               ("missing parent", "missing", "--")]
+    handles = [Patch(fc=COLORS[key], ec="#888888", ls=ls, label=label) for label, key, ls in entries]
+    handles.append(Patch(fc="white", ec="#d4a017", lw=2.2, label="best leaf"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=6.5, frameon=False)
+
+
 def draw(fams: list[list[Node]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch, Patch
 
     pos, slot = {}, 0.0
     for family in fams:
@@ -242,59 +304,18 @@ def draw(fams: list[list[Node]], out: Path) -> None:
     ax.set_ylim(-depth + 0.45, 0.55)
     ax.axis("off")
     nodes = [n for family in fams for top in family for n in walk(top)]
-
-    def group_box(members: list[Node], label: str) -> None:
-        xs = [pos[m.key][0] for m in members]
-        y = -pos[members[0].key][1]
-        ax.add_patch(FancyBboxPatch((min(xs) - 0.47, y - 0.44), max(xs) - min(xs) + 0.94, 0.86,
-                                    boxstyle="round,pad=0.02", fc="#f4f0fa", ec="#8e7cc3", lw=1, ls="--", zorder=0))
-        ax.text(min(xs) - 0.45, y + 0.4, label, fontsize=6.5, color="#5b4a91", va="top", ha="left", zorder=1)
-
-    boxes = {}
-    for family in fams:
-        if len(family) > 1 or family[0].sweep:  # a sweep without a parent: its own box on top, the jobs below
-            group_box(family, f"sweep {short(shown(family[0].sweep))}")
-            xs = [pos[t.key][0] for t in family]
-            head = ax.text((min(xs) + max(xs)) / 2, 0, f"sweep {shown(family[0].sweep)}\n({jobs(len(family))}, no "
-                           "parent)", ha="center", va="center", fontsize=7, zorder=3,
-                           bbox=dict(boxstyle="round,pad=0.4", fc="#f4f0fa", ec="#8e7cc3"))
-            for t in family:
-                boxes.setdefault(("sweep", t.key), head)
+    boxes = sweep_boxes(ax, fams, nodes, pos)
     for n in nodes:
-        for sweep, members in groups_of(n.children):
-            if sweep:
-                group_box(members, f"sweep {short(shown(sweep))} ({jobs(len(members))})")
-    for n in nodes:
-        x, d = pos[n.key]
-        mode = n.data.get("mode") if n.kind == "run" and n.parent is not None else n.kind
-        boxes[n.key] = ax.text(x, -d, box_text(n), ha="center", va="center", fontsize=6.5, zorder=3,
-                               bbox=dict(boxstyle="round,pad=0.4", fc=COLORS.get(mode, "#ffffff"),
-                                         ec="#d4a017" if n.best_leaf else "#888888", lw=2.2 if n.best_leaf else 0.8,
-                                         ls="--" if n.kind in ("missing", "foreign") else "-"))
+        boxes[n.key] = node_box(ax, n, pos)
     fig.canvas.draw()  # the boxes' sizes, for arrows that end at their edges
-
-    def arrow(a, b, label: str | None, dashed: bool = False) -> None:
-        (xa, ya), (xb, yb) = a.get_position(), b.get_position()
-        ax.annotate("", xy=(xb, yb), xytext=(xa, ya), zorder=2, arrowprops=dict(
-            arrowstyle="-|>", color="#555555", lw=1, ls="--" if dashed else "-", shrinkA=2, shrinkB=2,
-            patchA=a.get_bbox_patch(), patchB=b.get_bbox_patch()))
-        if label:
-            ax.text(xa + (xb - xa) * 0.5, (ya + yb) / 2, label, fontsize=6, ha="center", va="center", zorder=2.5,
-                    color="#333333", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9))
-
     for n in nodes:
         if n.parent is not None:
-            arrow(boxes[n.parent.key], boxes[n.key], n.data.get("mode"), dashed=n.parent.kind != "run")
+            arrow(ax, boxes[n.parent.key], boxes[n.key], n.data.get("mode"), dashed=n.parent.kind != "run")
         elif ("sweep", n.key) in boxes:
-            arrow(boxes[("sweep", n.key)], boxes[n.key], None)
+            arrow(ax, boxes[("sweep", n.key)], boxes[n.key], None)
     ax.set_title("Run families: best ± spread of the last 5 validations, values changed against the parent",
                  fontsize=8)
-    legend = [("new run", "new", "-"), ("continued (resume=full, new dir)", "continued", "-"),
-              ("reset_optimizer", "reset_optimizer", "-"), ("file of another script", "foreign", "--"),
-              ("missing parent", "missing", "--")]
-    handles = [Patch(fc=COLORS[key], ec="#888888", ls=ls, label=label) for label, key, ls in legend]
-    handles.append(Patch(fc="white", ec="#d4a017", lw=2.2, label="best leaf"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=6.5, frameon=False)
+    legend(fig)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
