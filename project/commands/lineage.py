@@ -29,7 +29,8 @@ from project.rundirs.lineage import FILE
 
 # --------------------------------------------------------------------------------------------- text and JSON
 
-def fmt(value, digits=4) -> str:
+def fixed(value, digits=4) -> str:
+    """Scores with 4 decimals, never in scientific notation (unlike text.fmt), missing as '-'."""
     return "-" if value is None or isinstance(value, float) and math.isnan(value) else f"{value:.{digits}f}"
 
 
@@ -59,9 +60,9 @@ def changed_text(d: dict, limit: int | None = None) -> list[str]:
 
 
 def score_text(d: dict) -> str:
-    best = f"best {d.get('monitor')} {fmt(d.get('best'))}"
+    best = f"best {d.get('monitor')} {fixed(d.get('best'))}"
     if d.get("spread") is not None:
-        best += f" +- {fmt(d['spread'])}"
+        best += f" +- {fixed(d['spread'])}"
     return best
 
 
@@ -82,8 +83,8 @@ def verdict_text(v: dict | None, short: bool = False) -> str:
     noise_ = f"{v['noise']} noise" if v["noise"] else "spread unknown"
     if short:
         return f"{'beats' if v['beats'] else 'does not beat'} parent {v['gain']:+.4f} ({noise_})"
-    spread = f": spread {fmt(v['spread'])}" if v["spread"] is not None else ""
-    return (f"{'beats' if v['beats'] else 'does not beat'} {v['what']} ({fmt(v['reference'])}): "
+    spread = f": spread {fixed(v['spread'])}" if v["spread"] is not None else ""
+    return (f"{'beats' if v['beats'] else 'does not beat'} {v['what']} ({fixed(v['reference'])}): "
             f"{v['gain']:+.4f} ({noise_}{spread})")
 
 
@@ -91,14 +92,14 @@ def node_lines(node: Node) -> list[str]:
     """The node's line in the tree, then its detail lines (changed values, the verdict against the parent)."""
     d = node.data
     if node.kind == "foreign":
-        stored = f"stored {d.get('best_name') or 'best'} {fmt(d.get('best_score'))}" \
+        stored = f"stored {d.get('best_name') or 'best'} {fixed(d.get('best_score'))}" \
             if d.get("best_score") is not None else "no stored best"
         return [f"{node.name}  [file of another script] {stored} (computed by another script)"]
     if node.kind == "missing":
         kids = len(node.children)
         there = Path(node.key.split(":", 1)[1]).is_dir()
         why = "it has no lineage.json (made before this version)" if there else "moved or deleted"
-        return [f"{node.name}  [missing parent: {why}] best {fmt(d.get('best_score'))} at epoch {d.get('epoch')} "
+        return [f"{node.name}  [missing parent: {why}] best {fixed(d.get('best_score'))} at epoch {d.get('epoch')} "
                 f"when {kids} run{'s' * (kids != 1)} continued from its {Path(d['path']).name}"]
     head = f"{node.name}  [{d.get('mode')}] {score_text(d)} ({status_text(d)})"
     if d.get("starts", 1) > 1:
@@ -182,12 +183,12 @@ COLORS = {"run": "#dbe9f6", "new": "#dbe9f6", "continued": "#dff0d8", "reset_opt
 def box_text(node: Node) -> str:
     d = node.data
     if node.kind == "foreign":
-        stored = f"stored best {fmt(d.get('best_score'))}" if d.get("best_score") is not None else "no stored best"
+        stored = f"stored best {fixed(d.get('best_score'))}" if d.get("best_score") is not None else "no stored best"
         return f"{short(node.name)}\nfile of another script\n{stored}\n(computed by another script)"
     if node.kind == "missing":
-        return f"{short(node.name)}\nmissing parent\n(moved or deleted)\nbest then {fmt(d.get('best_score'))}"
+        return f"{short(node.name)}\nmissing parent\n(moved or deleted)\nbest then {fixed(d.get('best_score'))}"
     lines = [short(node.name) + (f"  ({d['starts']} starts)" if d.get("starts", 1) > 1 else ""),
-             f"{fmt(d.get('best'))} ± {fmt(d.get('spread'))}  ep {d.get('best_epoch')}/{d.get('epoch')}"
+             f"{fixed(d.get('best'))} ± {fixed(d.get('spread'))}  ep {d.get('best_epoch')}/{d.get('epoch')}"
              + ("" if d.get("status") in ("done", "early stopped") else f" {d.get('status')}")]
     if node.parent is not None:
         lines += changed_text(d, limit=3)
