@@ -15,6 +15,7 @@ from PIL import Image
 
 from project.commands import lineage
 from project.commands.compare import compare
+from project.rundirs import lineage as record
 
 CONFIG = {"model": {"dropout": 0.1}, "optimizer": {"lr": 2e-3, "weight_decay": 1e-4}, "trainer": {"max_epochs": 6},
           "logger": {"_target_": "project.loggers.CSVLogger"}, "tags": []}
@@ -40,10 +41,10 @@ def write_run(run_dir: Path, scores: list[float], *, starts: list[str], lineage_
             "config": config, "logger": {}, "early_stopping": {"stopped": False},
             "start_score": {"score": start_score, "epoch": 0, "metric": "f_score"} if start_score is not None else None,
             "lineage": list(lineage_entries), "run_dir": str(run_dir)}
-    origin = lineage.origin(ckpt["lineage"], parent=parent, foreign=foreign, sweep=sweep, overrides=overrides,
-                            tags=tags)
-    data = lineage.describe(ckpt, run_dir, origin, status, higher_is_better=True)
-    lineage.write(run_dir, data)
+    origin = record.origin(ckpt["lineage"], parent=parent, foreign=foreign, sweep=sweep, overrides=overrides,
+                           tags=tags)
+    data = record.describe(ckpt, run_dir, origin, status, higher_is_better=True)
+    record.write(run_dir, data)
     return {**ckpt, "path": run_dir}
 
 
@@ -245,14 +246,14 @@ def test_describe_reads_the_run_dirs_own_files(tmp_path):
             "config": {"trainer": {"max_epochs": 3}, "logger": {"_target_": "project.loggers.WandbLogger",
                                                                   "log_checkpoints": True}},
             "start_score": {"score": 0.9, "epoch": 0}}
-    data = lineage.describe(ckpt, run, lineage.origin([]), "done")
+    data = record.describe(ckpt, run, record.origin([]), "done")
     assert data["best"] == 0.9 and data["spread"] == pytest.approx(statistics.stdev([0.5, 0.6]))
     assert data["last_mean"] == pytest.approx(0.55) and data["last_n"] == 2 and data["starts"] == 2
     assert data["started"] == "2026-11-27T10:00:00" and data["mode"] == "new" and data["parent"] is None
     assert data["wandb"] == {"run_id": "abc", "artifact": "model-abc"}
-    assert lineage.parent_artifact(ckpt, run / "checkpoints" / "best_model.pth") == "model-abc:best"
-    assert lineage.parent_artifact(ckpt, run / "checkpoints" / "last.pth") == "model-abc:latest"
-    assert lineage.parent_artifact({**ckpt, "config": {"logger": {"_target_": "project.loggers.CSVLogger"}}},
+    assert record.parent_artifact(ckpt, run / "checkpoints" / "best_model.pth") == "model-abc:best"
+    assert record.parent_artifact(ckpt, run / "checkpoints" / "last.pth") == "model-abc:latest"
+    assert record.parent_artifact({**ckpt, "config": {"logger": {"_target_": "project.loggers.CSVLogger"}}},
                                    run / "x.pth") is None
     # a run without a validated best yet (NaN in the checkpoint's summary keys) has none in lineage.json
-    assert lineage.describe({**ckpt, "best_score": float("nan")}, run, lineage.origin([]), "running")["best"] is None
+    assert record.describe({**ckpt, "best_score": float("nan")}, run, record.origin([]), "running")["best"] is None

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 from project import noise
+from project.commands.text import fail, fmt, plain
 from project.errors import UserError
-from project.rundirs.reading import (check_run_dir, final_checkpoint, fail, fmt, guess_monitor, higher_is_better,
-                          metric_rows, plain)
+from project.rundirs.reading import check_run_dir, final_checkpoint, guess_monitor, higher_is_better, metric_rows
 
 
 def series(rows: list[dict], key: str) -> list[float]:
@@ -159,6 +159,43 @@ def report(run_dir: Path, v: dict, end: dict, png: Path) -> str:
     return "\n".join(lines)
 
 
+def train_val_panel(ax, rows: list[dict], key: str, label: str) -> None:
+    """One panel of the plot: train and val `key` per epoch, the gap between them shaded by who is ahead."""
+    epochs = [r["epoch"] for r in rows]
+    train, val = series(rows, f"train_{key}"), series(rows, f"val_{key}")
+    # the validated epochs (trainer.eval_interval > 1 leaves the others empty; a continuation's start row and a
+    # validation-only score such as image_f_score have no train value); the gap where both exist
+    validated = [(e, u) for e, u in zip(epochs, val) if not math.isnan(u)]
+    xs = [e for e, t, u in zip(epochs, train, val) if not (math.isnan(t) or math.isnan(u))]
+    train_at, val_at = [train[epochs.index(e)] for e in xs], [val[epochs.index(e)] for e in xs]
+    ax.plot(epochs, train, "o-", ms=3, color="tab:blue", label=f"train {label}")
+    if validated:
+        ax.plot(*zip(*validated), "o-", ms=3, color="tab:orange", label=f"val {label}")
+    # red where train is ahead of val (the overfitting direction), blue where val is ahead
+    ahead = [better(t, u, higher_is_better(key)) for t, u in zip(train_at, val_at)]
+    ax.fill_between(xs, train_at, val_at, where=ahead, interpolate=True, color="tab:red", alpha=0.15,
+                    label="gap: train ahead of val")
+    if not all(ahead):
+        ax.fill_between(xs, train_at, val_at, where=[not a for a in ahead], interpolate=True,
+                        color="tab:blue", alpha=0.08, label="gap: val ahead of train")
+    ax.set_ylabel(label)
+
+
+def mark_scores(ax, v: dict, last_epoch: int) -> None:
+    """On the score panel: the best, the recoveries, the parent's best and where overfitting starts."""
+    ax.plot([v["best_epoch"]], [v["best"]], "*", ms=15, color="tab:green",
+            label=f"best: epoch {v['best_epoch']}, {fmt(v['best'])}")
+    for r in v["recoveries"]:
+        ax.annotate("recovery", (r["epoch"], r["value"]), textcoords="offset points", xytext=(0, 10),
+                    ha="center", fontsize=8, color="tab:green")
+    if v.get("parent") and not v["parent"].get("foreign"):
+        ax.axhline(v["parent"]["score"], color="black", ls="-.", lw=1,
+                   label=f"parent's best {fmt(v['parent']['score'])}")
+    if v["overfit_start"]:
+        ax.axvspan(v["overfit_start"]["epoch"] - 0.5, last_epoch + 0.5, color="grey", alpha=0.12,
+                   label=f"overfitting from epoch {v['overfit_start']['epoch']}")
+
+
 def plot(rows: list[dict], v: dict, title: str, out: Path) -> None:
     import matplotlib
 
@@ -169,37 +206,11 @@ def plot(rows: list[dict], v: dict, title: str, out: Path) -> None:
     fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True, gridspec_kw={"height_ratios": [3, 3, 1.6]})
     panels = [(axes[0], "loss", "loss")] if m == "loss" else [(axes[0], "loss", "loss"), (axes[1], m, m)]
     for ax, key, label in panels:
-        train, val = series(rows, f"train_{key}"), series(rows, f"val_{key}")
-        # the validated epochs (trainer.eval_interval > 1 leaves the others empty; a continuation's start row and a
-        # validation-only score such as image_f_score have no train value); the gap where both exist
-        validated = [(e, u) for e, u in zip(epochs, val) if not math.isnan(u)]
-        xs = [e for e, t, u in zip(epochs, train, val) if not (math.isnan(t) or math.isnan(u))]
-        train_at, val_at = [train[epochs.index(e)] for e in xs], [val[epochs.index(e)] for e in xs]
-        ax.plot(epochs, train, "o-", ms=3, color="tab:blue", label=f"train {label}")
-        if validated:
-            ax.plot(*zip(*validated), "o-", ms=3, color="tab:orange", label=f"val {label}")
-        # red where train is ahead of val (the overfitting direction), blue where val is ahead
-        ahead = [better(t, u, higher_is_better(key)) for t, u in zip(train_at, val_at)]
-        ax.fill_between(xs, train_at, val_at, where=ahead, interpolate=True, color="tab:red", alpha=0.15,
-                        label="gap: train ahead of val")
-        if not all(ahead):
-            ax.fill_between(xs, train_at, val_at, where=[not a for a in ahead], interpolate=True,
-                            color="tab:blue", alpha=0.08, label="gap: val ahead of train")
-        ax.set_ylabel(label)
+        train_val_panel(ax, rows, key, label)
     if m == "loss":
         axes[1].set_visible(False)
     score_ax = axes[0] if m == "loss" else axes[1]
-    score_ax.plot([v["best_epoch"]], [v["best"]], "*", ms=15, color="tab:green",
-                  label=f"best: epoch {v['best_epoch']}, {fmt(v['best'])}")
-    for r in v["recoveries"]:
-        score_ax.annotate("recovery", (r["epoch"], r["value"]), textcoords="offset points", xytext=(0, 10),
-                          ha="center", fontsize=8, color="tab:green")
-    if v.get("parent") and not v["parent"].get("foreign"):
-        score_ax.axhline(v["parent"]["score"], color="black", ls="-.", lw=1,
-                         label=f"parent's best {fmt(v['parent']['score'])}")
-    if v["overfit_start"]:
-        score_ax.axvspan(v["overfit_start"]["epoch"] - 0.5, epochs[-1] + 0.5, color="grey", alpha=0.12,
-                         label=f"overfitting from epoch {v['overfit_start']['epoch']}")
+    mark_scores(score_ax, v, epochs[-1])
     axes[2].plot(epochs, series(rows, "lr"), "-", color="tab:purple", label="learning rate")
     axes[2].set_ylabel("lr")
     axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))

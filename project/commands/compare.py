@@ -29,9 +29,10 @@ from pathlib import Path
 
 from project import noise
 from project.commands import grid as sweeps
+from project.commands.text import fail, fmt, fmt_value, plain
 from project.errors import UserError
-from project.rundirs.reading import (check_run_dir, fail, final_checkpoint, flatten, fmt, fmt_value, guess_monitor,
-                          higher_is_better, metric_rows, plain, run_config)
+from project.rundirs.reading import (check_run_dir, final_checkpoint, flatten, guess_monitor, higher_is_better,
+                          metric_rows, run_config)
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -295,8 +296,8 @@ def plot(runs: list[dict], keys: list[str], title: str, out: Path, configs: list
     plt.close(fig)
 
 
-def compare(paths: list[str], out=None, evals: dict | None = None) -> dict:
-    """`evals`: {resolved run dir: [evaluation result, ...]} scored now (project-evaluate --out elsewhere)."""
+def gather(paths: list[str], evals: dict | None) -> list[dict]:
+    """Every run under `paths`, summarized and named, with the scores of `evals`; ranked by their best."""
     run_dirs = find_runs(paths)
     runs = [summarize(p) for p in run_dirs]
     for r, name in zip(runs, short_names(run_dirs)):
@@ -307,30 +308,30 @@ def compare(paths: list[str], out=None, evals: dict | None = None) -> dict:
     if len(monitors) > 1:
         raise UserError(f"These runs monitor different metrics ({', '.join(sorted(monitors))}), so their bests "
                         "cannot be ranked together. Compare runs of the same task.")
-    runs = rank(runs)
-    keys = swept_keys(runs)
+    return rank(runs)
+
+
+def named_configurations(runs: list[dict]) -> tuple[list[dict], list[str], bool]:
+    """The runs grouped by configuration, (configurations, the keys that tell them apart, whether any has
+    replicates); with replicates each is named by its values and ranked by its mean."""
     configs = configurations(runs)
     seeds = any(len(c["runs"]) > 1 for c in configs)  # replicates: the table is by configuration
+    config_keys = []
     if seeds:
         config_keys = [k for k in swept_keys(configs) if not sweeps.is_replicate_key(k)]
         for c in configs:
             c["name"] = (", ".join(f"{k}={fmt_value(c['config'].get(k))}" for k in config_keys) or
                          "runs " + ", ".join(r["name"] for r in c["runs"]))
         configs = rank(configs)
-    sweep_dir = Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "metrics.csv").is_file() else None
-    search = sweeps.trials(sweep_dir, runs) if sweep_dir else None
-    if search and search["best"] is not None:
-        best_dir = search["best"]["dir"]
-        for r in runs:
-            r["status"] += " (best trial)" if Path(r["run_dir"]).resolve() == best_dir else ""
-    rows = table_rows(runs, keys)
-    out = Path(out) if out else Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path.cwd()
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"markdown": out / "comparison.md", "csv": out / "comparison.csv", "png": out / "comparison.png"}
-    where = paths[0] if len(paths) == 1 else f"{len(runs)} runs"
-    m, higher = runs[0]["monitor"], runs[0]["higher"]
+    return configs, config_keys, seeds
+
+
+def tables_text(runs: list[dict], rows: list[list[str]], configs: list[dict], config_keys: list[str], seeds: bool,
+                files: dict) -> str:
+    """comparison.md's tables: the configurations first when there are replicates (and configurations.csv), then
+    every run; a note on the scored splits' columns."""
     if seeds:  # configurations first (ranked by the mean over seeds), then every run
-        files["configurations"] = out / "configurations.csv"
+        files["configurations"] = files["markdown"].parent / "configurations.csv"
         configuration_csv(configs, config_keys, files["configurations"])
         text = markdown(configuration_rows(configs, config_keys)) + "\n" + top_two(configs, seeds=True)
         text += (f"\n{len(configs)} configurations, {len(runs)} runs: a configuration's runs differ only in seed, "
@@ -343,39 +344,55 @@ def compare(paths: list[str], out=None, evals: dict | None = None) -> dict:
     scored = eval_columns(runs)
     if scored:
         text += (f"\n{', '.join(f'`{c}`' for c in scored)}: the best weights scored on that split (segmentation at "
-                 f"each mask's original size) by project-evaluate or trainer.test_after_fit; `best val {m}`: "
-                 "training's validation at data.image_size. Different measurements; the ranking is by validation.\n")
+                 f"each mask's original size) by project-evaluate or trainer.test_after_fit; `best val "
+                 f"{runs[0]['monitor']}`: training's validation at data.image_size. Different measurements; the "
+                 "ranking is by validation.\n")
+    return text
+
+
+def grid_text(sweep_dir: Path, runs: list[dict], where: str, files: dict) -> str:
+    """A grid over two values: the best score of each cell, as text and as a heatmap (grid.csv, heatmap.png), and
+    one heatmap per scored split; "" when the sweep is not such a grid."""
     g = sweeps.grid(sweep_dir, runs) if sweep_dir else None
-    if g:  # a grid over two values: the best score of each cell, as text and as a heatmap
-        files["grid"], files["heatmap"] = out / "grid.csv", out / "heatmap.png"
-        sweeps.write_grid_csv(g, files["grid"])
-        over = f", mean +- spread over {g['replicates']} seeds" if g["replicates"] > 1 else ""
-        text += (f"\nBest val {m} per grid cell ({g['y']} down, {g['x']} across{over}):\n\n"
-                 + markdown(sweeps.grid_rows(g)) + "\n")
-        sweeps.heatmap(g, m, higher, f"Best val {m}{over}: {where}", files["heatmap"])
-        for column in scored:  # the scored split per cell: a job without that score is "-", not failed
-            name = "heatmap_" + "_".join(column.replace("(", "").replace(")", "").split())  # heatmap_test_dataset_f1
-            e = sweeps.grid(sweep_dir, [{**r, "best": r["evals"].get(column, math.nan)} for r in runs])
-            e["cells"] = {k: "-" if v == sweeps.FAILED and g["cells"][k] != sweeps.FAILED else v
-                          for k, v in e["cells"].items()}
-            files[name] = out / f"{name}.png"
-            text += f"\n{column} per grid cell (best weights{over}):\n\n" + markdown(sweeps.grid_rows(e)) + "\n"
-            sweeps.heatmap(e, m, higher, f"{column}: {where}", files[name], label=column,
-                           mark=(sweeps.best_cell(g, higher), "val's pick"))  # the test score picks nothing
-    if search:  # an Optuna search: the score of each trial over the searched values
-        files["trials"] = out / "trials.png"
-        failed = sum(t["failed"] for t in search["trials"])
-        b = search["best"]
-        values = ", ".join(f"{k}={b['overrides'].get(k)}" for k in search["params"]) if b else ""
-        text += (f"\nOptuna search ({search['direction']}, {len(search['trials'])} trials, {failed} failed): "
-                 + (f"best trial #{b['num']} ({values}) with best val {m} {fmt(b['best'])}\n" if b else
-                    "no trial finished\n"))
-        sweeps.trial_plot(search, m, f"Optuna trials: {where}", files["trials"])
-    files["markdown"].write_text(text)
-    with open(files["csv"], "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    best = f"\nbest configuration: {configs[0]['name']}" if seeds else f" (best run: {runs[0]['name']})"
-    plot(runs, keys, f"Val {m}: {where}{best}", files["png"], configs if seeds else None)
+    if not g:
+        return ""
+    out, m, higher = files["markdown"].parent, runs[0]["monitor"], runs[0]["higher"]
+    files["grid"], files["heatmap"] = out / "grid.csv", out / "heatmap.png"
+    sweeps.write_grid_csv(g, files["grid"])
+    over = f", mean +- spread over {g['replicates']} seeds" if g["replicates"] > 1 else ""
+    text = (f"\nBest val {m} per grid cell ({g['y']} down, {g['x']} across{over}):\n\n"
+            + markdown(sweeps.grid_rows(g)) + "\n")
+    sweeps.heatmap(g, m, higher, f"Best val {m}{over}: {where}", files["heatmap"])
+    for column in eval_columns(runs):  # the scored split per cell: a job without that score is "-", not failed
+        name = "heatmap_" + "_".join(column.replace("(", "").replace(")", "").split())  # heatmap_test_dataset_f1
+        e = sweeps.grid(sweep_dir, [{**r, "best": r["evals"].get(column, math.nan)} for r in runs])
+        e["cells"] = {k: "-" if v == sweeps.FAILED and g["cells"][k] != sweeps.FAILED else v
+                      for k, v in e["cells"].items()}
+        files[name] = out / f"{name}.png"
+        text += f"\n{column} per grid cell (best weights{over}):\n\n" + markdown(sweeps.grid_rows(e)) + "\n"
+        sweeps.heatmap(e, m, higher, f"{column}: {where}", files[name], label=column,
+                       mark=(sweeps.best_cell(g, higher), "val's pick"))  # the test score picks nothing
+    return text
+
+
+def search_text(search: dict | None, m: str, where: str, files: dict) -> str:
+    """An Optuna search: the score of each trial over the searched values (trials.png); "" for none."""
+    if not search:
+        return ""
+    files["trials"] = files["markdown"].parent / "trials.png"
+    failed = sum(t["failed"] for t in search["trials"])
+    b = search["best"]
+    values = ", ".join(f"{k}={b['overrides'].get(k)}" for k in search["params"]) if b else ""
+    text = (f"\nOptuna search ({search['direction']}, {len(search['trials'])} trials, {failed} failed): "
+            + (f"best trial #{b['num']} ({values}) with best val {m} {fmt(b['best'])}\n" if b else
+               "no trial finished\n"))
+    sweeps.trial_plot(search, m, f"Optuna trials: {where}", files["trials"])
+    return text
+
+
+def as_result(runs: list[dict], keys: list[str], rows: list[list[str]], files: dict, configs: list[dict],
+              config_keys: list[str], seeds: bool) -> dict:
+    """What compare() returns (and --json prints)."""
     result = {"monitor": runs[0]["monitor"], "swept": keys, "table": rows, "files": {k: str(v) for k, v in files.items()},
               "runs": [{k: (str(v) if k == "run_dir" else v) for k, v in r.items() if k not in ("config", "curve")}
                        | {"values": {k: r["config"].get(k) for k in keys}} for r in runs]}
@@ -387,6 +404,34 @@ def compare(paths: list[str], out=None, evals: dict | None = None) -> dict:
              "values": {k: c["config"].get(k) for k in config_keys}} for c in configs]
         result["configuration_table"] = configuration_rows(configs, config_keys)
     return result
+
+
+def compare(paths: list[str], out=None, evals: dict | None = None) -> dict:
+    """`evals`: {resolved run dir: [evaluation result, ...]} scored now (project-evaluate --out elsewhere)."""
+    runs = gather(paths, evals)
+    keys = swept_keys(runs)
+    configs, config_keys, seeds = named_configurations(runs)
+    sweep_dir = Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "metrics.csv").is_file() else None
+    search = sweeps.trials(sweep_dir, runs) if sweep_dir else None
+    if search and search["best"] is not None:
+        best_dir = search["best"]["dir"]
+        for r in runs:
+            r["status"] += " (best trial)" if Path(r["run_dir"]).resolve() == best_dir else ""
+    rows = table_rows(runs, keys)
+    out = Path(out) if out else Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path.cwd()
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": out / "comparison.md", "csv": out / "comparison.csv", "png": out / "comparison.png"}
+    where = paths[0] if len(paths) == 1 else f"{len(runs)} runs"
+    m = runs[0]["monitor"]
+    text = tables_text(runs, rows, configs, config_keys, seeds, files)
+    text += grid_text(sweep_dir, runs, where, files)
+    text += search_text(search, m, where, files)
+    files["markdown"].write_text(text)
+    with open(files["csv"], "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    best = f"\nbest configuration: {configs[0]['name']}" if seeds else f" (best run: {runs[0]['name']})"
+    plot(runs, keys, f"Val {m}: {where}{best}", files["png"], configs if seeds else None)
+    return as_result(runs, keys, rows, files, configs, config_keys, seeds)
 
 
 def main(argv=None) -> int:

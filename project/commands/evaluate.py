@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 from project.errors import UserError
-from project.rundirs.reading import fail, fmt, plain
+from project.commands.text import fail, fmt, plain
 
 FORMAT = "project-evaluation-v1"
 SPLITS = ("val", "test")

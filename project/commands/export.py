@@ -29,8 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from project.commands.text import fail
 from project.errors import UserError
-from project.rundirs.reading import fail
 
 FILES = {"safetensors": "model.safetensors", "pt2": "model.pt2", "onnx": "model.onnx"}
 # (rtol, atol) between the reloaded export and the eager model, float32 on the CPU. safetensors: the same eager

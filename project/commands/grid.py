@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from project.rundirs.reading import fmt
+from project.commands.text import fmt
 
 FAILED, MISSING = "failed", "missing"
 

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from project.errors import UserError
-from project.rundirs.reading import fail, flatten, fmt, plain
+from project.rundirs.reading import flatten
+from project.commands.text import fail, fmt, plain
 
 
 def resolve(path) -> Path:

@@ -34,7 +34,7 @@ import yaml
 
 from project.rundirs import lock as rundir
 from project.errors import UserError
-from project.rundirs.reading import fail
+from project.commands.text import fail
 
 JOB_DIR_KEY = "PROJECT_SWEEP_JOB_"
 SUBDIR = '${oc.select:"hydra.job.env_set.' + JOB_DIR_KEY + '${hydra.job.num}"}'

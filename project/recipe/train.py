@@ -30,7 +30,7 @@ from project.data.loader import RunLoader, is_worker_death
 from project.errors import DiskError, TrainingDiverged, UserError, WorkerDied
 from project.nonfinite import NonFiniteGuard
 from project.loggers import NullTracker, read_rows
-from project.commands import lineage
+from project.rundirs import lineage
 from project import runtime
 from project.runtime import StopRequest, pick_device, record_environment, restore_history
 from project.state import EMA, RNG, Progress, TrainMeter, load_state_dicts, state_dicts

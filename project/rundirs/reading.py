@@ -1,22 +1,13 @@
-"""Reading finished (or running) run directories for the command-line tools: inspect, analyze, compare.
+"""Reading finished (or running) run directories: their metrics, checkpoints and configs.
 
 Everything comes from the files a run leaves behind (metrics.csv, checkpoints/, .hydra/config.yaml,
 training.log), so the tools work without W&B and on runs copied from a cluster.
 """
 import math
-import sys
-import textwrap
 from pathlib import Path
 
 from project.errors import UserError
 from project.loggers import read_rows
-
-
-def fail(error: Exception) -> int:
-    """One paragraph on stderr, no traceback; the tools exit with this status (2, as run.py does)."""
-    print(textwrap.fill(f"Error: {error}", width=110, break_long_words=False, break_on_hyphens=False),
-          file=sys.stderr)
-    return 2
 
 
 def check_run_dir(path) -> Path:
@@ -94,28 +85,3 @@ def flatten(tree, prefix="") -> dict:
             out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: tree}
-
-
-def fmt(value, digits=4) -> str:
-    """Numbers for people: 4 decimals, small values in scientific notation, missing as '-'."""
-    if value is None or isinstance(value, float) and math.isnan(value):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.2e}" if value and abs(value) < 1e-3 else f"{value:.{digits}f}"
-    return str(value)
-
-
-def fmt_value(value) -> str:
-    """Config values as typed (0.2, 0.0003, 1e-05), not rounded."""
-    return f"{value:g}" if isinstance(value, float) else "-" if value is None else str(value)
-
-
-def plain(value):
-    """For --json: NaN (a missing value) as null, so any JSON reader accepts the output."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
