@@ -3,7 +3,6 @@ checkpoint loaded with their config, the split built from it without augmentatio
 size, the scores per class and per image (see project/commands/evaluate.py for the definitions and the files).
 """
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -118,33 +117,19 @@ def batches(items, desc: dict, decoder: str, batch_size: int, workers: int, labe
 def score_segmentation(model, items, desc: dict, decoder: str, batch_size: int, tta: bool, device, workers: int,
                        label: str) -> dict:
     """Both F-scores at each mask's original size, per class and per image."""
-    import torch
-
-    from project.metrics import ConfusionMatrix, image_f1
     from project.evaluation.inference import at_size, prepare, probabilities
+    from project.evaluation.scorers import SegmentationScorer
 
-    n, ignore = len(desc["classes"]), desc["ignore_index"]
-    confusion, per_image = ConfusionMatrix(n, device, ignore), []
+    scorer, per_image = SegmentationScorer(len(desc["classes"]), device, desc["ignore_index"]), []
     for batch in batches(items, desc, decoder, batch_size, workers, label):
         probs = probabilities(model, prepare([b[0] for b in batch], desc["image_size"]).to(device), tta,
                               desc["flip_pairs"])
         for (_, mask, path), p in zip(batch, probs):
             mask = mask.to(device)[None]
             p = at_size(p, tuple(mask.shape[1:]))[None]  # resized probabilities, then the argmax
-            confusion.update(p, mask)
-            per_image.append({"file": path.name, "image_f1": image_f1(p.argmax(1), mask, n, ignore).item()})
-    per_class = confusion.per_class()
-    iou = torch.tensor(per_class["iou"], dtype=torch.float64)
-    summary = confusion.compute()
-    pixels = confusion.matrix.sum(1).cpu().tolist()
-    return {
-        "metrics": {"dataset_f1": summary["f_score"],
-                    "image_f1": math.fsum(r["image_f1"] for r in per_image) / max(len(per_image), 1),
-                    "miou": iou.nanmean().item() if not iou.isnan().all() else math.nan,
-                    "pixel_acc": summary["pixel_acc"]},
-        "per_class": [{"class": name, "f1": f1, "iou": i, "pixels": int(px)} for name, f1, i, px in
-                      zip(desc["classes"], per_class["f1"], per_class["iou"], pixels)],
-        "confusion_matrix": confusion.matrix.cpu().tolist(), "per_image": per_image}
+            per_image.append({"file": path.name, "image_f1": scorer.update(p, mask).item()})
+    return {"metrics": scorer.scores(), "per_class": scorer.rows(desc["classes"]),
+            "confusion_matrix": scorer.matrix.cpu().tolist(), "per_image": per_image}
 
 
 def score_classification(model, items, desc: dict, decoder: str, batch_size: int, tta: bool, device, workers: int,
@@ -152,30 +137,18 @@ def score_classification(model, items, desc: dict, decoder: str, batch_size: int
     """Accuracy, and precision, recall and F1 per class from one confusion matrix."""
     import torch
 
-    from project.evaluation.inference import prepare
+    from project.evaluation.inference import prepare, probabilities
+    from project.evaluation.scorers import ClassificationScorer
 
-    n = len(desc["classes"])
-    confusion, per_image = torch.zeros(n, n, dtype=torch.long), []
+    scorer, per_image = ClassificationScorer(len(desc["classes"]), device), []
     for batch in batches(items, desc, decoder, batch_size, workers, label):
-        images = prepare([b[0] for b in batch], desc["image_size"]).to(device)
-        with torch.no_grad():
-            probs = model(images).float().softmax(1)
-            if tta:  # the mirror's class probabilities: nothing to flip back
-                probs = (probs + model(images.flip(-1)).float().softmax(1)) / 2
+        probs = probabilities(model, prepare([b[0] for b in batch], desc["image_size"]).to(device), tta)
+        scorer.update(probs, torch.tensor([b[1] for b in batch], device=probs.device))
         for (_, target, path), predicted in zip(batch, probs.argmax(1).cpu().tolist()):
-            confusion[target, predicted] += 1
             per_image.append({"file": f"{path.parent.name}/{path.name}", "label": desc["classes"][target],
                               "predicted": desc["classes"][predicted], "correct": int(target == predicted)})
-    m = confusion.double()
-    tp = m.diag()
-    precision = torch.where(m.sum(0) > 0, tp / m.sum(0).clamp(min=1), torch.nan)
-    recall = torch.where(m.sum(1) > 0, tp / m.sum(1).clamp(min=1), torch.nan)
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.nan)
-    return {"metrics": {"acc": (tp.sum() / m.sum().clamp(min=1)).item()},
-            "per_class": [{"class": name, "precision": p, "recall": r, "f1": f, "images": int(k)} for name, p, r, f, k
-                          in zip(desc["classes"], precision.tolist(), recall.tolist(), f1.tolist(),
-                                 m.sum(1).tolist())],
-            "confusion_matrix": confusion.tolist(), "per_image": per_image}
+    return {"metrics": {"acc": scorer.accuracy()}, "per_class": scorer.rows(desc["classes"]),
+            "confusion_matrix": scorer.matrix.cpu().tolist(), "per_image": per_image}
 
 
 def main_metric(cfg, task: str) -> str:
