@@ -173,23 +173,14 @@ def check_masks(folder: Path, paths: list[Path], sizes: dict) -> None:
 # ----------------------------------------------------------------------------------------------- the solution
 
 def constructor_args(cfg, model_args: dict) -> dict:
-    """The keyword arguments tasks.build_model gave the class: the model config's keys (dropout: null left out)
-    and the data's runtime arguments the constructor names, as plain Python values."""
-    from omegaconf import OmegaConf
-
+    """The keyword arguments tasks.build_model gave the class (tasks.model_kwargs), as plain Python values."""
     from project import tasks
 
-    spec = OmegaConf.to_container(cfg.model, resolve=True)
-    target = spec.pop("_target_", None)
-    if spec.get("dropout", 0) is None:
-        del spec["dropout"]
-    if spec.get("_args_"):
-        raise UserError(f"{target} is built with positional arguments (model._args_), which the stand-alone "
+    kwargs = tasks.model_kwargs(cfg, model_args)
+    if kwargs.config.get("_args_"):
+        raise UserError(f"{kwargs.target} is built with positional arguments (model._args_), which the stand-alone "
                         "run.py does not reproduce. Give the class keyword arguments.")
-    spec = {k: v for k, v in spec.items() if not str(k).startswith("_")}
-    takes = tasks.accepted_args(target)
-    runtime = {k: v for k, v in dict(model_args).items() if "*" in takes or k in takes}
-    args = {**spec, **runtime}
+    args = kwargs.keywords()
 
     def plain(value, where):
         if isinstance(value, dict):
