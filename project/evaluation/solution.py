@@ -4,6 +4,7 @@ only torch, torchvision and Pillow. Checked by running its run.py the way a grad
 """
 import ast
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -74,93 +75,23 @@ def model_source(model) -> tuple[Path, str]:
     return source, name
 
 
-RUN_PY = '''"""Stand-alone prediction: one image in, one single-channel PNG of class indices out, at the image's size.
-
-    python3 run.py --input x.jpg --output y.png --weights ckpt.pth
-
-Written by project-predict from {origin}.
-Needs only torch, torchvision and Pillow (requirements.txt); the model class is {cls} from {module}.py beside
-this file, built with the arguments it was trained with. The image is resized to the training size and
-normalised as in training; the class probabilities are resized bilinearly to the image's size, then the argmax
-is taken.{tta_words}
-"""
-import argparse
-from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-from PIL import Image
-
-from {module} import {cls}
-
-try:
-    from torchvision.transforms.v2.functional import pil_to_tensor, resize
-except ImportError:  # torchvision before 0.15
-    from torchvision.transforms.functional import pil_to_tensor, resize
-
-MODEL_ARGS = {model_args}
-DROPPED_MODULES = {dropped}  # removed from the model by its last training phase
-IMAGE_SIZE = {image_size}  # the training image_size: every image is resized to IMAGE_SIZE x IMAGE_SIZE
-MEAN, STD = {mean}, {std}  # the training normalisation, each channel: (pixel / 255 - MEAN) / STD
-IN_CHANNELS = {in_channels}
-DECODER = {decoder!r}  # how training decoded images: pil (Pillow) or torchvision (torchvision.io)
-TTA_FLIP = {tta}  # average with the mirror image's prediction, its left/right classes swapped back
-FLIP_PAIRS = {flip_pairs}  # class indices a horizontal flip exchanges
+SCRIPT = "solution_run.py"  # this package's stand-alone run.py, copied into solution/ with its settings filled in
 
 
-def load_model(weights):
-    model = {cls}(**MODEL_ARGS)
-    for name in DROPPED_MODULES:
-        delattr(model, name)
-    model.load_state_dict(torch.load(weights, map_location="cpu")["state_dict"])
-    return model.eval()
+def render(settings: dict) -> str:
+    """The stand-alone script (SCRIPT) with each setting's line (`NAME = value  # comment`, or `A, B = a, b` for a
+    tuple of names) holding the value given, its comment kept."""
+    from importlib import resources
 
-
-def read(path):
-    """uint8 (channels, height, width)"""
-    if DECODER == "torchvision":
-        from torchvision.io import ImageReadMode, decode_image
-
-        return decode_image(str(path), mode=ImageReadMode.GRAY if IN_CHANNELS == 1 else ImageReadMode.RGB)
-    with Image.open(path) as image:
-        return pil_to_tensor(image.convert("L" if IN_CHANNELS == 1 else "RGB"))
-
-
-@torch.no_grad()
-def predict(model, image, device):
-    """uint8 (channels, height, width) -> uint8 (height, width) class indices"""
-    size = tuple(image.shape[-2:])
-    x = (resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True).float() / 255 - MEAN) / STD
-    x = x[None].to(device)
-    probs = model(x).float().softmax(1)
-    if TTA_FLIP:
-        mirrored = model(x.flip(-1)).float().softmax(1).flip(-1)
-        order = list(range(probs.shape[1]))
-        for a, b in FLIP_PAIRS:
-            order[a], order[b] = b, a
-        probs = (probs + mirrored[:, order]) / 2
-    probs = probs[0]
-    if tuple(probs.shape[-2:]) != size:
-        probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
-    return probs.argmax(0).to(torch.uint8).cpu()
-
-
-def main():
-    parser = argparse.ArgumentParser(description="One image in, its mask of class indices out.")
-    parser.add_argument("--input", required=True, help="the image (jpg, png, ...)")
-    parser.add_argument("--output", required=True, help="the mask PNG to write")
-    parser.add_argument("--weights", default=str(Path(__file__).with_name("ckpt.pth")), help="ckpt.pth")
-    args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.weights).to(device)
-    mask = predict(model, read(args.input), device)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.numpy()).save(args.output)
-
-
-if __name__ == "__main__":
-    main()
-'''
+    text = resources.files(__package__).joinpath(SCRIPT).read_text()
+    for names, value in settings.items():
+        values = value if ", " in names else (value,)
+        line = re.compile(rf"^{re.escape(names)} = .*?(  # .*)?$", re.M)
+        text, found = line.subn(lambda m: f"{names} = {', '.join(map(repr, values))}{m.group(1) or ''}", text,
+                                count=1)
+        if not found:
+            raise RuntimeError(f"{SCRIPT} has no line {names} = ... to fill in")  # the shipped file is broken
+    return text
 
 
 def solution_plan(model, cfg, saved: dict) -> dict:
@@ -183,14 +114,12 @@ def write_solution(folder: Path, plan: dict, model, saved: dict, info: dict, tta
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state}, folder / "ckpt.pth")
     shutil.copyfile(source, folder / f"{module}.py")
-    cls = type(model).__name__
-    (folder / "run.py").write_text(RUN_PY.format(
-        origin=origin, cls=cls, module=module, model_args=repr(args),
-        dropped=repr(list(saved.get("dropped_modules") or [])), image_size=int(info["image_size"]),
-        mean=info["mean"], std=info["std"], in_channels=int(info["in_channels"]), decoder=info["decoder"],
-        tta=bool(tta), flip_pairs=repr([list(map(int, p)) for p in info["flip_pairs"]]),
-        tta_words=("\nWith TTA_FLIP the probabilities are first averaged with the mirror image's (its left/right "
-                   "classes\nswapped back), as project-predict --tta flip did.") if tta else ""))
+    (folder / "run.py").write_text(render({
+        "SOURCE": origin, "MODEL": (module, type(model).__name__), "MODEL_ARGS": args,
+        "DROPPED_MODULES": list(saved.get("dropped_modules") or []), "IMAGE_SIZE": int(info["image_size"]),
+        "MEAN, STD": (info["mean"], info["std"]), "IN_CHANNELS": int(info["in_channels"]),
+        "DECODER": info["decoder"], "TTA_FLIP": bool(tta),
+        "FLIP_PAIRS": [list(map(int, p)) for p in info["flip_pairs"]]}))
     (folder / "requirements.txt").write_text(REQUIREMENTS)
     return sorted(p.name for p in folder.iterdir())
 
