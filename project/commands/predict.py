@@ -201,16 +201,11 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tta: str | None = None,
-            palette: bool = False, zip_path=None, solution: bool = False, max_params: int | None = None,
-            batch_size: int = 8, overrides: list[str] | None = None, say=print) -> dict:
-    """The command as a function: predictions for every image in `images`, written into `out` (and the zip).
-    Returns what was written and how. Raises UserError with nothing written."""
-    out = Path(out).expanduser()
-    zip_path = Path(zip_path).expanduser() if zip_path else None
+def check_arguments(out: Path, zip_path: Path | None, tta, batch_size: int, max_params: int | None, solution: bool,
+                    overrides) -> None:
+    """The refusals that need nothing loaded."""
     if tta not in (None, "none", "flip"):
         raise UserError(f"--tta {tta} is unknown: use --tta flip (the image and its mirror), or leave it out.")
-    tta = tta == "flip"
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: predict at least 1 image at a time.")
     if max_params is not None and max_params < 1:
@@ -224,9 +219,11 @@ def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tt
         raise UserError(f"{' '.join(bad)}: overrides are key=value (e.g. model=custom data=celebamask); TARGET "
                         "comes first and only once.")
     check_out(out)
-    paths, others = image_list(images)
-    sizes = image_sizes(paths)
 
+
+def checked_model(target, checkpoint: str, overrides, ema: str, zip_path: Path | None):
+    """(model, cfg, saved, checkpoint path, what using it needs); a model that predicts neither masks nor classes,
+    or classes with --zip, is refused."""
     from project.checkpoints import loading
 
     model, cfg, saved, ckpt_path = loading.load(target, checkpoint, list(overrides or []), ema=ema)
@@ -238,6 +235,43 @@ def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tt
     if zip_path is not None and info["task"] == "classification":
         raise UserError("--zip packs segmentation masks (masks/ at its root); this is a classification model, "
                         "whose predictions are predictions.csv. Leave --zip and --solution out.")
+    return model, cfg, saved, ckpt_path, info
+
+
+def pack(result: dict, made: list[Path], work: Path, paths: list[Path], sizes: dict, plan: dict | None, model,
+         saved: dict, info: dict, tta: bool) -> None:
+    """The zip (made[1]): the masks checked as the benchmark checks them, and with a plan, solution/ written and
+    its run.py run alone on the first image, which must agree with the mask predicted here."""
+    if result["task"] != "segmentation":
+        raise UserError("--zip packs segmentation masks; this model gave class scores (predictions.csv). "
+                        "Leave --zip and --solution out.")
+    check_masks(work, paths, sizes)
+    solution_dir = None
+    if plan is not None:
+        solution_dir = made[1].with_name(made[1].name + "-solution")
+        made.append(solution_dir)  # removed with the other partial files
+        result["solution"] = write_solution(solution_dir, plan, model, saved, info, tta, result["checkpoint"])
+        result["solution_agreement"] = check_solution(solution_dir, paths[0], work / f"{paths[0].stem}.png")
+        if result["solution_agreement"] < 0.99:
+            raise UserError(
+                f"solution/run.py's mask of {paths[0].name} agrees with this prediction on only "
+                f"{result['solution_agreement']:.2%} of its pixels: the stand-alone model is not the one "
+                "predicted with. Nothing was written.")
+    result["zip_names"] = write_zip(made[1], work, solution_dir)
+
+
+def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tta: str | None = None,
+            palette: bool = False, zip_path=None, solution: bool = False, max_params: int | None = None,
+            batch_size: int = 8, overrides: list[str] | None = None, say=print) -> dict:
+    """The command as a function: predictions for every image in `images`, written into `out` (and the zip).
+    Returns what was written and how. Raises UserError with nothing written."""
+    out = Path(out).expanduser()
+    zip_path = Path(zip_path).expanduser() if zip_path else None
+    check_arguments(out, zip_path, tta, batch_size, max_params, solution, overrides)
+    tta = tta == "flip"
+    paths, others = image_list(images)
+    sizes = image_sizes(paths)
+    model, cfg, saved, ckpt_path, info = checked_model(target, checkpoint, overrides, ema, zip_path)
     n_params = check_size(model, max_params)
     plan = solution_plan(model, cfg, saved) if solution else None
     device = pick_device()
@@ -258,22 +292,7 @@ def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tt
                   "parameters": n_params, "device": str(device), "seconds": seconds,
                   "images_per_s": len(paths) / seconds if seconds > 0 else float("inf")}
         if zip_path is not None:
-            if task != "segmentation":
-                raise UserError("--zip packs segmentation masks; this model gave class scores (predictions.csv). "
-                                "Leave --zip and --solution out.")
-            check_masks(work, paths, sizes)
-            solution_dir = None
-            if solution:
-                solution_dir = made[1].with_name(made[1].name + "-solution")
-                made.append(solution_dir)
-                result["solution"] = write_solution(solution_dir, plan, model, saved, info, tta, str(ckpt_path))
-                result["solution_agreement"] = check_solution(solution_dir, paths[0], work / f"{paths[0].stem}.png")
-                if result["solution_agreement"] < 0.99:
-                    raise UserError(
-                        f"solution/run.py's mask of {paths[0].name} agrees with this prediction on only "
-                        f"{result['solution_agreement']:.2%} of its pixels: the stand-alone model is not the one "
-                        "predicted with. Nothing was written.")
-            result["zip_names"] = write_zip(made[1], work, solution_dir)
+            pack(result, made, work, paths, sizes, plan, model, saved, info, tta)
             result["zip"] = str(zip_path)
         if out.exists():
             out.rmdir()  # empty (check_out): replaced by the finished folder
