@@ -1,6 +1,6 @@
 """Scoring a model on a split, the library under project-evaluate and trainer.test_after_fit: the weights of a
 checkpoint loaded with their config, the split built from it without augmentation, every image read at its original
-size, the scores per class and per image (see project/commands/evaluate.py for the definitions and the files).
+size, the scores per class and per image (project-evaluate, project/commands/evaluate.py, prints and writes them).
 """
 import json
 import os
