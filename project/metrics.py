@@ -68,9 +68,12 @@ class ImageF1:
         self.n, self.ignore_index = num_classes, ignore_index
         self.sum, self.count = torch.zeros((), dtype=torch.float64, device=device), 0
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        self.sum += image_f1(logits.argmax(dim=1), target, self.n, self.ignore_index).sum()
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Add a batch; returns its images' scores (B,), for a caller that reports each image."""
+        scores = image_f1(logits.argmax(dim=1), target, self.n, self.ignore_index)
+        self.sum += scores.sum()
         self.count += len(target)
+        return scores
 
     def compute(self) -> float:
         return (self.sum / max(self.count, 1)).item()

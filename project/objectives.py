@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from project.errors import UserError
 from project.losses import CEDiceLoss
-from project.metrics import ConfusionMatrix, ImageF1
+from project.evaluation.scorers import ClassificationScorer, SegmentationScorer
+from project.metrics import ConfusionMatrix
 
 
 class Segmentation:
@@ -61,25 +62,24 @@ class _SegMeter:
         self.confusion.matrix.copy_(state_dict["confusion"])
 
 
-class _SegValMeter(_SegMeter):
-    """Validation: both F-scores, and F1 and IoU per class."""
+class _SegValMeter:
+    """Validation: the segmentation scorer (project/evaluation/scorers.py, as project-evaluate's): both F-scores,
+    and F1 and IoU per class."""
 
     def __init__(self, num_classes, device, ignore_index, classes=None):
-        super().__init__(num_classes, device, ignore_index)
-        self.image_f1 = ImageF1(num_classes, device, ignore_index)
+        self.scorer = SegmentationScorer(num_classes, device, ignore_index)
         self.classes = class_names(classes, num_classes)
 
     def update(self, outputs, batch):
-        super().update(outputs, batch)
-        self.image_f1.update(outputs, batch[1])
+        self.scorer.update(outputs, batch[1])
 
     def compute(self):
-        return {**self.confusion.compute(), "image_f_score": self.image_f1.compute()}
+        return self.scorer.compute()
 
     def per_class(self) -> dict:
-        scores = self.confusion.per_class()
-        return {f"{metric}/{name}": value for metric, values in scores.items()
-                for name, value in zip(self.classes, values)}
+        scores = self.scorer.per_class()
+        return {f"{metric}/{name}": value for metric in ("f1", "iou")
+                for name, value in zip(self.classes, scores[metric])}
 
 
 def class_names(classes, n: int) -> list[str]:
@@ -143,31 +143,27 @@ class _AccuracyMeter:
 
 
 class _ClassValMeter(_AccuracyMeter):
-    """Validation: accuracy as in training, and precision and recall per class from a confusion matrix per task."""
+    """Validation: accuracy as in training, and precision and recall per class from the classification scorer
+    (project/evaluation/scorers.py, as project-evaluate's), one per task."""
 
     def __init__(self, device, tasks: dict, classes=None):
         super().__init__(device)
-        self.confusion = {t: torch.zeros(n, n, dtype=torch.long, device=device) for t, n in tasks.items()}
+        self.scorers = {t: ClassificationScorer(n, device) for t, n in tasks.items()}
         self.names = {t: class_names(classes if len(tasks) == 1 else None, n) for t, n in tasks.items()}
 
     def update(self, outputs, batch):
         super().update(outputs, batch)
         logits, targets = outputs
         for task, out in logits.items():
-            n = len(self.confusion[task])
-            idx = targets[task] * n + out.argmax(1)
-            self.confusion[task] += torch.bincount(idx, minlength=n * n).view(n, n)
+            self.scorers[task].update(out, targets[task])
 
     def per_class(self) -> dict:
         out = {}
-        for task, m in self.confusion.items():
-            m = m.double().cpu()
-            tp = m.diag()
-            precision = torch.where(m.sum(0) > 0, tp / m.sum(0).clamp(min=1), torch.nan)
-            recall = torch.where(m.sum(1) > 0, tp / m.sum(1).clamp(min=1), torch.nan)
-            prefix = "" if len(self.confusion) == 1 else f"{task}/"
-            for metric, values in (("precision", precision), ("recall", recall)):
-                out.update({f"{metric}/{prefix}{name}": v for name, v in zip(self.names[task], values.tolist())})
+        for task, scorer in self.scorers.items():
+            scores = scorer.per_class()
+            prefix = "" if len(self.scorers) == 1 else f"{task}/"
+            for metric in ("precision", "recall"):
+                out.update({f"{metric}/{prefix}{name}": v for name, v in zip(self.names[task], scores[metric])})
         return out
 
 

@@ -8,11 +8,12 @@ two validation samples (eval mode, no gradients, nothing random drawn).
 """
 import inspect
 import logging
+from dataclasses import dataclass
 
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
-from omegaconf import open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import default_collate
 
 from project.errors import UserError
@@ -65,33 +66,66 @@ def accepted_args(target: str | None) -> set[str]:
     return {p.name for p in params}
 
 
+@dataclass
+class ModelKwargs:
+    """How a model's class is built: `config` is cfg.model (its `_target_` and keys; `model.dropout: null`
+    (conf/model/custom.yaml) left out, so the class's own default applies), `runtime` the data's runtime arguments
+    (classes, channels, tasks) that its constructor accepts by its signature (`**kwargs` takes them all), `dropped`
+    the ones it does not take, `takes` the names it takes ({"*"} for **kwargs)."""
+
+    target: str | None
+    config: DictConfig
+    runtime: dict
+    dropped: list[str]
+    takes: set[str]
+
+    def unknown(self) -> list[str]:
+        """Config keys the constructor does not take."""
+        if "*" in self.takes:
+            return []
+        return [k for k in self.config if not str(k).startswith("_") and k not in self.takes]
+
+    def plain(self) -> dict:
+        """The config as plain Python values, interpolations resolved (`_target_` and the other `_` keys kept)."""
+        return OmegaConf.to_container(self.config, resolve=True)
+
+    def keywords(self) -> dict:
+        """Everything the constructor gets, as plain values: the config's keys, then the runtime arguments."""
+        return {**{k: v for k, v in self.plain().items() if not str(k).startswith("_")}, **self.runtime}
+
+
+def model_kwargs(cfg, model_args: dict) -> ModelKwargs:
+    """The one place the constructor arguments of cfg.model are worked out: for building (build_model), exporting
+    (project-export's config.json) and the stand-alone solution (project-predict's run.py)."""
+    config, runtime = cfg.model.copy(), dict(model_args or {})
+    with open_dict(config):
+        if "dropout" in config and config.dropout is None:
+            del config["dropout"]  # not set: the class's own default applies
+    target = config.get("_target_")
+    takes = accepted_args(target)
+    dropped = [] if "*" in takes else [k for k in runtime if k not in takes]
+    return ModelKwargs(target, config, {k: v for k, v in runtime.items() if k not in dropped}, dropped, takes)
+
+
 def build_model(cfg, data: dict) -> torch.nn.Module:
     """The model with the data's runtime arguments (classes, channels, tasks) that its constructor accepts (by its
     signature; `**kwargs` takes them all; the others are left out and logged). Whether the data fits the model is
     then the one-batch probe's decision (probe_model). A config key the constructor does not take is a UserError
     listing the arguments it does take; `model.dropout: null` (conf/model/custom.yaml) is not passed at all."""
-    spec, runtime = cfg.model.copy(), dict(data["model_args"])
-    with open_dict(spec):
-        if "dropout" in spec and spec.dropout is None:
-            del spec["dropout"]  # not set: the class's own default applies
-    target = spec.get("_target_")
-    takes = accepted_args(target)
-    if "*" not in takes:  # no **kwargs: only the arguments it names
-        unknown = [k for k in spec if not str(k).startswith("_") and k not in takes]
-        if unknown:
-            raise UserError(
-                f"{choice(cfg, 'model')} sets {', '.join(f'model.{k}={spec[k]}' for k in unknown)}, but {target} "
-                f"does not take {'it' if len(unknown) == 1 else 'them'}: its arguments are "
-                f"{inspect.signature(get_object(target))}. Leave "
-                f"{'that key' if len(unknown) == 1 else 'those keys'} out (or give the class such an argument); set "
-                "the ones it takes with model.KEY=value (+model.KEY=value for a key the config does not list). "
-                "Nothing was trained or written.")
-        dropped = [k for k in runtime if k not in takes]
-        if dropped:
-            runtime = {k: v for k, v in runtime.items() if k in takes}
-            log.info("%s takes no %s argument: the data's %s not passed (it gets %s)", target, " or ".join(dropped),
-                     ", ".join(f"{k}={data['model_args'][k]}" for k in dropped), ", ".join(
-                         f"{k}={v}" for k, v in runtime.items()) or "nothing from the data")
+    kwargs = model_kwargs(cfg, data["model_args"])
+    spec, target, runtime, unknown = kwargs.config, kwargs.target, kwargs.runtime, kwargs.unknown()
+    if unknown:
+        raise UserError(
+            f"{choice(cfg, 'model')} sets {', '.join(f'model.{k}={spec[k]}' for k in unknown)}, but {target} "
+            f"does not take {'it' if len(unknown) == 1 else 'them'}: its arguments are "
+            f"{inspect.signature(get_object(target))}. Leave "
+            f"{'that key' if len(unknown) == 1 else 'those keys'} out (or give the class such an argument); set "
+            "the ones it takes with model.KEY=value (+model.KEY=value for a key the config does not list). "
+            "Nothing was trained or written.")
+    if kwargs.dropped:
+        log.info("%s takes no %s argument: the data's %s not passed (it gets %s)", target, " or ".join(kwargs.dropped),
+                 ", ".join(f"{k}={data['model_args'][k]}" for k in kwargs.dropped), ", ".join(
+                     f"{k}={v}" for k, v in runtime.items()) or "nothing from the data")
     try:
         return instantiate(spec, **runtime)
     except InstantiationException as e:

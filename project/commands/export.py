@@ -146,18 +146,12 @@ def model_config(model, cfg, saved: dict, path: Path, fmt: str) -> dict:
     """config.json: how to build the model (its _target_ and constructor arguments), how to feed it, what its
     outputs mean, and where it came from."""
     import torch
-    from omegaconf import OmegaConf
 
     from project import tasks
     from project.checkpoints.loading import describe
 
-    spec = OmegaConf.to_container(cfg.model, resolve=True)
-    if "dropout" in spec and spec["dropout"] is None:
-        del spec["dropout"]  # not set: the class's own default applied (as tasks.build_model does)
-    runtime = dict(saved.get("model_args") or {})
-    takes = tasks.accepted_args(spec.get("_target_"))
-    if "*" not in takes:
-        runtime = {k: v for k, v in runtime.items() if k in takes}  # what the constructor was given
+    kwargs = tasks.model_kwargs(cfg, saved.get("model_args"))  # as the model was built
+    spec, runtime = kwargs.plain(), kwargs.runtime
     info = describe(cfg, saved)
     image_size = info["image_size"]
     if not image_size:

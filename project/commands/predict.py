@@ -16,7 +16,6 @@ each class). --zip packs the masks as the benchmark wants them (masks/ at the ro
 (ckpt.pth, a stand-alone run.py, the model's source module, requirements.txt).
 """
 import argparse
-import ast
 import os
 import shutil
 import sys
@@ -24,10 +23,9 @@ import time
 from pathlib import Path
 
 from project.errors import UserError
+from project.evaluation.solution import check_solution, solution_plan, write_solution
 
 COURSE_LIMIT = 1_821_085  # the course benchmark: fewer parameters than this
-STANDALONE_IMPORTS = {"torch", "torchvision", "PIL", "numpy"}  # what requirements.txt brings (numpy: torchvision's)
-REQUIREMENTS = "torch\ntorchvision\npillow\n"
 MAX_MASK_CLASSES = 256  # one byte per pixel
 
 
@@ -170,221 +168,7 @@ def check_masks(folder: Path, paths: list[Path], sizes: dict) -> None:
                                 f"{sizes[p][1]}x{sizes[p][0]}: a mask must be single-channel at its image's size.")
 
 
-# ----------------------------------------------------------------------------------------------- the solution
-
-def constructor_args(cfg, model_args: dict) -> dict:
-    """The keyword arguments tasks.build_model gave the class: the model config's keys (dropout: null left out)
-    and the data's runtime arguments the constructor names, as plain Python values."""
-    from omegaconf import OmegaConf
-
-    from project import tasks
-
-    spec = OmegaConf.to_container(cfg.model, resolve=True)
-    target = spec.pop("_target_", None)
-    if spec.get("dropout", 0) is None:
-        del spec["dropout"]
-    if spec.get("_args_"):
-        raise UserError(f"{target} is built with positional arguments (model._args_), which the stand-alone "
-                        "run.py does not reproduce. Give the class keyword arguments.")
-    spec = {k: v for k, v in spec.items() if not str(k).startswith("_")}
-    takes = tasks.accepted_args(target)
-    runtime = {k: v for k, v in dict(model_args).items() if "*" in takes or k in takes}
-    args = {**spec, **runtime}
-
-    def plain(value, where):
-        if isinstance(value, dict):
-            if "_target_" in value:
-                raise UserError(f"model.{where} is itself built by Hydra (_target_: {value['_target_']}); the "
-                                "stand-alone run.py only passes plain values. Give the class plain arguments.")
-            return {k: plain(v, f"{where}.{k}") for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return value
-        raise UserError(f"model.{where}={value!r} is not a plain value that run.py can hold.")
-
-    return {k: plain(v, k) for k, v in args.items()}
-
-
-def model_source(model) -> tuple[Path, str]:
-    """The file that defines the model's class, and the module name it gets beside run.py. A module that imports
-    anything but the standard library, torch, torchvision, Pillow or numpy cannot stand alone: a UserError."""
-    import inspect
-
-    cls = type(model)
-    try:
-        source = Path(inspect.getsourcefile(cls))
-    except (TypeError, OSError):
-        source = None
-    if source is None or not source.is_file():
-        raise UserError(f"The source of {cls.__module__}.{cls.__qualname__} is not a file, so the solution cannot "
-                        "carry it. Define the model class in a .py module.")
-    if cls.__qualname__ != cls.__name__:
-        raise UserError(f"{cls.__module__}.{cls.__qualname__} is defined inside another object; the stand-alone "
-                        "run.py imports a module-level class. Define it at the top level of its module.")
-    needs = []
-    for node in ast.walk(ast.parse(source.read_text(), str(source))):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            needs.append("." * node.level + (node.module or ""))
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
-            needs += [n for n in names if n.split(".")[0] not in STANDALONE_IMPORTS | set(sys.stdlib_module_names)]
-    if needs:
-        raise UserError(
-            f"The model's source {source} imports {', '.join(sorted(set(needs)))}, which the solution cannot "
-            "carry: solution/ holds run.py, ckpt.pth and this one module, and needs only torch, torchvision and "
-            "Pillow. Put what the model needs into its own module (one file importing only torch, torchvision, "
-            "Pillow, numpy and the standard library), or leave --solution out. Nothing was written.")
-    name = cls.__module__.split(".")[-1]
-    if name in {"run", "__main__", "torch", "torchvision", "PIL", "numpy"} or name in sys.stdlib_module_names:
-        name = "model_def"
-    return source, name
-
-
-RUN_PY = '''"""Stand-alone prediction: one image in, one single-channel PNG of class indices out, at the image's size.
-
-    python3 run.py --input x.jpg --output y.png --weights ckpt.pth
-
-Written by project-predict from {origin}.
-Needs only torch, torchvision and Pillow (requirements.txt); the model class is {cls} from {module}.py beside
-this file, built with the arguments it was trained with. The image is resized to the training size and
-normalised as in training; the class probabilities are resized bilinearly to the image's size, then the argmax
-is taken.{tta_words}
-"""
-import argparse
-from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-from PIL import Image
-
-from {module} import {cls}
-
-try:
-    from torchvision.transforms.v2.functional import pil_to_tensor, resize
-except ImportError:  # torchvision before 0.15
-    from torchvision.transforms.functional import pil_to_tensor, resize
-
-MODEL_ARGS = {model_args}
-DROPPED_MODULES = {dropped}  # removed from the model by its last training phase
-IMAGE_SIZE = {image_size}  # the training image_size: every image is resized to IMAGE_SIZE x IMAGE_SIZE
-MEAN, STD = {mean}, {std}  # the training normalisation, each channel: (pixel / 255 - MEAN) / STD
-IN_CHANNELS = {in_channels}
-DECODER = {decoder!r}  # how training decoded images: pil (Pillow) or torchvision (torchvision.io)
-TTA_FLIP = {tta}  # average with the mirror image's prediction, its left/right classes swapped back
-FLIP_PAIRS = {flip_pairs}  # class indices a horizontal flip exchanges
-
-
-def load_model(weights):
-    model = {cls}(**MODEL_ARGS)
-    for name in DROPPED_MODULES:
-        delattr(model, name)
-    model.load_state_dict(torch.load(weights, map_location="cpu")["state_dict"])
-    return model.eval()
-
-
-def read(path):
-    """uint8 (channels, height, width)"""
-    if DECODER == "torchvision":
-        from torchvision.io import ImageReadMode, decode_image
-
-        return decode_image(str(path), mode=ImageReadMode.GRAY if IN_CHANNELS == 1 else ImageReadMode.RGB)
-    with Image.open(path) as image:
-        return pil_to_tensor(image.convert("L" if IN_CHANNELS == 1 else "RGB"))
-
-
-@torch.no_grad()
-def predict(model, image, device):
-    """uint8 (channels, height, width) -> uint8 (height, width) class indices"""
-    size = tuple(image.shape[-2:])
-    x = (resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True).float() / 255 - MEAN) / STD
-    x = x[None].to(device)
-    probs = model(x).float().softmax(1)
-    if TTA_FLIP:
-        mirrored = model(x.flip(-1)).float().softmax(1).flip(-1)
-        order = list(range(probs.shape[1]))
-        for a, b in FLIP_PAIRS:
-            order[a], order[b] = b, a
-        probs = (probs + mirrored[:, order]) / 2
-    probs = probs[0]
-    if tuple(probs.shape[-2:]) != size:
-        probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
-    return probs.argmax(0).to(torch.uint8).cpu()
-
-
-def main():
-    parser = argparse.ArgumentParser(description="One image in, its mask of class indices out.")
-    parser.add_argument("--input", required=True, help="the image (jpg, png, ...)")
-    parser.add_argument("--output", required=True, help="the mask PNG to write")
-    parser.add_argument("--weights", default=str(Path(__file__).with_name("ckpt.pth")), help="ckpt.pth")
-    args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.weights).to(device)
-    mask = predict(model, read(args.input), device)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.numpy()).save(args.output)
-
-
-if __name__ == "__main__":
-    main()
-'''
-
-
-def solution_plan(model, cfg, saved: dict) -> dict:
-    """What solution/ will hold, checked before anything is predicted: the model's source module (standing alone)
-    and its constructor arguments (plain values)."""
-    from project import tasks
-
-    source, module = model_source(model)
-    model_args = saved.get("model_args") or tasks.build_data(cfg, augment=False)["model_args"]  # load() sets them
-    return {"source": source, "module": module, "args": constructor_args(cfg, model_args)}
-
-
-def write_solution(folder: Path, plan: dict, model, saved: dict, info: dict, tta: bool, origin: str) -> list[str]:
-    """solution/: ckpt.pth (the weights predicted with, under state_dict), run.py, the model's module,
-    requirements.txt. Returns the file names."""
-    import torch
-
-    source, module, args = plan["source"], plan["module"], plan["args"]
-    folder.mkdir(parents=True)
-    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state}, folder / "ckpt.pth")
-    shutil.copyfile(source, folder / f"{module}.py")
-    cls = type(model).__name__
-    (folder / "run.py").write_text(RUN_PY.format(
-        origin=origin, cls=cls, module=module, model_args=repr(args),
-        dropped=repr(list(saved.get("dropped_modules") or [])), image_size=int(info["image_size"]),
-        mean=info["mean"], std=info["std"], in_channels=int(info["in_channels"]), decoder=info["decoder"],
-        tta=bool(tta), flip_pairs=repr([list(map(int, p)) for p in info["flip_pairs"]]),
-        tta_words=("\nWith TTA_FLIP the probabilities are first averaged with the mirror image's (its left/right "
-                   "classes\nswapped back), as project-predict --tta flip did.") if tta else ""))
-    (folder / "requirements.txt").write_text(REQUIREMENTS)
-    return sorted(p.name for p in folder.iterdir())
-
-
-def check_solution(folder: Path, image: Path, mask: Path) -> float:
-    """Run solution/run.py as the grader does (a fresh process, no PYTHONPATH, in solution/) on one image: the
-    share of its pixels that agree with the mask predicted here."""
-    import subprocess
-    import tempfile
-
-    import numpy as np
-    from PIL import Image
-
-    with tempfile.TemporaryDirectory() as tmp:
-        output = Path(tmp) / "check.png"
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        proc = subprocess.run([sys.executable, "run.py", "--input", str(image.resolve()), "--output", str(output),
-                               "--weights", "ckpt.pth"], cwd=folder, env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not output.is_file():
-            raise UserError(f"solution/run.py fails on {image.name} when run on its own (exit {proc.returncode}): "
-                            f"{proc.stderr.strip()[-1500:]}. Nothing was written.")
-        got, want = np.array(Image.open(output)), np.array(Image.open(mask))
-    if got.shape != want.shape:
-        raise UserError(f"solution/run.py wrote a {got.shape} mask for {image.name}, not {want.shape}. Nothing was "
-                        "written.")
-    return float((got == want).mean())
-
+# ----------------------------------------------------------------------------------------------- the zip
 
 def write_zip(path: Path, masks: Path, solution: Path | None) -> list[str]:
     """masks/ (and solution/) at the zip's root, nothing around them; directory entries as `zip -r` writes them."""
@@ -417,16 +201,11 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tta: str | None = None,
-            palette: bool = False, zip_path=None, solution: bool = False, max_params: int | None = None,
-            batch_size: int = 8, overrides: list[str] | None = None, say=print) -> dict:
-    """The command as a function: predictions for every image in `images`, written into `out` (and the zip).
-    Returns what was written and how. Raises UserError with nothing written."""
-    out = Path(out).expanduser()
-    zip_path = Path(zip_path).expanduser() if zip_path else None
+def check_arguments(out: Path, zip_path: Path | None, tta, batch_size: int, max_params: int | None, solution: bool,
+                    overrides) -> None:
+    """The refusals that need nothing loaded."""
     if tta not in (None, "none", "flip"):
         raise UserError(f"--tta {tta} is unknown: use --tta flip (the image and its mirror), or leave it out.")
-    tta = tta == "flip"
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: predict at least 1 image at a time.")
     if max_params is not None and max_params < 1:
@@ -440,9 +219,11 @@ def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tt
         raise UserError(f"{' '.join(bad)}: overrides are key=value (e.g. model=custom data=celebamask); TARGET "
                         "comes first and only once.")
     check_out(out)
-    paths, others = image_list(images)
-    sizes = image_sizes(paths)
 
+
+def checked_model(target, checkpoint: str, overrides, ema: str, zip_path: Path | None):
+    """(model, cfg, saved, checkpoint path, what using it needs); a model that predicts neither masks nor classes,
+    or classes with --zip, is refused."""
     from project.checkpoints import loading
 
     model, cfg, saved, ckpt_path = loading.load(target, checkpoint, list(overrides or []), ema=ema)
@@ -454,6 +235,43 @@ def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tt
     if zip_path is not None and info["task"] == "classification":
         raise UserError("--zip packs segmentation masks (masks/ at its root); this is a classification model, "
                         "whose predictions are predictions.csv. Leave --zip and --solution out.")
+    return model, cfg, saved, ckpt_path, info
+
+
+def pack(result: dict, made: list[Path], work: Path, paths: list[Path], sizes: dict, plan: dict | None, model,
+         saved: dict, info: dict, tta: bool) -> None:
+    """The zip (made[1]): the masks checked as the benchmark checks them, and with a plan, solution/ written and
+    its run.py run alone on the first image, which must agree with the mask predicted here."""
+    if result["task"] != "segmentation":
+        raise UserError("--zip packs segmentation masks; this model gave class scores (predictions.csv). "
+                        "Leave --zip and --solution out.")
+    check_masks(work, paths, sizes)
+    solution_dir = None
+    if plan is not None:
+        solution_dir = made[1].with_name(made[1].name + "-solution")
+        made.append(solution_dir)  # removed with the other partial files
+        result["solution"] = write_solution(solution_dir, plan, model, saved, info, tta, result["checkpoint"])
+        result["solution_agreement"] = check_solution(solution_dir, paths[0], work / f"{paths[0].stem}.png")
+        if result["solution_agreement"] < 0.99:
+            raise UserError(
+                f"solution/run.py's mask of {paths[0].name} agrees with this prediction on only "
+                f"{result['solution_agreement']:.2%} of its pixels: the stand-alone model is not the one "
+                "predicted with. Nothing was written.")
+    result["zip_names"] = write_zip(made[1], work, solution_dir)
+
+
+def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tta: str | None = None,
+            palette: bool = False, zip_path=None, solution: bool = False, max_params: int | None = None,
+            batch_size: int = 8, overrides: list[str] | None = None, say=print) -> dict:
+    """The command as a function: predictions for every image in `images`, written into `out` (and the zip).
+    Returns what was written and how. Raises UserError with nothing written."""
+    out = Path(out).expanduser()
+    zip_path = Path(zip_path).expanduser() if zip_path else None
+    check_arguments(out, zip_path, tta, batch_size, max_params, solution, overrides)
+    tta = tta == "flip"
+    paths, others = image_list(images)
+    sizes = image_sizes(paths)
+    model, cfg, saved, ckpt_path, info = checked_model(target, checkpoint, overrides, ema, zip_path)
     n_params = check_size(model, max_params)
     plan = solution_plan(model, cfg, saved) if solution else None
     device = pick_device()
@@ -474,22 +292,7 @@ def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tt
                   "parameters": n_params, "device": str(device), "seconds": seconds,
                   "images_per_s": len(paths) / seconds if seconds > 0 else float("inf")}
         if zip_path is not None:
-            if task != "segmentation":
-                raise UserError("--zip packs segmentation masks; this model gave class scores (predictions.csv). "
-                                "Leave --zip and --solution out.")
-            check_masks(work, paths, sizes)
-            solution_dir = None
-            if solution:
-                solution_dir = made[1].with_name(made[1].name + "-solution")
-                made.append(solution_dir)
-                result["solution"] = write_solution(solution_dir, plan, model, saved, info, tta, str(ckpt_path))
-                result["solution_agreement"] = check_solution(solution_dir, paths[0], work / f"{paths[0].stem}.png")
-                if result["solution_agreement"] < 0.99:
-                    raise UserError(
-                        f"solution/run.py's mask of {paths[0].name} agrees with this prediction on only "
-                        f"{result['solution_agreement']:.2%} of its pixels: the stand-alone model is not the one "
-                        "predicted with. Nothing was written.")
-            result["zip_names"] = write_zip(made[1], work, solution_dir)
+            pack(result, made, work, paths, sizes, plan, model, saved, info, tta)
             result["zip"] = str(zip_path)
         if out.exists():
             out.rmdir()  # empty (check_out): replaced by the finished folder

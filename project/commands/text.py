@@ -3,6 +3,8 @@ import math
 import sys
 import textwrap
 
+from project.rundirs.reading import plain  # noqa: F401  (library: JSON files written outside the commands too)
+
 
 def fail(error: Exception) -> int:
     """One paragraph on stderr, no traceback; the tools exit with this status (2, as run.py does)."""
@@ -23,14 +25,3 @@ def fmt(value, digits=4) -> str:
 def fmt_value(value) -> str:
     """Config values as typed (0.2, 0.0003, 1e-05), not rounded."""
     return f"{value:g}" if isinstance(value, float) else "-" if value is None else str(value)
-
-
-def plain(value):
-    """For --json: NaN (a missing value) as null, so any JSON reader accepts the output."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value

@@ -153,7 +153,7 @@ def test_after_fit(run: Run, summary: dict) -> str | None:
     results.json, test/<metric> in the tracker's summary, the final log line. The test split never picks."""
     if not distributed.current().main:
         return None
-    from project.commands.evaluate import after_fit
+    from project.evaluation.scoring import after_fit
 
     return after_fit(run, summary)
 

@@ -85,3 +85,14 @@ def flatten(tree, prefix="") -> dict:
             out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: tree}
+
+
+def plain(value):
+    """For JSON (--json, eval/*.json): NaN (a missing value) as null, so any JSON reader accepts the output."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
