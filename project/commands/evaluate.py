@@ -266,11 +266,10 @@ def main_metric(cfg, task: str) -> str:
 def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", overrides=(), batch_size=None,
           tta: bool = False, device=None, label: str = "") -> dict:
     """Load the weights, build the split from their config, score it: the result dict (see the module doc)."""
-    import torch
-
     from project import tasks
     from project.data import splits
     from project.checkpoints import loading
+    from project.runtime import pick_device
 
     overrides = list(overrides)
     if data_root is not None:  # a file another script wrote builds its data from the overrides
@@ -291,7 +290,7 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
                         "image_folder).")
     desc = loading.describe(cfg, saved)
     desc["classes"] = list(data.get("classes") or desc["classes"])
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(str(device or "auto"))  # the GPU when there is one
     model.to(device)
     size = int(desc["image_size"])
     batch_size = int(batch_size or cfg.get("trainer", {}).get("batch_size") or 8)
