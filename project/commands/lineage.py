@@ -27,6 +27,7 @@ from pathlib import Path
 from project import noise
 from project.errors import UserError
 from project.loggers import read_rows
+from project.rundirs.discovery import find_runs
 
 FORMAT = "project-lineage-v1"
 FILE = "lineage.json"
@@ -199,7 +200,7 @@ def find_files(paths: list[str], defaults: bool) -> list[Path]:
         if path.is_file() and path.name == FILE:
             found.append(path)
         elif path.is_dir():
-            found += sorted(p for p in path.rglob(FILE) if "wandb" not in p.relative_to(path).parts)
+            found += sorted(r / FILE for r in find_runs(path) if (r / FILE).is_file())
         elif not defaults:
             raise UserError(f"{spec!r} does not exist. Pass run dirs, sweep dirs or folders that hold them "
                             "(default: outputs/ and multirun/).")
