@@ -71,7 +71,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         if dist.main:
             rundir.acquire(run_dir)  # one process per run dir, before anything is written into it
-            rundir.write_records(run_dir, cfg, hc, job["overrides"])
+            rundir.write_records(run_dir, cfg, hc, job["overrides"], Path(__file__))  # what launched it
         from project.recipe.train import train
 
         summary = train(cfg, run_dir, [cwd / "outputs", cwd / "multirun"], job)

@@ -66,10 +66,11 @@ def main() -> int:
 
     from project.data import fake_faces
     from project.commands import predict
+    from project.runtime import pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     cfg, model, info = build(args.size, args.overrides)
     model.to(device)
     with tempfile.TemporaryDirectory() as tmp:

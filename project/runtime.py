@@ -275,7 +275,8 @@ def versions() -> dict:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """trainer.device; `auto` is this rank's GPU (cuda:LOCAL_RANK) when there is one."""
+    """The one device choice (training's trainer.device, the commands' and benchmarks' --device): `auto` is this
+    rank's GPU (cuda:LOCAL_RANK) when there is one, else the CPU; `cuda` without a visible GPU is a UserError."""
     if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
     if name in ("auto", "cuda") and torch.cuda.is_available():

@@ -23,10 +23,12 @@ CONFIG = {"model": {"dropout": 0.1}, "optimizer": {"lr": 2e-3, "weight_decay": 1
 
 def write_run(run_dir: Path, scores: list[float], *, starts: list[str], lineage_entries=(), parent=None,
               foreign=None, sweep=None, overrides=(), tags=(), start_score=None, status="done", config=None) -> dict:
-    """A run dir as training leaves it: metrics.csv (one validated row per epoch, a 'start' row first for a
-    continuation that scored its starting weights), environment.json (one entry per start) and lineage.json
-    written by lineage.describe from the checkpoint dict save() would build."""
-    run_dir.mkdir(parents=True)
+    """A run dir as training leaves it: .hydra/config.yaml (what marks a run dir), metrics.csv (one validated row
+    per epoch, a 'start' row first for a continuation that scored its starting weights), environment.json (one
+    entry per start) and lineage.json written by lineage.describe from the checkpoint dict save() would build."""
+    config = config or CONFIG
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
     rows = ([{"epoch": 0, "phase": "start", "val_f_score": start_score}] if start_score is not None else [])
     rows += [{"epoch": i + 1, "phase": "train", "val_f_score": s} for i, s in enumerate(scores)]
     with open(run_dir / "metrics.csv", "w", newline="") as f:
@@ -36,7 +38,6 @@ def write_run(run_dir: Path, scores: list[float], *, starts: list[str], lineage_
     (run_dir / "environment.json").write_text(json.dumps([{"hostname": "node", "time": t} for t in starts]))
     candidates = [(start_score, 0)] * (start_score is not None) + [(s, i + 1) for i, s in enumerate(scores)]
     best, best_epoch = max(candidates, key=lambda c: c[0])
-    config = config or CONFIG
     ckpt = {"monitor": "f_score", "best_score": best, "best_epoch": best_epoch, "epoch": len(scores),
             "config": config, "logger": {}, "early_stopping": {"stopped": False},
             "start_score": {"score": start_score, "epoch": 0, "metric": "f_score"} if start_score is not None else None,

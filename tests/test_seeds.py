@@ -40,9 +40,11 @@ def config(dropout, decay, seed, **other) -> dict:
 
 
 def write_run(run_dir, cfg: dict, best: float, test: float | None, overrides: list[str]) -> None:
-    """A finished run dir: metrics.csv (6 epochs, the best at epoch 3), final_model.pth, results.json."""
+    """A finished run dir: .hydra/ (config.yaml marks a run dir), metrics.csv (6 epochs, the best at epoch 3),
+    final_model.pth, results.json."""
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     curve = [best - 0.2, best - 0.05, best, best - 0.01, best - 0.02, best - 0.015]
     with open(run_dir / "metrics.csv", "w", newline="") as f:

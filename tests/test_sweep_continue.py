@@ -275,3 +275,73 @@ def test_what_cannot_be_continued_is_refused(tmp_path):
     proc = project_sweep("continue", sweep / "0", cwd=tmp_path)
     assert proc.returncode == 2 and "has no multirun.yaml, so it is not a sweep dir" in " ".join(proc.stderr.split())
     assert "pass its parent" in " ".join(proc.stderr.split())
+
+
+
+# ---- continued from a regular (non-editable) install ----
+
+def regular_install(root: Path) -> tuple[subprocess.Popen, Path, str]:
+    """pip install . (not -e) of a copy of the repository into a new venv, root/venv, that reuses this test's
+    packages through a .pth file instead of copying torch: (the running pip, the .pth file, its text). The copy
+    holds what the package is built from, so the installed package has no run.py or conf/ beside it, as in a
+    Docker image or a cluster module. With setuptools here the build runs in the venv (--no-build-isolation) and
+    the .pth is written first; else pip builds in an isolated env and the caller writes the .pth once pip is done
+    (our setuptools must not mix with the one pip fetches)."""
+    import importlib.util
+    import shutil
+
+    source = root / "source"
+    source.mkdir(parents=True)
+    for name in ("project", "hydra_plugins"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    python = root / "venv" / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    pth = Path(site) / "_test_packages.pth"
+    packages = "\n".join(p for p in sys.path if p.endswith("-packages") and Path(p).is_dir()) + "\n"
+    version = tuple(map(int, __import__("setuptools").__version__.split(".")[:2])) \
+        if importlib.util.find_spec("setuptools") else (0, 0)
+    # setuptools builds wheels itself from 70.1; from 64 to 70.0 with the wheel package
+    local = version >= (70, 1) or version >= (64, 0) and importlib.util.find_spec("wheel") is not None
+    if local:
+        pth.write_text(packages)
+    pip = subprocess.Popen([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                            *(["--no-build-isolation"] if local else []), str(source.resolve())],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return pip, pth, packages
+
+
+def test_a_sweep_started_from_the_repository_is_continued_by_an_installed_project_sweep(tmp_path):
+    """python run.py -m from the repository, killed (SIGKILL) once job 0 has saved an epoch; project-sweep continue
+    from a regular install (no run.py beside the package), typed in another directory: it launches the run.py the
+    jobs recorded, says so, and the sweep ends: job 0 continued from its last.pth, job 1 trained."""
+    pip, pth, packages = regular_install(tmp_path / "install")  # meanwhile
+    sweep = tmp_path / "sweep"
+    proc = multirun(*SMALL, "data.train_size=48", "trainer.max_epochs=3", "model.dropout=0.1,0.2",
+                    f"hydra.sweep.dir={sweep}", cwd=ROOT)
+    deadline = time.time() + 300
+    while not (sweep / "0" / "checkpoints" / "last.pth").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert not (sweep / "0" / "checkpoints" / "final_model.pth").exists()
+    assert pip.wait(timeout=600) == 0, pip.stdout.read()
+    pth.write_text(packages)
+
+    elsewhere = tmp_path / "elsewhere"  # not the repository: no run.py here
+    elsewhere.mkdir()
+    cont = subprocess.run([str(tmp_path / "install" / "venv" / "bin" / "project-sweep"), "continue", str(sweep)],
+                          cwd=elsewhere, env={k: v for k, v in ENV.items() if k != "PYTHONPATH"},
+                          capture_output=True, text=True, timeout=600)
+    text = cont.stdout + cont.stderr
+    assert cont.returncode == 0, text
+    plan = text.split("Launching in")[0]
+    assert f"run.py: {ROOT / 'run.py'} (the run.py that launched the sweep)" in plan, plan
+    assert "#0 -> 0/  model.dropout=0.1: interrupted: continues from its own checkpoints/last.pth" in plan, plan
+    for job in ("0", "1"):
+        assert epochs(sweep / job) == [1, 2, 3], text  # job 0: no epoch twice
+        assert load(sweep / job / "checkpoints" / "final_model.pth")["epoch"] == 3

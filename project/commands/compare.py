@@ -31,28 +31,24 @@ from project import noise
 from project.commands import grid as sweeps
 from project.commands.text import fail, fmt, fmt_value, plain
 from project.errors import UserError
+from project.rundirs.discovery import find_runs as find_runs_below, job_order
 from project.rundirs.reading import (check_run_dir, final_checkpoint, flatten, guess_monitor, higher_is_better,
                           metric_rows, run_config)
 
 
 def find_runs(paths: list[str]) -> list[Path]:
-    """Run directories: each path that holds metrics.csv, or every run directory below it (a sweep)."""
+    """Run directories: each path that holds metrics.csv, or the run dirs below it (a sweep) that hold one."""
     runs = []
     for spec in paths:
         path = Path(spec)
         if (path / "metrics.csv").is_file() or not path.is_dir():
             runs.append(check_run_dir(path))  # a missing path gets its explanation here
             continue
-        found = sorted((p.parent for p in path.rglob("metrics.csv") if "wandb" not in p.parts), key=job_order)
+        found = [r for r in find_runs_below(path) if (r / "metrics.csv").is_file()]  # those with an epoch to compare
         if not found:
             check_run_dir(path)  # raises: no metrics.csv here or below
         runs += found
     return list(dict.fromkeys(runs))
-
-
-def job_order(path: Path):
-    """Sweep jobs 0, 1, ..., 10 in numeric order, other names alphabetically."""
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts]
 
 
 def summarize(run_dir: Path) -> dict:

@@ -49,7 +49,7 @@ SHORT = {"dataset_f1": "mean foreground F1 of one confusion matrix (papers)",
 def targets(target, checkpoint: str = "best") -> tuple[bool, list[tuple[str | None, Path]]]:
     """(is a sweep, [(job name or None, checkpoint file)]): one file for a run dir or a file, each job's for a
     sweep dir (the jobs without that checkpoint, failed ones, are left out)."""
-    from project.commands.compare import job_order
+    from project.rundirs.discovery import find_runs
     from project.checkpoints.loading import FILES, checkpoint_path
 
     path = Path(target).expanduser()
@@ -60,8 +60,7 @@ def targets(target, checkpoint: str = "best") -> tuple[bool, list[tuple[str | No
         return False, [(None, checkpoint_path(path, checkpoint))]
     if checkpoint not in FILES:
         raise UserError(f"--checkpoint {checkpoint} is unknown: use best, last or final (or pass a .pth file).")
-    found = sorted({p.parent.parent for p in path.rglob(f"checkpoints/{FILES[checkpoint]}")
-                    if "wandb" not in p.parts}, key=job_order)
+    found = [r for r in find_runs(path) if (r / "checkpoints" / FILES[checkpoint]).is_file()]
     if not found:
         checkpoint_path(path, checkpoint)  # raises: neither a run dir nor a sweep with such files
     return True, [(str(p.relative_to(path)), p / "checkpoints" / FILES[checkpoint]) for p in found]

@@ -93,12 +93,6 @@ def check_size(model, limit: int | None) -> int:
 
 # ----------------------------------------------------------------------------------------------- predicting
 
-def pick_device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def write_mask(mask, path: Path, colors=None) -> None:
     from PIL import Image
 
@@ -274,7 +268,9 @@ def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tt
     model, cfg, saved, ckpt_path, info = checked_model(target, checkpoint, overrides, ema, zip_path)
     n_params = check_size(model, max_params)
     plan = solution_plan(model, cfg, saved) if solution else None
-    device = pick_device()
+    from project.runtime import pick_device
+
+    device = pick_device("auto")  # the GPU when there is one
     model.to(device)
 
     made = [partial_path(out)] + ([partial_path(zip_path)] if zip_path else [])

@@ -20,7 +20,8 @@ Optuna search (hparams_search=optuna) draws its trials from its study and is ref
 
 How a job finds its dir: the launch sets hydra.sweep.subdir to look up hydra.job.env_set.PROJECT_SWEEP_JOB_<n>
 (one entry per job), so the mapping travels in every job's own config: to the basic launcher's process, to
-local_gpus' spawned jobs and to SLURM nodes alike.
+local_gpus' spawned jobs and to SLURM nodes alike. The launch uses the run.py that started the sweep (each job
+records it in .hydra/launch.yaml), so an installed package (pip install .) needs none beside it; the plan says which.
 """
 import argparse
 import os
@@ -41,7 +42,8 @@ SUBDIR = '${oc.select:"hydra.job.env_set.' + JOB_DIR_KEY + '${hydra.job.num}"}'
 DEFAULT_SUBDIR = "${hydra.job.num}"
 LAUNCHERS = ("basic", "local_gpus", "slurm")
 SLURM_LAUNCHERS = ("slurm", "submitit_slurm")
-RUN_PY = Path(__file__).resolve().parents[2] / "run.py"
+# run.py where the package is used from its repository (an editable install); pip install . has none there
+REPO_RUN_PY = Path(__file__).resolve().parents[2] / "run.py"
 
 
 def parser():
@@ -113,6 +115,7 @@ class Plan:
     debris: list[Path]              # job dirs without records or checkpoints (a job killed while starting)
     extended: dict                  # {key: [values added]}
     swept: set                      # the keys whose value differs between jobs
+    run_py_source: str = ""         # which run.py the command launches, and why that one (find_run_py)
 
 
 def read_sweep(sweep_dir: Path) -> dict:
@@ -272,35 +275,70 @@ def check_not_running(d: Path) -> None:
                         "Nothing was started or changed.")
 
 
-def plan(sweep_dir, typed: list[str] = (), launcher: str | None = None) -> Plan:
-    """Every check, and the launch command; changes nothing on disk."""
-    sweep_dir = Path(sweep_dir).absolute()
+def check_launcher(launcher: str | None) -> None:
+    """--launcher names one this framework sets up."""
     if launcher is not None and launcher not in LAUNCHERS:
         raise UserError(f"--launcher {launcher} is not a launcher this framework sets up: use {', '.join(LAUNCHERS)} "
                         "(basic: one job after another in one process; local_gpus: a process per job, one per GPU; "
                         "slurm: a SLURM job array).")
-    recorded = read_sweep(sweep_dir)
-    check_sweeper(sweep_dir, recorded["sweeper"])
-    check_subdir(sweep_dir, recorded["subdir"])
-    chosen = launcher or recorded["launcher"]
+
+
+def check_sbatch(chosen: str) -> None:
+    """A SLURM launcher needs sbatch on this machine."""
     if chosen in SLURM_LAUNCHERS and not shutil.which("sbatch"):
         raise UserError(f"The sweep runs with hydra/launcher={chosen}, but sbatch is not on this machine's PATH. "
                         "Continue it on the cluster's login node, or run the remaining jobs here with "
                         "--launcher local_gpus (or basic).")
-    if not RUN_PY.is_file():
-        raise UserError(f"run.py is not at {RUN_PY}: project-sweep launches the sweep with the repository's run.py. "
-                        "Use the project from its repository (pip install -e .).")
-    task, launcher_typed, extended = apply_typed(sweep_dir, recorded["task"], list(typed))
-    jobs = [Job(i, o, job_identity(o)) for i, o in enumerate(expand(recorded["sweeper"].get("params"), task))]
+
+
+def find_run_py(found: list[tuple[Path, list[str] | None]]) -> tuple[Path, str]:
+    """(the run.py to launch, where it was found, for the plan): the one that launched the sweep's jobs (their
+    .hydra/launch.yaml), else the working directory's, else the repository's this package is imported from (an
+    editable install). Installed with pip install ., the package has no run.py beside it."""
+    recorded = [r for r in (rundir.launched_by(d) for d, _ in found) if r is not None]
+    gone = f" (the recorded {recorded[0]} no longer exists)" if recorded else ""
+    for run_py, source in [*((r, "the run.py that launched the sweep") for r in recorded),
+                           (Path.cwd() / "run.py", f"the working directory's run.py{gone}"),
+                           (REPO_RUN_PY, f"the run.py of the repository project is imported from{gone}")]:
+        if run_py.is_file():
+            return run_py.resolve(), source
+    raise UserError(f"No run.py to launch the sweep with: its job dirs record none{gone}, and there is none in the "
+                    f"working directory ({Path.cwd()}). Run project-sweep continue from the repository that "
+                    "started the sweep (the folder with run.py and conf/).")
+
+
+def expand_jobs(sweeper: dict, task: list[str]) -> list[Job]:
+    """The sweep's jobs, in launch order; a job listed twice is refused (each job needs its own dir)."""
+    jobs = [Job(i, o, job_identity(o)) for i, o in enumerate(expand(sweeper.get("params"), task))]
     twice = {j.identity for j in jobs if sum(k.identity == j.identity for k in jobs) > 1}
     if twice:
         raise UserError(f"The sweep lists the same job more than once ({show(next(iter(twice)))}): a value repeated "
                         "in a list. Each job needs its own dir; list each value once.")
+    return jobs
 
+
+def swept_keys(jobs: list[Job]) -> set:  # the keys whose value differs between jobs
+    return {k for j in jobs for k, _ in j.identity if len({v for jj in jobs for kk, v in jj.identity if kk == k}) > 1}
+
+
+def not_a_job(d: Path, identity: frozenset, jobs: list[Job], task: list[str], sweep_dir: Path) -> UserError:
+    """A job dir whose overrides are no job of the sweep: names a value, a key the sweep lacks, a key it lacks."""
+    keys = {k for j in jobs for k, _ in j.identity}
+    odd = [f"{k}={v}" for k, v in sorted(identity) if all((k, v) not in j.identity for j in jobs)]
+    odd += [f"without {k}" for k in sorted(keys - {k for k, _ in identity})]
+    what = ", ".join(odd) or show(identity)
+    return UserError(
+        f"The job dir {d} ran {what}, which is not a job of this sweep ({' '.join(task)}). Move it out of "
+        f"the sweep dir, or continue the sweep with that value added to its list (project-sweep continue "
+        f"{sweep_dir} key=old,values,new).")
+
+
+def match_dirs(sweep_dir: Path, found, jobs: list[Job], task: list[str], swept: set) -> tuple[list[Path], set]:
+    """Each job dir given to its job by its overrides (job.dir_name, job.state, job.clear): (debris, the names of
+    the dirs taken)."""
     by_identity = {j.identity: j for j in jobs}
-    swept = {k for j in jobs for k, _ in j.identity if len({v for jj in jobs for kk, v in jj.identity if kk == k}) > 1}
-    debris, used = [], {}
-    for d, overrides in job_dirs(sweep_dir):
+    debris, used = [], set()
+    for d, overrides in found:
         check_not_running(d)
         if overrides is None:
             if checkpoints(d):
@@ -310,50 +348,67 @@ def plan(sweep_dir, typed: list[str] = (), launcher: str | None = None) -> Plan:
             continue
         identity = job_identity(overrides)
         job = by_identity.get(identity)
-        if job is None:  # name what no job of the sweep ran: a value, a key the sweep lacks, a key it lacks
-            keys = {k for j in jobs for k, _ in j.identity}
-            odd = [f"{k}={v}" for k, v in sorted(identity) if all((k, v) not in j.identity for j in jobs)]
-            odd += [f"without {k}" for k in sorted(keys - {k for k, _ in identity})]
-            what = ", ".join(odd) or show(identity)
-            raise UserError(
-                f"The job dir {d} ran {what}, which is not a job of this sweep ({' '.join(task)}). Move it out of "
-                f"the sweep dir, or continue the sweep with that value added to its list (project-sweep continue "
-                f"{sweep_dir} key=old,values,new).")
+        if job is None:
+            raise not_a_job(d, identity, jobs, task, sweep_dir)
         if job.dir_name:
-            raise UserError(f"The job dirs {sweep_dir / job.dir_name} and {d} both ran {show(identity, swept) or show(identity)}. "
-                            "Keep one of them in the sweep dir (move the other away), then continue.")
+            raise UserError(f"The job dirs {sweep_dir / job.dir_name} and {d} both ran "
+                            f"{show(identity, swept) or show(identity)}. Keep one of them in the sweep dir (move the "
+                            "other away), then continue.")
         job.dir_name, job.state = d.name, state_of(d)
         if job.state == "half-made":
             job.clear = sorted(p.name for p in d.iterdir())
-        used[d.name] = job
+        used.add(d.name)
+    return debris, used
 
-    taken = set(used)
-    for job in jobs:  # a job without a dir: its own number when free (as first launched), else the lowest free one
+
+def number_new_jobs(sweep_dir: Path, jobs: list[Job], taken: set) -> None:
+    """A job without a dir: its own number when free (as first launched), else the lowest free one."""
+    taken = set(taken)
+    for job in jobs:
         if job.dir_name:
             continue
-        number = job.index
-        if str(number) in taken:
-            number = 0
-            while str(number) in taken:
-                number += 1
-        job.dir_name = str(number)
+        free = (str(n) for n in [job.index, *range(len(taken) + 1)] if str(n) not in taken)
+        job.dir_name = next(free)
         taken.add(job.dir_name)
         if (sweep_dir / job.dir_name).is_dir():
             job.clear = sorted(p.name for p in (sweep_dir / job.dir_name).iterdir())
-    if extended:
-        check_composes(recorded["hydra"], [j for j in jobs if j.state == "new"])
 
+
+def launch_command(run_py: Path, sweep_dir: Path, recorded: dict, task: list[str], jobs: list[Job],
+                   launcher: str | None, launcher_typed: list[str]) -> list[str]:
+    """python run.py -m with the sweep's overrides, its dir, each job's dir lookup and the typed launcher settings."""
     hydra = hydra_overrides_to_keep(recorded["hydra"], recorded["subdir"], launcher)
     if launcher:
         hydra.append(f"hydra/launcher={launcher}")
-    command = [sys.executable, str(RUN_PY), "-m", *task, *hydra, f"hydra.sweep.dir={sweep_dir}",
-               f"hydra.sweep.subdir='{SUBDIR}'", *(f"+hydra.job.env_set.{JOB_DIR_KEY}{j.index}={j.dir_name}" for j in jobs),
-               *launcher_typed]
+    return [sys.executable, str(run_py), "-m", *task, *hydra, f"hydra.sweep.dir={sweep_dir}",
+            f"hydra.sweep.subdir='{SUBDIR}'", *(f"+hydra.job.env_set.{JOB_DIR_KEY}{j.index}={j.dir_name}" for j in jobs),
+            *launcher_typed]
+
+
+def plan(sweep_dir, typed: list[str] = (), launcher: str | None = None) -> Plan:
+    """Every check, and the launch command; changes nothing on disk."""
+    sweep_dir = Path(sweep_dir).absolute()
+    check_launcher(launcher)
+    recorded = read_sweep(sweep_dir)
+    check_sweeper(sweep_dir, recorded["sweeper"])
+    check_subdir(sweep_dir, recorded["subdir"])
+    chosen = launcher or recorded["launcher"]
+    check_sbatch(chosen)
+    found = job_dirs(sweep_dir)
+    run_py, run_py_source = find_run_py(found)
+    task, launcher_typed, extended = apply_typed(sweep_dir, recorded["task"], list(typed))
+    jobs = expand_jobs(recorded["sweeper"], task)
+    swept = swept_keys(jobs)
+    debris, taken = match_dirs(sweep_dir, found, jobs, task, swept)
+    number_new_jobs(sweep_dir, jobs, taken)
+    if extended:
+        check_composes(run_py.parent / "conf", recorded["hydra"], [j for j in jobs if j.state == "new"])
+    command = launch_command(run_py, sweep_dir, recorded, task, jobs, launcher, launcher_typed)
     cwd = Path(recorded["cwd"]) if recorded["cwd"] and Path(recorded["cwd"]).is_dir() else Path.cwd()
-    return Plan(sweep_dir, jobs, command, cwd, chosen, debris, extended, swept)
+    return Plan(sweep_dir, jobs, command, cwd, chosen, debris, extended, swept, run_py_source)
 
 
-def check_composes(hydra_overrides: list[str], jobs: list[Job]) -> None:
+def check_composes(conf_dir: Path, hydra_overrides: list[str], jobs: list[Job]) -> None:
     """New jobs of an extended grid compose (a config-group value that exists, a value of the right type) before
     Hydra rewrites multirun.yaml with the extended lists."""
     from hydra import compose, initialize_config_dir
@@ -361,7 +416,7 @@ def check_composes(hydra_overrides: list[str], jobs: list[Job]) -> None:
 
     searchpath = [o for o in hydra_overrides if o.split("=", 1)[0] == "hydra.searchpath"]
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(RUN_PY.parent / "conf"), version_base="1.3", job_name="run"):
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="run"):
         for job in jobs:
             try:
                 compose(config_name="config", overrides=searchpath + job.overrides)
@@ -390,6 +445,7 @@ def describe(p: Plan) -> str:
         if d.name not in {j.dir_name for j in p.jobs}:
             lines.append(f"  {d.name}/ holds no job records and no checkpoint (a job killed while starting): removed")
     shown = [c for c in p.command if not c.startswith(f"+hydra.job.env_set.{JOB_DIR_KEY}")]
+    lines.append(f"run.py: {p.command[1]} ({p.run_py_source})")
     lines.append(f"Launching in {p.cwd}: " + " ".join(shlex.quote(c) for c in shown)
                  + f" +hydra.job.env_set.{JOB_DIR_KEY}<n>=<job dir> (one per job)")
     return "\n".join(lines)

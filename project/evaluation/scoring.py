@@ -167,6 +167,7 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
     from project import tasks
     from project.data import splits
     from project.checkpoints import loading
+    from project.runtime import pick_device
 
     overrides = list(overrides)
     if data_root is not None:  # a file another script wrote builds its data from the overrides
@@ -187,7 +188,7 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
                         "image_folder).")
     desc = loading.describe(cfg, saved)
     desc["classes"] = list(data.get("classes") or desc["classes"])
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(str(device or "auto"))  # the GPU when there is one (the one device choice)
     model.to(device)
     size = int(desc["image_size"])
     batch_size = int(batch_size or cfg.get("trainer", {}).get("batch_size") or 8)

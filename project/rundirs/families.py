@@ -11,6 +11,7 @@ from pathlib import Path
 
 from project import noise
 from project.errors import UserError
+from project.rundirs.discovery import find_runs, job_order
 from project.rundirs.lineage import FILE, FORMAT, read_json
 
 
@@ -40,7 +41,7 @@ def find_files(paths: list[str], defaults: bool) -> list[Path]:
         if path.is_file() and path.name == FILE:
             found.append(path)
         elif path.is_dir():
-            found += sorted(p for p in path.rglob(FILE) if "wandb" not in p.relative_to(path).parts)
+            found += [r / FILE for r in find_runs(path) if (r / FILE).is_file()]
         elif not defaults:
             raise UserError(f"{spec!r} does not exist. Pass run dirs, sweep dirs or folders that hold them "
                             "(default: outputs/ and multirun/).")
@@ -118,10 +119,6 @@ def started(node: Node) -> str:
     if node.kind == "run":
         return node.data.get("started") or node.data.get("updated") or ""
     return min((started(c) for c in node.children), default="")
-
-
-def job_order(name: str):
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in Path(name).parts]
 
 
 def child_order(parent: Node, child: Node):

@@ -170,8 +170,14 @@ def disk_error(error: BaseException, path: Path, needed: int | None = None):
     return DiskError(f"Could not write {path}: {os.strerror(code)} ({size}{room} on that file system).")
 
 
-def write_records(run_dir: Path, cfg, hydra_cfg, overrides: list[str]) -> None:
-    """.hydra/{config,hydra,overrides}.yaml as Hydra writes them, once this process holds the dir."""
+# .hydra/launch.yaml: {run_py: the run.py that launched the run}. A command that launches run.py again
+# (project-sweep continue) takes this one: the installed package need not sit beside a run.py (pip install .)
+LAUNCH_RECORD = "launch.yaml"
+
+
+def write_records(run_dir: Path, cfg, hydra_cfg, overrides: list[str], run_py: Path) -> None:
+    """.hydra/{config,hydra,overrides}.yaml as Hydra writes them, and launch.yaml naming `run_py`, once this
+    process holds the dir."""
     from omegaconf import OmegaConf
 
     records = Path(run_dir) / ".hydra"
@@ -179,6 +185,19 @@ def write_records(run_dir: Path, cfg, hydra_cfg, overrides: list[str]) -> None:
     OmegaConf.save(cfg, records / "config.yaml")
     OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), records / "hydra.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides)), records / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"run_py": str(Path(run_py).resolve())}), records / LAUNCH_RECORD)
+
+
+def launched_by(run_dir: Path) -> Path | None:
+    """The run.py that launched the run in `run_dir`, as its .hydra/launch.yaml records it; None without a
+    readable record (a run dir made before the record existed, or a job killed before writing it)."""
+    import yaml
+
+    try:
+        recorded = (yaml.safe_load((Path(run_dir) / ".hydra" / LAUNCH_RECORD).read_text()) or {}).get("run_py")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return Path(recorded) if isinstance(recorded, str) and recorded else None
 
 
 def release(run_dir: Path) -> None:
