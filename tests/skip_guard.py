@@ -1,10 +1,10 @@
-"""No silent skips in CI (issue 26): a pytest plugin (tests/conftest.py loads it) and the one way a test says that
+"""No silent skips in CI (issue 26): pytest hooks (tests/conftest.py imports them) and the one way a test says that
 its machine lacks a capability.
 
 CI runs the suite as root with CI=true, on a machine meant to have every capability the tests need (mount, a
-local SLURM cluster). There a missing capability is a failure naming it, and a session in which any test skipped
-fails too, unless the test and its reason are on tests/allowed_skips.txt. Outside CI (CI unset, or not root)
-skips stay skips: a developer's machine may lack mount or SLURM.
+local SLURM cluster). There a missing capability is a failure naming it (`unavailable`), and with CI=true a session
+in which any test skipped fails too, unless the test and its reason are on tests/allowed_skips.txt. Without CI=true
+skips stay skips: a developer's machine may lack root, mount or SLURM.
 """
 import os
 from pathlib import Path
@@ -31,9 +31,11 @@ def allowed() -> dict[str, str]:
     """tests/allowed_skips.txt: test id (a parametrized test's id without its [params] covers them all) -> the
     only reason it may skip for. Lines are `<test id> | <reason>`; # starts a comment."""
     entries = {}
-    for line in ALLOWED_SKIPS.read_text().splitlines():
+    for number, line in enumerate(ALLOWED_SKIPS.read_text().splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if line:
+            if "|" not in line:
+                raise ValueError(f"{ALLOWED_SKIPS}:{number}: {line!r} is not `<test id> | <reason>`")
             test, reason = (part.strip() for part in line.split("|", 1))
             entries[test] = reason
     return entries
