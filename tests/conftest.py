@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# in CI, a skip not on tests/allowed_skips.txt fails the session (its hooks, run as this file's)
+from skip_guard import (pytest_collectreport, pytest_runtest_logreport, pytest_sessionfinish,  # noqa: F401
+                        pytest_terminal_summary)
+from skip_guard import unavailable
 from slurm_cluster import slurm_cluster  # noqa: F401  (the one SLURM fixture: a cluster that does not start fails)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +52,16 @@ def stop_with_sigterm(run_dir: Path, *overrides, cwd: Path, env_extra=None) -> s
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "Caught SIGTERM" in out, out  # 128 + SIGTERM, after saving
     return out
+
+
+def mount(*args: str) -> None:
+    """`mount *args` (a tmpfs, a read-only bind mount) for the full-disk and read-only tests. Where it cannot be
+    done the test fails with mount's own words in CI as root, and skips elsewhere (skip_guard.unavailable)."""
+    if os.geteuid() != 0:
+        unavailable("needs root and mount (CI runs as root)")
+    proc = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        unavailable(f"mount {' '.join(args)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
 
 
 def train_tiny(run_dir: Path, *overrides, cwd: Path, **kwargs) -> subprocess.CompletedProcess:

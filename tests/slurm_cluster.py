@@ -1,8 +1,9 @@
 """A real single-node SLURM cluster on localhost for the tests (scripts/slurm-local-up.sh, -down.sh).
 
-tests/conftest.py imports the fixture, so every test module can ask for `slurm_cluster`. It skips only where SLURM
-cannot run at all (not root; neither apt-get nor an installed SLURM); a cluster that fails to start fails the tests
-that need it, with the start script's output.
+tests/conftest.py imports the fixture, so every test module can ask for `slurm_cluster`. Where SLURM cannot run at
+all (not root; neither apt-get nor an installed SLURM) it skips, except in CI as root, where it fails with that
+reason (skip_guard.unavailable); a cluster that fails to start fails the tests that need it, with the start
+script's output.
 
 Several pytest sessions may share the machine (and the cluster, which is machine-wide): a session uses a running
 cluster as it is, and the cluster is stopped only by the last session using it, and only if a test session
@@ -14,6 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from skip_guard import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = Path("/run/slurm-local-users")  # one file per pytest process using the cluster
@@ -42,10 +45,10 @@ def _alive(pid: str) -> bool:
 @pytest.fixture(scope="session")
 def slurm_cluster():
     if os.geteuid() != 0:
-        pytest.skip("SLURM tests need root, to install slurm-wlm with apt-get and start its daemons on localhost")
+        unavailable("SLURM tests need root, to install slurm-wlm with apt-get and start its daemons on localhost")
     if not cluster_up():
         if not (shutil.which("apt-get") and shutil.which("dpkg")) and not shutil.which("slurmctld"):
-            pytest.skip("SLURM tests need apt-get (Debian's slurm-wlm packages) or an installed SLURM")
+            unavailable("SLURM tests need apt-get (Debian's slurm-wlm packages) or an installed SLURM")
         up = subprocess.run(["bash", str(ROOT / "scripts" / "slurm-local-up.sh")], capture_output=True, text=True,
                             timeout=900)
         if up.returncode != 0 or not cluster_up():  # a machine that can run SLURM but did not: the run fails

@@ -263,7 +263,11 @@ def test_a_worker_dying_while_the_others_start_is_reported_once_the_loader_holds
             os.kill(os.getpid(), signal.SIGKILL)
 
     def slow_reset(self, loader, first_iter=False):
-        time.sleep(0.5)  # worker 0 is dead by now
+        # worker 0 has ended before the loader holds its workers; not reaped, so torch's SIGCHLD check sees it
+        deadline = time.time() + 300
+        while os.waitid(os.P_PID, self._workers[0].pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            assert time.time() < deadline, "worker 0 did not die"
+            time.sleep(0.01)
         return reset(self, loader, first_iter)
 
     reset = _MultiProcessingDataLoaderIter._reset
