@@ -12,36 +12,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from project.checkpoints.opening import compose, validated_weights
+from project.checkpoints.resolve import checkpoint_path
 from project.errors import UserError
-
-FILES = {"best": "best_model.pth", "last": "last.pth", "final": "final_model.pth"}
-
-
-def checkpoint_path(target, checkpoint: str = "best") -> Path:
-    """A run dir's checkpoints/<checkpoint> file, or the file itself."""
-    target = Path(target).expanduser()
-    if target.is_file():
-        return target
-    if checkpoint not in FILES:
-        raise UserError(f"--checkpoint {checkpoint} is unknown: use best, last or final (or pass a .pth file).")
-    for candidate in (target / "checkpoints" / FILES[checkpoint], target / FILES[checkpoint]):
-        if candidate.is_file():
-            return candidate
-    raise UserError(f"{str(target)!r} is neither a checkpoint file nor a run dir with checkpoints/{FILES[checkpoint]}. "
-                    "Pass a run directory (outputs/<date>/<time>) or a .pth file.")
-
-
-def compose(overrides: list[str]):
-    """The config run.py would compose from these overrides (for files without a config of ours)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    try:
-        with initialize_config_dir(str(conf), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides))
-    except Exception as e:  # a bad override: Hydra's own message names it
-        raise UserError(f"Could not compose the config from {list(overrides)}: {e}") from None
-
 
 def load(target, checkpoint: str = "best", overrides: list[str] | None = None, weights_key: str | None = None,
          ema: str = "auto"):
@@ -80,9 +53,9 @@ def load(target, checkpoint: str = "best", overrides: list[str] | None = None, w
 
 
 def pick_weights(saved: dict, ema: str, weights_key, resume) -> tuple[str, dict]:
-    """--ema auto: the weights that were validated (resume.validated_weights); on / off: the EMA copy or not."""
+    """--ema auto: the weights that were validated (opening.validated_weights); on / off: the EMA copy or not."""
     if ema == "auto" or weights_key:
-        return resume.validated_weights(saved, weights_key)
+        return validated_weights(saved, weights_key)
     if ema == "on":
         if saved.get("ema_state_dict") is None:
             raise UserError("--ema on, but the checkpoint holds no EMA weights (trainer.ema.decay was off). Use "

@@ -64,7 +64,7 @@ def targets(target, checkpoint: str = "best") -> tuple[bool, list[tuple[str | No
     """(is a sweep, [(job name or None, checkpoint file)]): one file for a run dir or a file, each job's for a
     sweep dir (the jobs without that checkpoint, failed ones, are left out)."""
     from project.commands.compare import job_order
-    from project.checkpoints.loading import FILES, checkpoint_path
+    from project.checkpoints.resolve import FILES, checkpoint_path
 
     path = Path(target).expanduser()
     if not path.exists():
@@ -87,7 +87,7 @@ def run_dir_of(path: Path) -> Path | None:
 
 def label_of(path: Path) -> str:
     """best, last, final for our files; the file's stem for others."""
-    from project.checkpoints.loading import FILES
+    from project.checkpoints.resolve import FILES
 
     return {v: k for k, v in FILES.items()}.get(path.name, path.stem)
 

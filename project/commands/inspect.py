@@ -14,19 +14,8 @@ import sys
 from pathlib import Path
 
 from project.errors import UserError
+from project.checkpoints.resolve import inspect_file as resolve
 from project.rundirs.reading import fail, flatten, fmt, plain
-
-
-def resolve(path) -> Path:
-    """A .pth as given; a run directory means its checkpoints/last.pth."""
-    path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "last.pth", path / "last.pth"):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"{str(path)!r} is a directory without checkpoints/last.pth. Pass a .pth file or a run "
-                        "directory (outputs/<date>/<time>).")
-    return path
 
 
 def load(path) -> dict:
