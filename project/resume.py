@@ -13,12 +13,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from project import phases
 from project.checkpoints import files as checkpoint
-from project.checkpoints import foreign
-from project.rundirs import lock as rundir
-from project.errors import UserError
+from project.checkpoints import foreign, resolve
 from project.checkpoints.foreign import FORMAT as FOREIGN
-from project.checkpoints.opening import read_any, validated_weights  # noqa: F401  (validated_weights: tests)
-from project.checkpoints.resolve import FILE_FOR_MODE, find_checkpoint
+from project.checkpoints.opening import open_checkpoint, validated_weights
+from project.errors import UserError
 from project.rundirs.reading import flatten
 from project.state import RESTORES
 from project.validate import check_config
@@ -231,16 +229,16 @@ def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None)
         log.info("Resuming (full) from this run's own %s (a requeued or restarted job)", path)
     elif mode == "none":
         return None
-    elif mode not in FILE_FOR_MODE:
+    elif mode not in resolve.FILE_FOR_MODE:
         raise UserError(f"resume.mode={mode!r} is unknown: use resume=none, resume=full or resume=reset_optimizer.")
     else:
-        path = find_checkpoint(str(cfg.resume.checkpoint), mode, search_dirs, exclude=run_dir).resolve()
+        path = resolve.for_resume(str(cfg.resume.checkpoint), mode, search_dirs, exclude=run_dir).resolve()
         log.info("Resuming (%s) from %s", mode, path)
     # a file we picked from a run dir may fall back to the newest intact one; a file the user named must load
     if is_own or (mode == "full" and not str(cfg.resume.checkpoint).endswith(".pth")):
         path, saved = load_newest_intact(path)
     else:
-        saved = read_any(path, cfg)
+        saved = open_checkpoint(path, cfg=cfg, weights_key=cfg.resume.get("weights_key")).state
     foreign = saved["format"] == FOREIGN
     overrides, choices = list(typed or []), None
     if mode == "full" and typed is not None:

@@ -62,23 +62,20 @@ MONITORS = {"f_score": "dataset_f1", "image_f_score": "image_f1"}  # training's 
 
 def targets(target, checkpoint: str = "best") -> tuple[bool, list[tuple[str | None, Path]]]:
     """(is a sweep, [(job name or None, checkpoint file)]): one file for a run dir or a file, each job's for a
-    sweep dir (the jobs without that checkpoint, failed ones, are left out)."""
+    sweep dir (the jobs without that checkpoint, failed ones, are left out); checkpoints/resolve.py's table."""
     from project.commands.compare import job_order
-    from project.checkpoints.resolve import FILES, checkpoint_path
+    from project.checkpoints import resolve
 
     path = Path(target).expanduser()
     if not path.exists():
         raise UserError(f"{str(target)!r} does not exist. Pass a run dir (outputs/<date>/<time>), a checkpoint "
                         "(.pth, .safetensors) or a sweep dir (multirun/<date>/<time>).")
     if path.is_file() or (path / "checkpoints").is_dir() or (path / "metrics.csv").is_file():
-        return False, [(None, checkpoint_path(path, checkpoint))]
-    if checkpoint not in FILES:
-        raise UserError(f"--checkpoint {checkpoint} is unknown: use best, last or final (or pass a .pth file).")
-    found = sorted({p.parent.parent for p in path.rglob(f"checkpoints/{FILES[checkpoint]}")
-                    if "wandb" not in p.parts}, key=job_order)
+        return False, [(None, resolve.checkpoint_file(path, "evaluate", checkpoint))]
+    found = sorted(resolve.in_sweep(path, checkpoint), key=job_order)
     if not found:
-        checkpoint_path(path, checkpoint)  # raises: neither a run dir nor a sweep with such files
-    return True, [(str(p.relative_to(path)), p / "checkpoints" / FILES[checkpoint]) for p in found]
+        resolve.checkpoint_file(path, "evaluate", checkpoint)  # raises: neither a run dir nor a sweep with such files
+    return True, [(str(p.relative_to(path)), p / "checkpoints" / resolve.FILES[checkpoint]) for p in found]
 
 
 def run_dir_of(path: Path) -> Path | None:
@@ -271,6 +268,8 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
     from project import tasks
     from project.data import splits
     from project.checkpoints import loading
+    from project.checkpoints.foreign import FORMAT as FOREIGN
+    from project.checkpoints.opening import stored_best
 
     overrides = list(overrides)
     if data_root is not None:  # a file another script wrote builds its data from the overrides
@@ -301,6 +300,7 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
     note = splits.differs(saved.get("data_split"), data.get("split")) if split == "val" else None
     monitor = saved.get("monitor")
     trained = (saved.get("val_metrics") or {}).get(monitor) if monitor and ema == "auto" else None
+    stored = stored_best(saved) if saved["format"] == FOREIGN else None  # another script's number, read by loss.metric
     return {
         "format": FORMAT, "task": task, "split": split, "checkpoint": label_of(path), "checkpoint_path": str(path),
         "run_dir": str(run_dir_of(path)) if run_dir_of(path) else None, "epoch": saved.get("epoch"),
@@ -316,6 +316,7 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
             "metric": MONITORS.get(monitor, monitor), "value": trained,
             "note": f"training's validation of these weights, at {size}x{size} on resized masks: not this number"
             if task == "segmentation" else "training's validation of these weights"},
+        "stored_best": stored,
         "device": str(device), "per_image": scores["per_image"]}
 
 
@@ -424,6 +425,10 @@ def report(result: dict) -> str:
         lines.append("  (training validated these weights on its val split" + (
             f" at {size}x{size}, masks resized: {t['metric']} {fmt(t['value'])}; another measurement)"
             if result["task"] == "segmentation" else f": {t['metric']} {fmt(t['value'])})"))
+    stored = result.get("stored_best")
+    if stored and stored["score"] is not None:
+        lines.append(f"  (the file stores {stored['name']} {fmt(stored['score'])}: computed by another script, another "
+                     "measurement)")
     lines.append("  Per class:")
     lines += ["  " + line for line in per_class_table(result)]
     return "\n".join(lines)
