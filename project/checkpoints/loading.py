@@ -8,7 +8,6 @@
 `describe()` gives what prediction and export need besides the weights: class names, colours, flip pairs, the
 input size and the normalisation, the task.
 """
-from project.checkpoints.opening import open_checkpoint
 
 
 def load(target, checkpoint: str = "best", overrides: list[str] | None = None, weights_key: str | None = None,
@@ -18,6 +17,7 @@ def load(target, checkpoint: str = "best", overrides: list[str] | None = None, w
     that config's metric, see opening.py)."""
     from project import phases, resume, tasks
     from project.checkpoints import foreign, resolve
+    from project.checkpoints.opening import open_checkpoint
 
     path = resolve.checkpoint_file(target, "load_model", checkpoint)
     opened = open_checkpoint(path, overrides=overrides or [], weights_key=weights_key)
