@@ -13,80 +13,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from project import phases
 from project.checkpoints import files as checkpoint
-from project.checkpoints import foreign
-from project.rundirs import lock as rundir
-from project.errors import UserError
+from project.checkpoints import foreign, resolve
 from project.checkpoints.foreign import FORMAT as FOREIGN
+from project.checkpoints.opening import open_checkpoint, validated_weights
+from project.errors import UserError
 from project.rundirs.reading import flatten
 from project.state import RESTORES
 from project.validate import check_config
 
 log = logging.getLogger(__name__)
 
-FILE_FOR_MODE = {"full": "last.pth", "reset_optimizer": "best_model.pth"}
 # In a full resume these may change; any other model.* value would change the network the weights belong to.
 MODEL_KEYS_SAFE_TO_CHANGE = {"model.dropout"}
-
-
-def find_checkpoint(spec: str, mode: str, search_dirs: list[Path], exclude: Path) -> Path:
-    """Resolve resume.checkpoint (latest | a .pth file | a run directory) to one file."""
-    name = FILE_FOR_MODE[mode]
-    if spec == "latest":
-        candidates = sorted((p for d in search_dirs if d.is_dir() for p in d.rglob(f"checkpoints/{name}")
-                             if exclude not in p.parents), key=lambda p: p.stat().st_mtime, reverse=True)
-        live, trials = [], []  # newest first; resume=full never continues a run that is still training
-        for path in candidates:
-            marked = limited_run(path)
-            if marked:  # a debug run or another trial (trainer.limit_*_batches, overfit_batches): never picked
-                trials.append(path.parents[1])
-                log.info("resume.checkpoint=latest skips %s: a limited run (%s), a trial rather than a training "
-                         "run. To continue it anyway, name it: resume.checkpoint=%s", trials[-1],
-                         ", ".join(f"trainer.{k}={v}" for k, v in marked.items()), trials[-1])
-                continue
-            if mode != "full" or not rundir.is_locked(path.parents[1]):
-                return path
-            live.append(path.parents[1])
-            log.warning("resume.checkpoint=latest skips %s: %s", live[-1], still_training(live[-1]))
-        where = " or ".join(str(d) for d in search_dirs)
-        busy = f" ({len(live)} run(s) with one are still training, e.g. {live[0]})" if live else ""
-        busy += f" ({len(trials)} limited run(s) skipped, e.g. {trials[0]})" if trials else ""
-        raise UserError(
-            f"resume.checkpoint=latest found no run with checkpoints/{name} under {where}{busy}. Train one "
-            "first (python run.py), or name the checkpoint: resume.checkpoint=/path/to/run_dir or /path/to/file.pth.")
-    path = Path(spec).expanduser()
-    source = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    if mode == "full" and source.is_dir() and source.resolve() != exclude.resolve() and rundir.is_locked(source):
-        raise UserError(f"resume=full of {source}, but {still_training(source)} Continuing it now would train it "
-                        "twice at once. Wait for it to end or stop it (its last.pth is then saved), then run this "
-                        "again; or start from its best weights with resume=reset_optimizer.")
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / name, path / name):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"resume.checkpoint={spec!r} is a directory without checkpoints/{name}, which "
-                        f"resume={mode} starts from. Pass the run directory that holds it, or a .pth file.")
-    if not path.exists():
-        raise UserError(f"resume.checkpoint={spec!r} does not exist. Pass a .pth file, a run directory "
-                        "(outputs/<date>/<time>), or latest.")
-    return path
-
-
-def limited_run(path: Path) -> dict | None:
-    """A checkpoint's `limited` mark ({"limit_train_batches": 3, ...}: a run that trained or validated on part of
-    the data, or overfit a few batches), read with its tensors memory-mapped (not loaded); None for a full run, a
-    file written before the mark existed, or one that does not load (the resume reports that when it loads it)."""
-    import torch
-
-    try:
-        with torch.serialization.safe_globals(checkpoint.numpy_scalar_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return None
-    return state.get("limited") if isinstance(state, dict) else None
-
-
-def still_training(run_dir: Path) -> str:
-    return f"it is still training ({rundir.describe(rundir.holder(run_dir))})."
 
 
 def load_newest_intact(path: Path) -> tuple[Path, dict]:
@@ -291,16 +229,16 @@ def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None)
         log.info("Resuming (full) from this run's own %s (a requeued or restarted job)", path)
     elif mode == "none":
         return None
-    elif mode not in FILE_FOR_MODE:
+    elif mode not in resolve.FILE_FOR_MODE:
         raise UserError(f"resume.mode={mode!r} is unknown: use resume=none, resume=full or resume=reset_optimizer.")
     else:
-        path = find_checkpoint(str(cfg.resume.checkpoint), mode, search_dirs, exclude=run_dir).resolve()
+        path = resolve.for_resume(str(cfg.resume.checkpoint), mode, search_dirs, exclude=run_dir).resolve()
         log.info("Resuming (%s) from %s", mode, path)
     # a file we picked from a run dir may fall back to the newest intact one; a file the user named must load
     if is_own or (mode == "full" and not str(cfg.resume.checkpoint).endswith(".pth")):
         path, saved = load_newest_intact(path)
     else:
-        saved = read_any(path, cfg)
+        saved = open_checkpoint(path, cfg=cfg, weights_key=cfg.resume.get("weights_key")).state
     foreign = saved["format"] == FOREIGN
     overrides, choices = list(typed or []), None
     if mode == "full" and typed is not None:
@@ -328,15 +266,6 @@ def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None)
     return Plan(mode=mode, path=path, checkpoint=saved, cfg=cfg, config=config, overrides=overrides,
                 changes=changes, is_own=is_own, finished=finished, restores=frozenset(RESTORES[mode]),
                 choices=choices)
-
-
-def read_any(path: Path, cfg) -> dict:
-    """One of our checkpoints, or one another script wrote (project/foreign.py), in our layout."""
-    raw = checkpoint.read(path)
-    if checkpoint.is_ours(raw):
-        return checkpoint.check(path, raw)
-    best_key = phases.build_objective(cfg, phases.plan(cfg)[-1]).keys["best"]
-    return foreign.normalise(raw, path, cfg.resume.get("weights_key"), best_key)
 
 
 def check_foreign(saved: dict, mode: str, cfg, path: Path) -> None:
@@ -390,21 +319,6 @@ def check_can_continue(saved: dict, changes: dict, max_epochs: int, path: Path, 
             "would stop again at once: raise trainer.early_stopping.patience (or set it to null), or use "
             "resume=reset_optimizer.")
     return False
-
-
-def validated_weights(saved: dict, weights_key: str | None = None) -> tuple[str, dict]:
-    """The weights a checkpoint's scores came from: the EMA copy when its run validated with it, or the key the
-    user named (resume.weights_key)."""
-    if saved.get("format") == FOREIGN:  # its weights were found (or picked by resume.weights_key) when read
-        return saved["weights_key"] or "state dict", saved["model_state_dict"]
-    if weights_key:
-        if weights_key not in saved:
-            raise UserError(f"resume.weights_key={weights_key!r} is not in the checkpoint; it holds "
-                            "model_state_dict" + (" and ema_state_dict" if "ema_state_dict" in saved else "") + ".")
-        return weights_key, saved[weights_key]
-    if saved.get("validated_weights") == "ema" and saved.get("ema_state_dict") is not None:
-        return "ema", saved["ema_state_dict"]
-    return "model", saved["model_state_dict"]
 
 
 def check_weights_fit(model, state_dict: dict, path) -> None:

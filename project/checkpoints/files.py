@@ -200,9 +200,11 @@ def numpy_scalar_globals() -> list:
     return [core.multiarray.scalar, np.dtype, *(type(np.dtype(k)) for k in kinds)]
 
 
-def read(path: Path, map_location="cpu"):
+def read(path: Path, map_location="cpu", mmap: bool = False):
     """Read any checkpoint file safely (torch.load with weights_only=True; numpy scalars allowed; .safetensors
-    through safetensors); every failure is a UserError that names the file and the fix."""
+    through safetensors); every failure is a UserError that names the file and the fix. The one place in project/
+    that reads a checkpoint file (open one through opening.open_checkpoint). `mmap`: a .pth's tensors mapped,
+    not loaded (to read a small entry of a large file)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Checkpoint {str(path)!r} does not exist. Pass resume.checkpoint=<a .pth file or a run "
@@ -219,7 +221,7 @@ def read(path: Path, map_location="cpu"):
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(numpy_scalar_globals()):
             warnings.simplefilter("ignore")  # pickle-protocol chatter on foreign files; the error below says it all
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         blocked = re.search(r"GLOBAL (\S+)", str(e))
         if blocked:  # the file asks to call Python code: weights_only refused before anything ran

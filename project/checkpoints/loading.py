@@ -8,59 +8,20 @@
 `describe()` gives what prediction and export need besides the weights: class names, colours, flip pairs, the
 input size and the normalisation, the task.
 """
-from pathlib import Path
-
-from omegaconf import OmegaConf
-
-from project.errors import UserError
-
-FILES = {"best": "best_model.pth", "last": "last.pth", "final": "final_model.pth"}
-
-
-def checkpoint_path(target, checkpoint: str = "best") -> Path:
-    """A run dir's checkpoints/<checkpoint> file, or the file itself."""
-    target = Path(target).expanduser()
-    if target.is_file():
-        return target
-    if checkpoint not in FILES:
-        raise UserError(f"--checkpoint {checkpoint} is unknown: use best, last or final (or pass a .pth file).")
-    for candidate in (target / "checkpoints" / FILES[checkpoint], target / FILES[checkpoint]):
-        if candidate.is_file():
-            return candidate
-    raise UserError(f"{str(target)!r} is neither a checkpoint file nor a run dir with checkpoints/{FILES[checkpoint]}. "
-                    "Pass a run directory (outputs/<date>/<time>) or a .pth file.")
-
-
-def compose(overrides: list[str]):
-    """The config run.py would compose from these overrides (for files without a config of ours)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    try:
-        with initialize_config_dir(str(conf), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides))
-    except Exception as e:  # a bad override: Hydra's own message names it
-        raise UserError(f"Could not compose the config from {list(overrides)}: {e}") from None
 
 
 def load(target, checkpoint: str = "best", overrides: list[str] | None = None, weights_key: str | None = None,
          ema: str = "auto"):
     """(model in eval mode on the CPU, cfg, saved dict, path). Our files are built from their own config (and
-    `overrides` on top); another script's file from the config the overrides compose."""
+    `overrides` on top); another script's file from the config the overrides compose (its stored best read under
+    that config's metric, see opening.py)."""
     from project import phases, resume, tasks
-    from project.checkpoints import files as ckpt
-    from project.checkpoints import foreign
+    from project.checkpoints import foreign, resolve
+    from project.checkpoints.opening import open_checkpoint
 
-    path = checkpoint_path(target, checkpoint)
-    raw = ckpt.read(path)
-    if ckpt.is_ours(raw):
-        saved = ckpt.check(path, raw)
-        cfg = OmegaConf.create(saved["config"])
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o for o in overrides if "=" in o and "." in o.split("=")[0]]))
-    else:
-        cfg = compose(overrides or [])
-        saved = foreign.normalise(raw, path, weights_key, "best_f_score")
+    path = resolve.checkpoint_file(target, "load_model", checkpoint)
+    opened = open_checkpoint(path, overrides=overrides or [], weights_key=weights_key)
+    cfg, saved = opened.cfg, opened.state
     model_args = saved.get("model_args")
     if not model_args:  # a file without them (another script's): the data says, and names the classes for describe()
         data = tasks.build_data(cfg, augment=False)
@@ -69,28 +30,14 @@ def load(target, checkpoint: str = "best", overrides: list[str] | None = None, w
         saved["model_args"] = dict(model_args)  # in memory only: what the model was built with (solution export)
     model = tasks.build_model(cfg, {"model_args": dict(model_args), "task": cfg.data.get("task")})
     phases.drop_modules(model, list(saved.get("dropped_modules") or []))
-    key, weights = pick_weights(saved, ema, weights_key, resume)
-    if not ckpt.is_ours(raw):
+    key, weights = opened.weights(ema, weights_key)
+    if not opened.ours:
         weights, _ = foreign.strip_prefixes(weights, model.state_dict())
     resume.check_weights_fit(model, weights, path)
     model.load_state_dict(weights)
     model.eval()
     model.weights = key  # which weights these are: "model" or "ema"
     return model, cfg, saved, path
-
-
-def pick_weights(saved: dict, ema: str, weights_key, resume) -> tuple[str, dict]:
-    """--ema auto: the weights that were validated (resume.validated_weights); on / off: the EMA copy or not."""
-    if ema == "auto" or weights_key:
-        return resume.validated_weights(saved, weights_key)
-    if ema == "on":
-        if saved.get("ema_state_dict") is None:
-            raise UserError("--ema on, but the checkpoint holds no EMA weights (trainer.ema.decay was off). Use "
-                            "--ema auto or off.")
-        return "ema", saved["ema_state_dict"]
-    if ema == "off":
-        return "model", saved["model_state_dict"]
-    raise UserError(f"--ema {ema} is unknown: use auto (the validated weights), on or off.")
 
 
 def describe(cfg, saved: dict) -> dict:

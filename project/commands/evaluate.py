@@ -48,22 +48,20 @@ SHORT = {"dataset_f1": "mean foreground F1 of one confusion matrix (papers)",
 
 def targets(target, checkpoint: str = "best") -> tuple[bool, list[tuple[str | None, Path]]]:
     """(is a sweep, [(job name or None, checkpoint file)]): one file for a run dir or a file, each job's for a
-    sweep dir (the jobs without that checkpoint, failed ones, are left out)."""
-    from project.rundirs.discovery import find_runs
-    from project.checkpoints.loading import FILES, checkpoint_path
+    sweep dir (the jobs without that checkpoint, failed ones, are left out); checkpoints/resolve.py's table."""
+    from project.rundirs.discovery import job_order
+    from project.checkpoints import resolve
 
     path = Path(target).expanduser()
     if not path.exists():
         raise UserError(f"{str(target)!r} does not exist. Pass a run dir (outputs/<date>/<time>), a checkpoint "
                         "(.pth, .safetensors) or a sweep dir (multirun/<date>/<time>).")
     if path.is_file() or (path / "checkpoints").is_dir() or (path / "metrics.csv").is_file():
-        return False, [(None, checkpoint_path(path, checkpoint))]
-    if checkpoint not in FILES:
-        raise UserError(f"--checkpoint {checkpoint} is unknown: use best, last or final (or pass a .pth file).")
-    found = [r for r in find_runs(path) if (r / "checkpoints" / FILES[checkpoint]).is_file()]
+        return False, [(None, resolve.checkpoint_file(path, "evaluate", checkpoint))]
+    found = sorted(resolve.in_sweep(path, checkpoint), key=job_order)
     if not found:
-        checkpoint_path(path, checkpoint)  # raises: neither a run dir nor a sweep with such files
-    return True, [(str(p.relative_to(path)), p / "checkpoints" / FILES[checkpoint]) for p in found]
+        resolve.checkpoint_file(path, "evaluate", checkpoint)  # raises: neither a run dir nor a sweep with such files
+    return True, [(str(p.relative_to(path)), p / "checkpoints" / resolve.FILES[checkpoint]) for p in found]
 
 
 def output_dir(path: Path, out, job: str | None) -> Path:
@@ -176,6 +174,10 @@ def report(result: dict) -> str:
         lines.append("  (training validated these weights on its val split" + (
             f" at {size}x{size}, masks resized: {t['metric']} {fmt(t['value'])}; another measurement)"
             if result["task"] == "segmentation" else f": {t['metric']} {fmt(t['value'])})"))
+    stored = result.get("stored_best")
+    if stored and stored["score"] is not None:
+        lines.append(f"  (the file stores {stored['name']} {fmt(stored['score'])}: computed by another script, another "
+                     "measurement)")
     lines.append("  Per class:")
     lines += ["  " + line for line in per_class_table(result)]
     return "\n".join(lines)

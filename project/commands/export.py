@@ -214,12 +214,12 @@ def build_from_config(config: dict):
 
 def load_safetensors(directory):
     """(model in eval mode, config) from a `--format safetensors` folder."""
-    from safetensors.torch import load_file
+    from project.checkpoints import files
 
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
     model = build_from_config(config)
-    model.load_state_dict(load_file(directory / config["file"]))
+    model.load_state_dict(files.read(directory / config["file"]))
     return model, config
 
 

@@ -6,7 +6,9 @@
     python -m project.commands.inspect best_model.pth --json
 
 CHECKPOINT may also be a run directory (its checkpoints/last.pth). The file is opened as resume opens it
-(torch.load with weights_only=True), so a broken or foreign file gets the same explanation, exit status 2.
+(project/checkpoints/opening.py, torch.load with weights_only=True), so a broken file gets the same explanation,
+exit status 2, and a file another script wrote shows the stored best resume would take: the one of the metric
+the config names (key=value overrides after CHECKPOINT, e.g. loss.metric=image_f1 for its best_image_f_score).
 """
 import argparse
 import json
@@ -19,21 +21,17 @@ from project.commands.text import fail, fmt, plain
 
 
 def resolve(path) -> Path:
-    """A .pth as given; a run directory means its checkpoints/last.pth."""
-    path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "last.pth", path / "last.pth"):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"{str(path)!r} is a directory without checkpoints/last.pth. Pass a .pth file or a run "
-                        "directory (outputs/<date>/<time>).")
-    return path
+    """A .pth as given; a run directory means its checkpoints/last.pth (checkpoints/resolve.py's table)."""
+    from project.checkpoints.resolve import checkpoint_file
+
+    return checkpoint_file(path, "inspect")
 
 
 def load(path) -> dict:
-    from project.checkpoints import files as checkpoint  # torch is imported here, after the arguments are parsed
+    """One of our checkpoints (what --diff compares with; another script's has no config: refused)."""
+    from project.checkpoints import files  # torch is imported here, after the arguments are parsed
 
-    return checkpoint.load(resolve(path))
+    return files.load(resolve(path))
 
 
 def tensors_per_module(state: dict) -> dict:
@@ -131,11 +129,12 @@ def code_lines(provenance: dict | None) -> list[str]:
     return lines
 
 
-def describe_foreign(path: Path, raw) -> dict:
-    """A checkpoint another script wrote: what resume can take from it, and what it lacks."""
+def describe_foreign(opened) -> dict:
+    """A checkpoint another script wrote (opening.Opened): what resume can take from it, and what it lacks."""
     from project.checkpoints import foreign
 
-    key, weights = foreign.find_weights(raw, path, None)
+    path, raw, normalised = opened.path, opened.raw, opened.state
+    key, weights = normalised["weights_key"], normalised["model_state_dict"]
     info = raw if isinstance(raw, dict) and key is not None else {}
     keys = {}
     for name, value in info.items():
@@ -147,16 +146,16 @@ def describe_foreign(path: Path, raw) -> dict:
             keys[str(name)] = foreign.number(value)
         else:
             keys[str(name)] = type(value).__name__
-    normalised = foreign.normalise(raw, path, None, "best_f_score")
+    best = opened.best
     prefixes = [p for p in foreign.PREFIXES if all(k.startswith(p) for k in weights)]
     holds = ["weights"] + (["optimizer state"] if normalised["optimizer_state_dict"] is not None else []) + (
         [f"epoch {normalised['epoch']}"] if "epoch" in info else []) + (
-        [f"{normalised['best_name']} {normalised['best_score']:.4f}"] if normalised["best_score"] is not None else [])
+        [f"{best['name']} {best['score']:.4f}"] if best["score"] is not None else [])
     return {"path": str(path), "size_mb": round(path.stat().st_size / 2**20, 2), "format": "foreign",
             "weights_key": key, "tensors": len(weights), "values": sum(t.numel() for t in weights.values()),
-            "prefixes": prefixes, "keys": keys, "holds": holds,
+            "prefixes": prefixes, "keys": keys, "holds": holds, "stored_best": best,
             "lacks": [k for k, present in (("optimizer state", normalised["optimizer_state_dict"] is not None),
-                                           ("epoch", "epoch" in info), ("best score", normalised["best_score"] is not None),
+                                           ("epoch", "epoch" in info), ("best score", best["score"] is not None),
                                            ("config", False), ("RNG state", False), ("data position", False)) if not present]}
 
 
@@ -268,31 +267,44 @@ def diff_report(name: str, diff: dict) -> str:
     return f"\nConfig differences ({len(diff)}):\n" + "\n".join(table(rows))
 
 
+def checkpoint_info(target, overrides=(), diff=None) -> dict:
+    """What main prints (as data): one of our checkpoints described (with the config --diff), or a file another
+    script wrote (no config to --diff)."""
+    from project.checkpoints.opening import open_checkpoint  # torch is imported here, after the arguments are parsed
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise UserError(f"{bad[0]!r} is not a key=value override (e.g. loss.metric=image_f1 for a file another "
+                        "script wrote); CHECKPOINT comes first and only once.")
+    opened = open_checkpoint(resolve(target), overrides=overrides)
+    if not opened.ours:
+        if diff:
+            raise UserError(f"{opened.path} was not written by this framework and has no config to --diff.")
+        return describe_foreign(opened)
+    info = describe(opened.path, opened.state)
+    if diff:
+        name, theirs = other_config(diff)
+        changes = config_diff(opened.state["config"], theirs)
+        info["diff"] = {"other": name, "changes": {k: list(v) for k, v in changes.items()}}
+    return info
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="project-inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a .pth file written by run.py, or a run directory (its last.pth)")
     parser.add_argument("--diff", metavar="OTHER", help="another checkpoint, run directory or config YAML")
     parser.add_argument("--json", action="store_true", help="print plain JSON instead of text")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="for a file another script wrote: the config whose metric names its stored best "
+                             "(loss.metric=image_f1: best_image_f_score; default: the configured loss.metric)")
     args = parser.parse_args(argv)
     try:
-        from project.checkpoints import files as checkpoint  # torch is imported here, after the arguments are parsed
-
-        path = resolve(args.checkpoint)
-        raw = checkpoint.read(path)
-        if not checkpoint.is_ours(raw):
-            info = describe_foreign(path, raw)
-            if args.diff:
-                raise UserError(f"{path} was not written by this framework and has no config to --diff.")
-            print(json.dumps(plain(info), indent=1, default=str) if args.json else foreign_report(info))
-            return 0
-        state = checkpoint.check(path, raw)
-        info = describe(path, state)
-        if args.diff:
-            name, theirs = other_config(args.diff)
-            changes = config_diff(state["config"], theirs)
-            info["diff"] = {"other": name, "changes": {k: list(v) for k, v in changes.items()}}
+        info = checkpoint_info(args.checkpoint, args.overrides, args.diff)
     except UserError as e:
         return fail(e)
+    if info["format"] == "foreign":
+        print(json.dumps(plain(info), indent=1, default=str) if args.json else foreign_report(info))
+        return 0
     if args.json:
         print(json.dumps(plain(info), indent=1, default=str))
         return 0

@@ -31,7 +31,7 @@ def run_dir_of(path: Path) -> Path | None:
 
 def label_of(path: Path) -> str:
     """best, last, final for our files; the file's stem for others."""
-    from project.checkpoints.loading import FILES
+    from project.checkpoints.resolve import FILES
 
     return {v: k for k, v in FILES.items()}.get(path.name, path.stem)
 
@@ -167,6 +167,8 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
     from project import tasks
     from project.data import splits
     from project.checkpoints import loading
+    from project.checkpoints.foreign import FORMAT as FOREIGN
+    from project.checkpoints.opening import stored_best
     from project.runtime import pick_device
 
     overrides = list(overrides)
@@ -198,6 +200,7 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
     note = splits.differs(saved.get("data_split"), data.get("split")) if split == "val" else None
     monitor = saved.get("monitor")
     trained = (saved.get("val_metrics") or {}).get(monitor) if monitor and ema == "auto" else None
+    stored = stored_best(saved) if saved["format"] == FOREIGN else None  # another script's number, read by loss.metric
     return {
         "format": FORMAT, "task": task, "split": split, "checkpoint": label_of(path), "checkpoint_path": str(path),
         "run_dir": str(run_dir_of(path)) if run_dir_of(path) else None, "epoch": saved.get("epoch"),
@@ -213,7 +216,7 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
             "metric": MONITORS.get(monitor, monitor), "value": trained,
             "note": f"training's validation of these weights, at {size}x{size} on resized masks: not this number"
             if task == "segmentation" else "training's validation of these weights"},
-        "device": str(device), "per_image": scores["per_image"]}
+        "device": str(device), "per_image": scores["per_image"], "stored_best": stored}
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -42,14 +42,16 @@ def metric_rows(run_dir: Path) -> list[dict]:
 
 
 def final_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
-    """The run's last state: final_model.pth when it ended, else last.pth; (None, None) when there is none."""
+    """The run's last state: final_model.pth when it ended, else last.pth (checkpoints/resolve.py's table);
+    (None, None) when there is none."""
+    from project.checkpoints import resolve
+
+    path = resolve.final(run_dir)
+    if path is None:
+        return None, None
     from project.checkpoints import files as checkpoint  # imports torch: only when a checkpoint is really read
 
-    for name in ("final_model.pth", "last.pth"):
-        path = run_dir / "checkpoints" / name
-        if path.is_file():
-            return path, checkpoint.load(path)
-    return None, None
+    return path, checkpoint.load(path)
 
 
 def run_config(run_dir: Path, state: dict | None) -> dict:
