@@ -72,6 +72,14 @@ def test_default_job_then_continuations_on_a_clean_checkout(tmp_path):
     assert list((clone / "outputs").glob("*/*/wandb/offline-run-*")), "the default logger (W&B, offline) wrote nothing"
 
 
+def test_the_readme_is_a_door_to_every_docs_page():
+    """The README stays a landing page (issue 23: at most 250 lines); each page under docs/ is linked from it."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250, "the README is a landing page: move the details into a page of docs/"
+    unlinked = [p.name for p in (ROOT / "docs").glob("*.md") if f"](docs/{p.name}" not in readme]
+    assert not unlinked, f"docs pages the README does not link to: {unlinked}"
+
+
 # ---- every command of README.md and docs/*.md: run here, run by another test, or manual with a reason ----------
 #
 # A command is one line of a ```bash block (continuation lines joined, the trailing `# comment` dropped). Each must
@@ -188,6 +196,16 @@ MANUAL = {  # command -> why no test runs it
     "python benchmarks/chaos.py --kills 10 --disk-full /mnt/small":
         BENCHMARK + "; it also needs a small tmpfs that the user mounts at the path they name",
     "python benchmarks/input_pipeline.py --images 128 --rounds 5": BENCHMARK,
+    "python benchmarks/scaling.py": BENCHMARK,
+    "python benchmarks/predict_throughput.py": BENCHMARK,
+    "python benchmarks/predict_throughput.py --tta flip": BENCHMARK,
+    "python benchmarks/predict_throughput.py --device cuda": BENCHMARK + " on a GPU",
+    "python benchmarks/throughput.py --device cuda --models microsegformer --modes 32 --image-size 256 "
+    "--train-size 512 --batch-size 32 --epochs 3": BENCHMARK + " on a GPU",
+    "python benchmarks/throughput.py --device cuda --models microsegformer --modes 32 --image-size 256 "
+    "--train-size 512 --batch-size 32 --epochs 3 --float32-matmul-precision high": BENCHMARK + " on a GPU",
+    "python benchmarks/throughput.py --device cuda --models microsegformer --modes 32 --image-size 256 "
+    "--train-size 512 --batch-size 32 --epochs 3 --channels-last": BENCHMARK + " on a GPU",
     "wandb sync outputs/<date>/<time>/wandb/offline-run-*":
         "W&B's own command: it needs a W&B account and the network (tests/test_wandb.py checks the offline runs)",
     "torchrun --standalone --nproc_per_node=8 run.py model=swin_mmoe_story data.image_size=256":
