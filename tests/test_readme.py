@@ -80,6 +80,25 @@ def test_the_readme_is_a_door_to_every_docs_page():
     assert not unlinked, f"docs pages the README does not link to: {unlinked}"
 
 
+def test_module_paths_in_the_docs_exist():
+    """Every `project/...` path and `project.x.y[.name]` the pages name is in the tree (a module moved or renamed
+    is a page to update), read from the source, nothing imported."""
+    for page in DOCS:
+        text = page.read_text()
+        for path in set(re.findall(r"\bproject/[\w/]*\w(?:\.py)?/?", text)):
+            assert (ROOT / path).exists(), f"{page.name} names {path}, which is not in the tree"
+        for dotted in set(re.findall(r"\bproject(?:\.\w+)+", text)):
+            parts, module = dotted.split("."), None
+            while parts and not module:  # the longest prefix that is a module or a package
+                here = ROOT.joinpath(*parts)
+                module = next((p for p in (here.with_suffix(".py"), here / "__init__.py") if p.is_file()), None)
+                rest = dotted.split(".")[len(parts):]
+                parts = parts[:-1] if not module else parts
+            assert module, f"{page.name} names {dotted}, which is not a module"
+            assert not rest or re.search(rf"\b{rest[0]}\b", module.read_text()), \
+                f"{page.name} names {dotted}, but {module.relative_to(ROOT)} has no {rest[0]}"
+
+
 # ---- every command of README.md and docs/*.md: run here, run by another test, or manual with a reason ----------
 #
 # A command is one line of a ```bash block (continuation lines joined, the trailing `# comment` dropped). Each must
