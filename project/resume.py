@@ -312,6 +312,7 @@ def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None)
     if foreign:
         check_foreign(saved, mode, cfg, path)
     else:
+        check_trusted(saved, cfg, typed, choices, path)
         check_same_model(saved, config, path, cfg, search_dirs, is_own)
     finished = mode == "full" and check_can_continue(saved, changes, cfg.trainer.max_epochs, path, is_own)
     if mode == "full" and not foreign:
@@ -349,6 +350,19 @@ def check_foreign(saved: dict, mode: str, cfg, path: Path) -> None:
         plan = phases.plan(cfg)
         phase = next((p for p in plan if p["end"] > saved["epoch"]), plan[-1])
         saved.update(phase_index=phase["index"], phase_start=phase["start"])
+
+
+def check_trusted(saved: dict, cfg, typed: list[str] | None, choices: dict | None, path: Path) -> None:
+    """Every class the continuation builds is this installation's or typed now (project/checkpoints/trust.py),
+    before anything is built: the recomposed config of a full resume, else the file's own config (which is
+    compared with the model built now). resume.trust_config=true accepts the file's own, logged."""
+    from project.checkpoints import trust
+
+    accept = "warn" if cfg.resume.get("trust_config") else None
+    if choices is not None:
+        trust.check(cfg, choices, typed, str(path), "resume.trust_config=true", accept)
+    else:
+        trust.check(saved["config"], trust.recorded_choices(saved), typed, str(path), "resume.trust_config=true", accept)
 
 
 def check_same_model(saved: dict, config: dict, path: Path, cfg, search_dirs, is_own: bool) -> None:

@@ -44,12 +44,13 @@ def compose(overrides: list[str]):
 
 
 def load(target, checkpoint: str = "best", overrides: list[str] | None = None, weights_key: str | None = None,
-         ema: str = "auto"):
+         ema: str = "auto", trust_config: bool = False):
     """(model in eval mode on the CPU, cfg, saved dict, path). Our files are built from their own config (and
-    `overrides` on top); another script's file from the config the overrides compose."""
+    `overrides` on top), whose targets must be this installation's or typed in `overrides` (project/checkpoints/
+    trust.py; `trust_config` accepts the file's own); another script's file from the config the overrides compose."""
     from project import phases, resume, tasks
     from project.checkpoints import files as ckpt
-    from project.checkpoints import foreign
+    from project.checkpoints import foreign, trust
 
     path = checkpoint_path(target, checkpoint)
     raw = ckpt.read(path)
@@ -58,6 +59,7 @@ def load(target, checkpoint: str = "best", overrides: list[str] | None = None, w
         cfg = OmegaConf.create(saved["config"])
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o for o in overrides if "=" in o and "." in o.split("=")[0]]))
+        trust.check(cfg, trust.recorded_choices(saved), overrides, str(path), accept="warn" if trust_config else None)
     else:
         cfg = compose(overrides or [])
         saved = foreign.normalise(raw, path, weights_key, "best_f_score")
@@ -108,7 +110,10 @@ def describe(cfg, saved: dict) -> dict:
             "ignore_index": data.get("ignore_index", 255)}
 
 
-def load_model(target, checkpoint: str = "best", overrides: list[str] | None = None, ema: str = "auto"):
-    """(model, cfg): the model in eval mode with the checkpoint's validated weights, and its config."""
-    model, cfg, _, _ = load(target, checkpoint, overrides, ema=ema)
+def load_model(target, checkpoint: str = "best", overrides: list[str] | None = None, ema: str = "auto",
+               trust_config: bool = False):
+    """(model, cfg): the model in eval mode with the checkpoint's validated weights, and its config. The model's
+    class is this installation's for the file's recorded choices, or one typed in `overrides`
+    ("model._target_=pkg.Net"); `trust_config=True` accepts the file's own classes (docs/trust.md)."""
+    model, cfg, _, _ = load(target, checkpoint, overrides, ema=ema, trust_config=trust_config)
     return model, cfg

@@ -35,6 +35,7 @@ import re
 import sys
 from pathlib import Path
 
+from project.checkpoints import trust
 from project.errors import UserError
 from project.rundirs.reading import fail, fmt, plain
 
@@ -487,7 +488,8 @@ def after_fit(run, summary: dict) -> str | None:
     if not best.is_file():
         return None
     try:
-        result = score(best, "test", device=str(run.device), label="test best_model.pth")
+        with trust.accepting("own"):  # the file this run just wrote, from the config it runs
+            result = score(best, "test", device=str(run.device), label="test best_model.pth")
         result.pop("per_image")
         result["source"] = "trainer.test_after_fit"
         atomic_write(run.run_dir / "results.json", (json.dumps(plain(result), indent=1) + "\n").encode())
@@ -520,10 +522,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="folder for the results (default: <run dir>/eval/)")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the run's)")
     parser.add_argument("--tta", help="flip: average with the mirrored image's prediction")
+    parser.add_argument("--trust-config", action="store_true",
+                        help="build the file's model with the classes its config names, even where this "
+                             "installation would use others (docs/trust.md); the log names them")
     args = parser.parse_intermixed_args(argv)
     try:
-        evaluate(args.target, args.split, args.data_root, args.checkpoint, args.ema, args.out, args.batch_size,
-                 args.tta, args.overrides)
+        with trust.accepting("warn" if args.trust_config else None):
+            evaluate(args.target, args.split, args.data_root, args.checkpoint, args.ema, args.out, args.batch_size,
+                     args.tta, args.overrides)
     except UserError as e:
         return fail(e)
     return 0

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from project.checkpoints import trust
 from project.rundirs import lock as rundir
 from project.errors import UserError
 from project.rundirs.reading import fail
@@ -77,6 +78,12 @@ def values_of(o) -> list[str]:
                             "into jobs. Type the values: key=a,b,c (or range(start,stop,step)).")
         return [canonical(parse(f"{o.get_key_element()}={v}").value()) for v in o.sweep_string_iterator()]
     return [canonical(o.value())]
+
+
+def identity_of(override: str) -> tuple:
+    """One override as what it sets: (key, its values), however it was written."""
+    o = parse(override)
+    return key_of(o), tuple(values_of(o))
 
 
 def job_identity(overrides: list[str]) -> frozenset:
@@ -272,7 +279,7 @@ def check_not_running(d: Path) -> None:
                         "Nothing was started or changed.")
 
 
-def plan(sweep_dir, typed: list[str] = (), launcher: str | None = None) -> Plan:
+def plan(sweep_dir, typed: list[str] = (), launcher: str | None = None, trust_config: bool = False) -> Plan:
     """Every check, and the launch command; changes nothing on disk."""
     sweep_dir = Path(sweep_dir).absolute()
     if launcher is not None and launcher not in LAUNCHERS:
@@ -291,6 +298,9 @@ def plan(sweep_dir, typed: list[str] = (), launcher: str | None = None) -> Plan:
         raise UserError(f"run.py is not at {RUN_PY}: project-sweep launches the sweep with the repository's run.py. "
                         "Use the project from its repository (pip install -e .).")
     task, launcher_typed, extended = apply_typed(sweep_dir, recorded["task"], list(typed))
+    trust.check_overrides(recorded["task"] + recorded["hydra"], {identity_of(o) for o in typed},
+                          str(sweep_dir / "multirun.yaml"), "--trust-config", "warn" if trust_config else None,
+                          identity_of)
     jobs = [Job(i, o, job_identity(o)) for i, o in enumerate(expand(recorded["sweeper"].get("params"), task))]
     twice = {j.identity for j in jobs if sum(k.identity == j.identity for k in jobs) > 1}
     if twice:
@@ -407,7 +417,7 @@ def clear(p: Plan) -> None:
 
 
 def continue_sweep(args) -> int:
-    p = plan(args.sweep_dir, args.overrides, args.launcher)
+    p = plan(args.sweep_dir, args.overrides, args.launcher, args.trust_config)
     print(describe(p), flush=True)
     if args.dry_run:
         return 0
@@ -428,6 +438,8 @@ def main(argv=None) -> int:
                       "(new jobs), or hydra.launcher.* settings")
     cont.add_argument("--launcher", help=f"run the jobs with another launcher: {', '.join(LAUNCHERS)}")
     cont.add_argument("--dry-run", action="store_true", help="check and print the plan; launch nothing")
+    cont.add_argument("--trust-config", action="store_true", help="run the recorded overrides that pick code "
+                      "(a _target_) without typing them again (docs/trust.md); the output names them")
     if not argv or argv[0] != "continue":
         top = argparse.ArgumentParser(prog="project-sweep", description=__doc__.split("\n\n")[0])
         top.add_argument("command", choices=["continue"], help="continue SWEEP_DIR: finish a stopped sweep")
