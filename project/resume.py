@@ -353,16 +353,15 @@ def check_foreign(saved: dict, mode: str, cfg, path: Path) -> None:
 
 
 def check_trusted(saved: dict, cfg, typed: list[str] | None, choices: dict | None, path: Path) -> None:
-    """Every class the continuation builds is this installation's or typed now (project/checkpoints/trust.py),
-    before anything is built: the recomposed config of a full resume, else the file's own config (which is
-    compared with the model built now). resume.trust_config=true accepts the file's own, logged."""
+    """Every class the file's config names, and every class the continuation builds (the recomposed config of a
+    full resume), is this installation's or typed now (project/checkpoints/trust.py), checked before anything is
+    built. resume.trust_config=true accepts the file's own, logged."""
     from project.checkpoints import trust
 
     accept = "warn" if cfg.resume.get("trust_config") else None
+    trust.check(saved["config"], trust.recorded_choices(saved), typed, str(path), "resume.trust_config=true", accept)
     if choices is not None:
         trust.check(cfg, choices, typed, str(path), "resume.trust_config=true", accept)
-    else:
-        trust.check(saved["config"], trust.recorded_choices(saved), typed, str(path), "resume.trust_config=true", accept)
 
 
 def check_same_model(saved: dict, config: dict, path: Path, cfg, search_dirs, is_own: bool) -> None:
