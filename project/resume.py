@@ -358,10 +358,10 @@ def check_trusted(saved: dict, cfg, typed: list[str] | None, choices: dict | Non
     built. resume.trust_config=true accepts the file's own, logged."""
     from project.checkpoints import trust
 
-    accept = "warn" if cfg.resume.get("trust_config") else None
-    trust.check(saved["config"], trust.recorded_choices(saved), typed, str(path), "resume.trust_config=true", accept)
+    accept, opt_in = "warn" if cfg.resume.get("trust_config") else None, "resume.trust_config=true"
+    trust.check_targets(saved["config"], trust.recorded_choices(saved), typed, str(path), opt_in, accept)
     if choices is not None:
-        trust.check(cfg, choices, typed, str(path), "resume.trust_config=true", accept)
+        trust.check_targets(cfg, choices, typed, str(path), opt_in, accept)
 
 
 def check_same_model(saved: dict, config: dict, path: Path, cfg, search_dirs, is_own: bool) -> None:

@@ -59,7 +59,7 @@ def load(target, checkpoint: str = "best", overrides: list[str] | None = None, w
         cfg = OmegaConf.create(saved["config"])
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o for o in overrides if "=" in o and "." in o.split("=")[0]]))
-        trust.check(cfg, trust.recorded_choices(saved), overrides, str(path),
+        trust.check_targets(cfg, trust.recorded_choices(saved), overrides, str(path),
                     "trust_config=True" if trust_config else trust.FLAG, "warn" if trust_config else None)
     else:
         cfg = compose(overrides or [])

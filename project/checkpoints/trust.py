@@ -168,12 +168,12 @@ def mismatches(config, trusted: dict) -> list[tuple[str, object, object]]:
             if target != want.get(path)]
 
 
-def check(config, choices: dict, typed, source: str, opt_in: str = FLAG, accept: str | None = None):
+def check_targets(config, choices: dict, typed, source: str, opt_in: str = FLAG, accept: str | None = None):
     """Refuse (UserError) `config`, read from `source`, if one of its targets is neither this installation's for
     `choices` nor typed now; with `accept` (or a command's --trust-config around the call) log the file's own
     targets instead. Returns `config`, whose values fill in under the targets it keeps."""
     accept = accept or accepted()
-    if accept == "own":
+    if accept == "own" or not targets(plain(config)):
         return config
     try:
         trusted, why = compose_choices(choices, typed), None
@@ -193,7 +193,7 @@ def shown(mismatch: tuple, choices: dict) -> str:
     path, stored, want = mismatch
     key = f"{path}._target_" if path else "_target_"
     group = path.split(".")[0]
-    where = f"conf/{group}/{choices[group]}.yaml" if group in choices else "conf/"
+    where = f"conf/{group}/{choices[group]}.yaml" if choices.get(group) else "conf/"
     if want is None:
         here = f"none, {where} has no such node"
     elif want == MISSING:

@@ -232,8 +232,9 @@ def load_safetensors(directory, overrides=(), trust_config: bool = False):
 
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
-    trust.check({"model": config.get("model")}, {"model": (config.get("choices") or {}).get("model")}, overrides,
-                str(directory / "config.json"), opt_in="trust_config=True", accept="warn" if trust_config else None)
+    choices = {"model": (config.get("choices") or {}).get("model")}
+    trust.check_targets({"model": config.get("model")}, choices, overrides, str(directory / "config.json"),
+                        opt_in="trust_config=True", accept="warn" if trust_config else None)
     model = build_from_config(config)
     model.load_state_dict(load_file(directory / config["file"]))
     return model, config
