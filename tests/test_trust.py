@@ -138,7 +138,7 @@ def test_hydras_blocklist_is_the_same_kind_of_paragraph(parent_run, tmp_path, ca
         one_paragraph(capsys.readouterr().err)
     assert export.main([str(shell["dir"]), "--trust-config", *out]) == 2  # accepted, then Hydra's own refusal
     err = one_paragraph(capsys.readouterr().err)
-    assert "Hydra refuses to build it" in err and "'os.system' is blocklisted" in err, err
+    assert "Hydra's target blocklist refuses to build it" in err and "'os.system' is blocklisted" in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "CANARY").exists()
 
 

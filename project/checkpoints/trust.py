@@ -223,7 +223,8 @@ def hydra_refusal(error: Exception, where: str) -> UserError | None:
         return None
     reason = text.split(" full_key:")[0]
     return UserError(
-        f"{where}: Hydra refuses to build it, whatever was accepted ({reason}). A config may name only components "
+        f"{where}: Hydra's target blocklist refuses to build it ({reason}), and no opt-in of this framework lifts "
+        "that. A config may name only components "
         "(models, data, objectives), never process, file or code operations; use a model class from your own "
         "package (model=custom model._target_=pkg.Net). Nothing was built or written.")
 
