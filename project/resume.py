@@ -250,6 +250,7 @@ def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None)
     if foreign:
         check_foreign(saved, mode, cfg, path)
     else:
+        check_trusted(saved, cfg, typed, choices, path)
         check_same_model(saved, config, path, cfg, search_dirs, is_own)
     finished = mode == "full" and check_can_continue(saved, changes, cfg.trainer.max_epochs, path, is_own)
     if mode == "full" and not foreign:
@@ -278,6 +279,18 @@ def check_foreign(saved: dict, mode: str, cfg, path: Path) -> None:
         plan = phases.plan(cfg)
         phase = next((p for p in plan if p["end"] > saved["epoch"]), plan[-1])
         saved.update(phase_index=phase["index"], phase_start=phase["start"])
+
+
+def check_trusted(saved: dict, cfg, typed: list[str] | None, choices: dict | None, path: Path) -> None:
+    """Every class the file's config names, and every class the continuation builds (the recomposed config of a
+    full resume), is this installation's or typed now (project/checkpoints/trust.py), checked before anything is
+    built. resume.trust_config=true accepts the file's own, logged."""
+    from project.checkpoints import trust
+
+    accept, opt_in = "warn" if cfg.resume.get("trust_config") else None, "resume.trust_config=true"
+    trust.check_targets(saved["config"], trust.recorded_choices(saved), typed, str(path), opt_in, accept)
+    if choices is not None:
+        trust.check_targets(cfg, choices, typed, str(path), opt_in, accept)
 
 
 def check_same_model(saved: dict, config: dict, path: Path, cfg, search_dirs, is_own: bool) -> None:

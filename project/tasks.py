@@ -16,6 +16,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import default_collate
 
+from project.checkpoints.trust import hydra_refusal
 from project.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,9 @@ def build_model(cfg, data: dict) -> torch.nn.Module:
     try:
         return instantiate(spec, **runtime)
     except InstantiationException as e:
+        refused = hydra_refusal(e, choice(cfg, "model"))  # its target blocklist: one paragraph, not a traceback
+        if refused is not None:
+            raise refused from None
         if not isinstance(e.__cause__, TypeError) or target is None:
             raise
         task = data.get("task") or "this"

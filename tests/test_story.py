@@ -41,12 +41,13 @@ def test_their_model_and_file_to_a_submission(tmp_path):
     best = load(run / "checkpoints" / "best_model.pth")
     assert best["monitor"] == "image_f_score" and best["best_image_f_score"] >= best["start_score"]["score"]
 
-    scored = tool("project.commands.evaluate", str(run))
+    typed = "model._target_=their_pkg.their_model.MicroSegFormer"  # a file's config never picks the class alone
+    scored = tool("project.commands.evaluate", str(run), typed)
     assert scored.returncode == 0 and "image_f1" in scored.stdout and "<- main (loss.metric)" in scored.stdout, \
         scored.stdout + scored.stderr
     predicted = tool("project.commands.predict", str(run), "--images", str(faces / "test" / "images"), "--out",
                      str(tmp_path / "masks"), "--tta", "flip", "--zip", str(tmp_path / "submission.zip"), "--solution",
-                     "--max-params", "1821084")
+                     "--max-params", "1821084", typed)
     assert predicted.returncode == 0, predicted.stdout + predicted.stderr
     names = zipfile.ZipFile(tmp_path / "submission.zip").namelist()
     assert sorted(n for n in names if n.startswith("masks/") and n.endswith(".png")) == \

@@ -11,17 +11,21 @@ input size and the normalisation, the task.
 
 
 def load(target, checkpoint: str = "best", overrides: list[str] | None = None, weights_key: str | None = None,
-         ema: str = "auto"):
+         ema: str = "auto", trust_config: bool = False):
     """(model in eval mode on the CPU, cfg, saved dict, path). Our files are built from their own config (and
-    `overrides` on top); another script's file from the config the overrides compose (its stored best read under
-    that config's metric, see opening.py)."""
+    `overrides` on top), whose targets must be this installation's or typed in `overrides` (project/checkpoints/
+    trust.py; `trust_config` accepts the file's own); another script's file from the config the overrides compose
+    (its stored best read under that config's metric, see opening.py)."""
     from project import phases, resume, tasks
-    from project.checkpoints import foreign, resolve
+    from project.checkpoints import foreign, resolve, trust
     from project.checkpoints.opening import open_checkpoint
 
     path = resolve.checkpoint_file(target, "load_model", checkpoint)
     opened = open_checkpoint(path, overrides=overrides or [], weights_key=weights_key)
     cfg, saved = opened.cfg, opened.state
+    if opened.ours:  # the file supplies values, this installation the code: before anything is built
+        trust.check_targets(cfg, trust.recorded_choices(saved), overrides, str(path),
+                            "trust_config=True" if trust_config else trust.FLAG, "warn" if trust_config else None)
     model_args = saved.get("model_args")
     if not model_args:  # a file without them (another script's): the data says, and names the classes for describe()
         data = tasks.build_data(cfg, augment=False)
@@ -55,7 +59,10 @@ def describe(cfg, saved: dict) -> dict:
             "ignore_index": data.get("ignore_index", 255)}
 
 
-def load_model(target, checkpoint: str = "best", overrides: list[str] | None = None, ema: str = "auto"):
-    """(model, cfg): the model in eval mode with the checkpoint's validated weights, and its config."""
-    model, cfg, _, _ = load(target, checkpoint, overrides, ema=ema)
+def load_model(target, checkpoint: str = "best", overrides: list[str] | None = None, ema: str = "auto",
+               trust_config: bool = False):
+    """(model, cfg): the model in eval mode with the checkpoint's validated weights, and its config. The model's
+    class is this installation's for the file's recorded choices, or one typed in `overrides`
+    ("model._target_=pkg.Net"); `trust_config=True` accepts the file's own classes (docs/trust.md)."""
+    model, cfg, _, _ = load(target, checkpoint, overrides, ema=ema, trust_config=trust_config)
     return model, cfg

@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from project.commands.text import fail
+from project.checkpoints import trust
 from project.errors import UserError
 
 FILES = {"safetensors": "model.safetensors", "pt2": "model.pt2", "onnx": "model.onnx"}
@@ -60,10 +61,14 @@ def main(argv=None) -> int:
     parser.add_argument("--ema", default="auto", metavar="auto|on|off",
                         help="auto: the weights the run validated with (the EMA copy under trainer.ema.validate); "
                              "on / off: the EMA copy or the raw training weights")
+    parser.add_argument("--trust-config", action="store_true",
+                        help="build the file's model with the classes its config names, even where this "
+                             "installation would use others (docs/trust.md); the log names them")
     args = parser.parse_intermixed_args(argv)  # key=value may come before or after the options
     try:
-        written = export(args.target, args.format, args.out, checkpoint=args.checkpoint, ema=args.ema,
-                         overrides=args.overrides)
+        with trust.accepting("warn" if args.trust_config else None):
+            written = export(args.target, args.format, args.out, checkpoint=args.checkpoint, ema=args.ema,
+                             overrides=args.overrides)
     except UserError as e:
         return fail(e)
     except ExportFailed as e:
@@ -167,6 +172,7 @@ def model_config(model, cfg, saved: dict, path: Path, fmt: str) -> dict:
         "format": fmt,
         "file": FILES[fmt],
         "model": spec,
+        "choices": {"model": (saved.get("choices") or {}).get("model")},  # which conf/model option gives its class
         "model_args": runtime,
         "dropped_modules": list(saved.get("dropped_modules") or []),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -212,12 +218,17 @@ def build_from_config(config: dict):
     return model.eval()
 
 
-def load_safetensors(directory):
-    """(model in eval mode, config) from a `--format safetensors` folder."""
+def load_safetensors(directory, overrides=(), trust_config: bool = False):
+    """(model in eval mode, config) from a `--format safetensors` folder. Its model class must be this
+    installation's for the recorded model choice, or typed in `overrides` ("model._target_=pkg.Net");
+    `trust_config=True` accepts config.json's own (docs/trust.md)."""
     from project.checkpoints import files
 
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
+    choices = {"model": (config.get("choices") or {}).get("model")}
+    trust.check_targets({"model": config.get("model")}, choices, overrides, str(directory / "config.json"),
+                        opt_in="trust_config=True", accept="warn" if trust_config else None)
     model = build_from_config(config)
     model.load_state_dict(files.read(directory / config["file"]))
     return model, config
@@ -333,7 +344,8 @@ def check(fmt: str, model, folder: Path, sample: dict) -> dict:
     rtol, atol = TOLERANCES[fmt]
     path = folder / FILES[fmt]
     if fmt == "safetensors":
-        reloaded, _ = load_safetensors(folder)
+        with trust.accepting("own"):  # written just now from the config the model was built from
+            reloaded, _ = load_safetensors(folder)
         theirs, ours = reloaded.state_dict(), model.state_dict()
         if theirs.keys() != ours.keys() or not all(torch.equal(theirs[k].cpu(), ours[k].cpu()) for k in ours):
             raise ExportFailed(f"{path.name} read back does not hold the model's weights bit for bit. Nothing was "

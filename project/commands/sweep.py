@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from project.checkpoints import trust
 from project.rundirs import lock as rundir
 from project.errors import UserError
 from project.commands.text import fail
@@ -79,6 +80,12 @@ def values_of(o) -> list[str]:
                             "into jobs. Type the values: key=a,b,c (or range(start,stop,step)).")
         return [canonical(parse(f"{o.get_key_element()}={v}").value()) for v in o.sweep_string_iterator()]
     return [canonical(o.value())]
+
+
+def identity_of(override: str) -> tuple:
+    """One override as what it sets: (key, its values), however it was written."""
+    o = parse(override)
+    return key_of(o), tuple(values_of(o))
 
 
 def job_identity(overrides: list[str]) -> frozenset:
@@ -385,7 +392,7 @@ def launch_command(run_py: Path, sweep_dir: Path, recorded: dict, task: list[str
             *launcher_typed]
 
 
-def plan(sweep_dir, typed: list[str] = (), launcher: str | None = None) -> Plan:
+def plan(sweep_dir, typed: list[str] = (), launcher: str | None = None, trust_config: bool = False) -> Plan:
     """Every check, and the launch command; changes nothing on disk."""
     sweep_dir = Path(sweep_dir).absolute()
     check_launcher(launcher)
@@ -397,6 +404,9 @@ def plan(sweep_dir, typed: list[str] = (), launcher: str | None = None) -> Plan:
     found = job_dirs(sweep_dir)
     run_py, run_py_source = find_run_py(found)
     task, launcher_typed, extended = apply_typed(sweep_dir, recorded["task"], list(typed))
+    trust.check_overrides(recorded["task"] + recorded["hydra"], {identity_of(o) for o in typed},
+                          str(sweep_dir / "multirun.yaml"), "--trust-config", "warn" if trust_config else None,
+                          identity_of)
     jobs = expand_jobs(recorded["sweeper"], task)
     swept = swept_keys(jobs)
     debris, taken = match_dirs(sweep_dir, found, jobs, task, swept)
@@ -463,7 +473,7 @@ def clear(p: Plan) -> None:
 
 
 def continue_sweep(args) -> int:
-    p = plan(args.sweep_dir, args.overrides, args.launcher)
+    p = plan(args.sweep_dir, args.overrides, args.launcher, args.trust_config)
     print(describe(p), flush=True)
     if args.dry_run:
         return 0
@@ -484,6 +494,8 @@ def main(argv=None) -> int:
                       "(new jobs), or hydra.launcher.* settings")
     cont.add_argument("--launcher", help=f"run the jobs with another launcher: {', '.join(LAUNCHERS)}")
     cont.add_argument("--dry-run", action="store_true", help="check and print the plan; launch nothing")
+    cont.add_argument("--trust-config", action="store_true", help="run the recorded overrides that pick code "
+                      "(a _target_) without typing them again (docs/trust.md); the output names them")
     if not argv or argv[0] != "continue":
         top = argparse.ArgumentParser(prog="project-sweep", description=__doc__.split("\n\n")[0])
         top.add_argument("command", choices=["continue"], help="continue SWEEP_DIR: finish a stopped sweep")

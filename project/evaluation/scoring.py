@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from project.checkpoints import trust
 from project.errors import UserError
 from project.rundirs.reading import plain
 
@@ -251,7 +252,8 @@ def after_fit(run, summary: dict) -> str | None:
     if not best.is_file():
         return None
     try:
-        result = score(best, "test", device=str(run.device), label="test best_model.pth")
+        with trust.accepting("own"):  # the file this run just wrote, from the config it runs
+            result = score(best, "test", device=str(run.device), label="test best_model.pth")
         result.pop("per_image")
         result["source"] = "trainer.test_after_fit"
         atomic_write(run.run_dir / "results.json", (json.dumps(plain(result), indent=1) + "\n").encode())
