@@ -1,0 +1,27 @@
+"""The validation pass: the objective's scores on the validation loader."""
+import itertools
+
+import torch
+
+from project.data.loader import RunLoader
+
+
+@torch.no_grad()
+def evaluate(model, objective, loader: RunLoader, device, data, dtype=None, limit: int | None = None) -> dict:
+    """The objective's validation scores, and per class ("per_class": {"f1/<class>": ...}) where it has them;
+    "batches": how many were scored (all, or the first `limit`: trainer.limit_val_batches, overfit_batches)."""
+    model.eval()
+    meter = objective.val_meter(data, device) if hasattr(objective, "val_meter") else objective.meter(data, device)
+    generator = torch.Generator().manual_seed(0)  # val masks (SimMIM) are the same every epoch
+    total, batches = torch.zeros((), device=device), 0
+    batches_ = loader.epoch(0)  # keys (0, 0, index): the same samples every time
+    for batch in batches_ if limit is None else itertools.islice(batches_, limit):
+        batch = tuple(b.to(device, non_blocking=True) for b in batch)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss, outputs = objective(model, batch, generator=generator)
+        total += loss
+        batches += 1
+        meter.update(outputs, batch)
+    scores = {"loss": (total / max(batches, 1)).item(), **meter.compute()}
+    scores = {**scores, "per_class": meter.per_class()} if hasattr(meter, "per_class") else scores
+    return {**scores, "batches": batches}
