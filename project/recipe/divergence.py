@@ -5,7 +5,7 @@ from project.errors import TrainingDiverged
 from project.recipe.messages import diverged_message
 from project.recipe.run import Run
 
-log = logging.getLogger("project.recipe.train")
+log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
 
 def check_finite(run: Run) -> None:

@@ -9,10 +9,10 @@ from project.recipe.divergence import check_finite
 from project.recipe.limits import batch_limit, batches_per_epoch, limits
 from project.recipe.messages import format_metrics
 from project.recipe.run import Run
-from project.recipe.validation import evaluate
+from project.recipe.validation import validation_pass
 from project.state import state_dicts
 
-log = logging.getLogger("project.recipe.train")
+log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
 
 def end_epoch(run: Run, epoch: int) -> bool:
@@ -33,7 +33,7 @@ def end_epoch(run: Run, epoch: int) -> bool:
         if run.validates_ema:
             model = run.state["ema"].module
         if distributed.current().main:
-            val = evaluate(model, run.objective, run.loaders["val"], run.device, run.data, run.autocast_dtype,
+            val = validation_pass(model, run.objective, run.loaders["val"], run.device, run.data, run.autocast_dtype,
                            limit=batch_limit(run, "val"))
         val = distributed.broadcast(val)
         per_class = val.pop("per_class", {})

@@ -18,7 +18,7 @@ from project.recipe.messages import announce_limits
 from project.recipe.run import Run
 from project.recipe.setup import enter_phase
 
-log = logging.getLogger("project.recipe.train")
+log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
 
 def train_loop(run: Run) -> dict:

@@ -15,7 +15,7 @@ from project.recipe.limits import batches_per_epoch, limits
 from project.recipe.run import Run
 from project.runtime import record_environment
 
-log = logging.getLogger("project.recipe.train")
+log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
 
 def announce(run: Run) -> None:

@@ -11,11 +11,11 @@ from project.recipe.epoch_end import save
 from project.recipe.limits import batch_limit
 from project.recipe.messages import format_metrics
 from project.recipe.run import Run
-from project.recipe.validation import evaluate
+from project.recipe.validation import validation_pass
 from project.runtime import restore_history
 from project.state import load_state_dicts
 
-log = logging.getLogger("project.recipe.train")
+log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
 
 def restore(run: Run, plan) -> None:
@@ -67,7 +67,7 @@ def score_start(run: Run) -> None:
     model = run.state["ema"].module if run.validates_ema else run.model
     val = {}
     if distributed.current().main:
-        val = evaluate(model, objective, run.loaders["val"], run.device, run.data, run.autocast_dtype,
+        val = validation_pass(model, objective, run.loaders["val"], run.device, run.data, run.autocast_dtype,
                        limit=batch_limit(run, "val"))
     val = distributed.broadcast(val)
     per_class = val.pop("per_class", {})

@@ -21,7 +21,7 @@ from project.recipe.run import Run
 from project.runtime import pick_device
 from project.state import EMA, RNG, Progress, TrainMeter
 
-log = logging.getLogger("project.recipe.train")
+log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
 
 def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
@@ -86,7 +86,7 @@ def build_loaders(cfg, data: dict, device: torch.device, before_fork=None) -> di
     workers, batch_size = data.get("num_workers", 0), cfg.trainer.batch_size
     shard = distributed.shard if distributed.current().enabled else None
     # trainer.overfit_batches: validation's epoch 0 is the training loader's epoch 0 (same seed and order), on the
-    # unaugmented training split; evaluate() takes its first N batches
+    # unaugmented training split; validation_pass() takes its first N batches
     val = (RunLoader(data["overfit_val"], batch_size, seed=cfg.seed, num_workers=workers, before_fork=before_fork)
            if "overfit_val" in data else
            RunLoader(data["val"], batch_size, seed=0, shuffle=False, num_workers=workers, before_fork=before_fork))

@@ -22,7 +22,7 @@ from project.recipe.setup import close_loaders, setup
 from project.runtime import StopRequest
 from project.validate import check_config
 
-log = logging.getLogger("project.recipe.train")
+log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
 
 def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | None = None) -> dict:

@@ -7,7 +7,7 @@ from project.data.loader import RunLoader
 
 
 @torch.no_grad()
-def evaluate(model, objective, loader: RunLoader, device, data, dtype=None, limit: int | None = None) -> dict:
+def validation_pass(model, objective, loader: RunLoader, device, data, dtype=None, limit: int | None = None) -> dict:
     """The objective's validation scores, and per class ("per_class": {"f1/<class>": ...}) where it has them;
     "batches": how many were scored (all, or the first `limit`: trainer.limit_val_batches, overfit_batches)."""
     model.eval()
