@@ -16,7 +16,7 @@ def check_finite(run: Run) -> None:
 
 
 def skip_nonfinite(run: Run) -> None:
-    t, progress = run.cfg.trainer, run.state["progress"]
+    t, progress = run.cfg.trainer, run.progress
     progress.nonfinite_skips += 1
     log.warning("Non-finite loss at optimizer step %d: update skipped (%d so far, at most %d).",
                 progress.global_step + 1, progress.nonfinite_skips, t.max_nonfinite_skips)

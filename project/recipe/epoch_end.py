@@ -17,11 +17,11 @@ log = logging.getLogger("project.recipe")  # one name for every recipe module: u
 
 def end_epoch(run: Run, epoch: int) -> bool:
     """Validate, update best scores and early stopping, record, save. True when training is finished."""
-    t, phase, progress, meter = run.cfg.trainer, run.phase, run.state["progress"], run.state["train_meter"]
+    t, phase, progress, meter = run.cfg.trainer, run.phase, run.progress, run.train_meter
     meter.loss_sum = distributed.mean(meter.loss_sum)  # the job's train loss and metrics, not one rank's
     meter.meter.load_state_dict(distributed.sum_counts(meter.meter.state_dict()))
     train_metrics = meter.compute(batches_per_epoch(run, "train"))
-    lr = run.state["optimizer"].param_groups[0]["lr"]
+    lr = run.optimizer.param_groups[0]["lr"]
     trained = progress.batch_in_epoch  # the epoch's batches, up to the last optimizer step
     progress.epoch, progress.batch_in_epoch, progress.train_metrics = epoch + 1, 0, train_metrics
     # validate every trainer.eval_interval epochs of a phase, and at its end; patience counts validations
@@ -31,7 +31,7 @@ def end_epoch(run: Run, epoch: int) -> bool:
         # unwrapped model, the others take its result so that every rank decides the same
         model = run.net if not distributed.current().enabled else run.model
         if run.validates_ema:
-            model = run.state["ema"].module
+            model = run.ema.module
         if distributed.current().main:
             val = validation_pass(model, run.objective, run.loaders["val"], run.device, run.data, run.autocast_dtype,
                            limit=batch_limit(run, "val"))
@@ -44,7 +44,7 @@ def end_epoch(run: Run, epoch: int) -> bool:
         progress.best_per_class = per_class
     # the plateau scheduler reads the metric (as "higher is better"); the closed-form ones ignore it
     score = val.get(run.objective.monitor)
-    run.state["scheduler"].step(None if not val else score if run.objective.higher_is_better else -score)
+    run.scheduler.step(None if not val else score if run.objective.higher_is_better else -score)
     patience = phase["early_stopping"].patience
     progress.phase_stopped = patience is not None and progress.bad_epochs >= patience
     phase_done = progress.phase_stopped or epoch + 1 == phase["end"]
@@ -53,12 +53,12 @@ def end_epoch(run: Run, epoch: int) -> bool:
     # the row goes first: a kill before the save re-does this epoch and restore_history drops the row
     scores = [k for k in train_metrics if k not in ("grad_norm", "skipped_steps")]
     scores += [k for k in val if k not in scores]  # validation-only scores (image_f_score)
-    run.state["tracker"].log_epoch({
+    run.tracker.log_epoch({
         "epoch": epoch + 1, "phase": phase["name"], "lr": lr, "train_loss": train_metrics["loss"],
         **{f"train_{k}": v for k, v in train_metrics.items() if k != "loss"},
         **{f"val_{k}": val.get(k, "") for k in scores}})  # same names; "" = not validated
     if val and per_class:
-        run.state["tracker"].log_per_class({"epoch": epoch + 1, "phase": phase["name"], **per_class})
+        run.tracker.log_per_class({"epoch": epoch + 1, "phase": phase["name"], **per_class})
     if phase_done and not finished:
         progress.phase_ends.append(epoch + 1)
     files = ["last.pth"]
@@ -90,7 +90,7 @@ def record_scores(run: Run, val: dict, epoch: int) -> tuple[bool, bool]:
     """Update the phase's best (early stopping) and the run's best (best_model.pth); (improved, phase_improved)."""
     if not val:
         return False, False
-    progress, objective, phase = run.state["progress"], run.objective, run.phase
+    progress, objective, phase = run.progress, run.objective, run.phase
     score = val[objective.monitor]
     phase_best = progress.phase_best.get(phase["key"])
     phase_improved = better(score, phase_best and phase_best["score"], objective.higher_is_better,
@@ -118,7 +118,7 @@ def save(run: Run, files: list[str]) -> None:
     """Snapshot the state now (later steps cannot change the copy) and write it in the background."""
     check_finite(run)  # never a checkpoint after a non-finite step
     run.writer.wait()
-    progress = run.state["progress"]
+    progress = run.progress
     ckpt = {"format": checkpoint.FORMAT, **state_dicts(run.state)}  # every rank: the RNG entry gathers them all
     ckpt.update(summary_keys(run, ckpt["early_stopping"]))
     if progress.batch_in_epoch and distributed.current().enabled:
@@ -138,7 +138,7 @@ def save(run: Run, files: list[str]) -> None:
 
 def summary_keys(run: Run, early_stopping: dict) -> dict:
     """What users, the seeds' snippets and the tools read, derived from the state when saving (never read back)."""
-    t, progress, phase, objective, final = run.cfg.trainer, run.state["progress"], run.phase, run.objective, run.final
+    t, progress, phase, objective, final = run.cfg.trainer, run.progress, run.phase, run.objective, run.final
     phase_best = progress.phase_best.get(phase["key"], {})
     dropped = phases.dropped_before(run.schedule, phase["index"])
     nan = float("nan")  # "no value yet", still printable with :.4f

@@ -22,7 +22,7 @@ log = logging.getLogger("project.recipe")  # one name for every recipe module: u
 
 
 def train_loop(run: Run) -> dict:
-    t, progress = run.cfg.trainer, run.state["progress"]
+    t, progress = run.cfg.trainer, run.progress
     interrupted = None
     announce_limits(run)
     if t.get("profiler", {}).get("enabled") and distributed.current().main:
@@ -46,7 +46,7 @@ def train_loop(run: Run) -> dict:
 
 def train_epoch(run: Run, epoch: int) -> str | None:
     """Train one epoch from progress.batch_in_epoch; returns the name of a stop signal that ended it early."""
-    t, progress, meter = run.cfg.trainer, run.state["progress"], run.state["train_meter"]
+    t, progress, meter = run.cfg.trainer, run.progress, run.train_meter
     start, n = progress.batch_in_epoch, batches_per_epoch(run, "train")
     if start == 0:
         meter.reset(run.objective.meter(run.data, run.device))
@@ -70,7 +70,7 @@ def train_epoch(run: Run, epoch: int) -> str | None:
         with run.ddp.no_sync() if run.ddp is not None and not steps_now else contextlib.nullcontext():
             loss, outputs = forward(run, batch)
             share = len(batch[0]) * distributed.current().world / global_size(run, i)
-            run.state["scaler"].scale(loss * share / window if share != 1 or window != 1 else loss).backward()
+            run.scaler.scale(loss * share / window if share != 1 or window != 1 else loss).backward()
         meter.loss_sum += loss.detach()
         run.guard.observe(loss, progress.global_step + 1)
         seen += len(batch[0])
@@ -124,8 +124,7 @@ def forward(run: Run, batch: tuple):
 def optimizer_step(run: Run) -> None:
     """One update from the window's gradients: unscale, clip, step (the scaler skips it on inf/NaN gradients and
     backs off), then the EMA."""
-    t, state = run.cfg.trainer, run.state
-    optimizer, scaler, meter = state["optimizer"], state["scaler"], state["train_meter"]
+    t, optimizer, scaler, meter = run.cfg.trainer, run.optimizer, run.scaler, run.train_meter
     if run.guard.skip_step():  # on_nonfinite=skip and this window's loss was not finite
         optimizer.zero_grad(set_to_none=True)
         skip_nonfinite(run)
@@ -139,13 +138,13 @@ def optimizer_step(run: Run) -> None:
     if scale is not None and scaler.get_scale() < scale:  # torch has no "skipped" flag: the scale backed off
         meter.skipped_steps += 1
     optimizer.zero_grad(set_to_none=True)
-    if "ema" in state:
-        state["ema"].update(run.model)
+    if run.ema is not None:
+        run.ema.update(run.model)
 
 
 def stop_here(run: Run, epoch: int, n: int) -> bool:
     """A stop signal, at an optimizer-step boundary: save last.pth, then hand the signal on. True: stop now."""
-    progress = run.state["progress"]
+    progress = run.progress
     run.stop.caught = run.stop.name
     save(run, ["last.pth"])
     run.writer.wait()  # on disk before the launcher's handler (submitit's requeue) may end the process
@@ -172,7 +171,7 @@ def go_on_after_hand_over(run: Run) -> bool:
 
 
 def summarize(run: Run, interrupted: str | None) -> dict:
-    progress = run.state["progress"]
+    progress = run.progress
     stopped_early = progress.phase_stopped and run.phase["last"]
     summary = {"status": f"interrupted by {interrupted}" if interrupted else "early stopped" if stopped_early else "done",
                "epoch": progress.epoch, "monitor": run.final.monitor, "best_score": progress.best_score,
@@ -185,5 +184,5 @@ def summarize(run: Run, interrupted: str | None) -> dict:
         summary.update(start_score=start["score"], improvement=progress.best_score - start["score"])
     elif "parent_best" in summary and progress.best_score is not None:
         summary["improvement"] = progress.best_score - parent["score"]
-    run.state["tracker"].log_summary(summary)
+    run.tracker.log_summary(summary)
     return summary

@@ -20,7 +20,7 @@ log = logging.getLogger("project.recipe")  # one name for every recipe module: u
 
 def announce(run: Run) -> None:
     """Prepare the run dir and say what this run is."""
-    t, progress, model = run.cfg.trainer, run.state["progress"], run.model
+    t, progress, model = run.cfg.trainer, run.progress, run.model
     if distributed.current().main:  # rank 0 writes the run dir
         run.ckpt_dir.mkdir(parents=True, exist_ok=True)
         for stale in run.ckpt_dir.glob(".*.tmp"):  # writes cut short by a kill; the real files are intact
@@ -69,7 +69,7 @@ def announce_limits(run: Run) -> None:
 def report(run: Run, summary: dict) -> None:
     """The final lines: the best score next to the run's late level (noise.py), and for a continuation, the new
     best against its starting weights scored here (never against a number computed elsewhere)."""
-    progress, parent, start = run.state["progress"], run.state["progress"].parent_best, run.state["progress"].start_score
+    progress, parent, start = run.progress, run.progress.parent_best, run.progress.start_score
     if summary["status"].startswith("interrupted") or progress.best_score is None:
         return
     monitor = run.final.monitor
@@ -110,7 +110,7 @@ def overfit_verdict(run: Run, summary: dict) -> None:
         return
     first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
     ratio = last / first if first > 0 else math.inf
-    val = run.state["progress"].val_metrics
+    val = run.progress.val_metrics
     where = (f"train loss {first:.4f} (epoch {rows[0]['epoch']}) -> {last:.4f} (epoch {rows[-1]['epoch']}), "
              f"{ratio:.1%} of its first value; val on the same {n} batches without augmentation: "
              + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
@@ -127,7 +127,7 @@ def overfit_verdict(run: Run, summary: dict) -> None:
 
 
 def diverged_message(run: Run, step: int, what: str) -> str:
-    progress, lr = run.state["progress"], run.cfg.optimizer.lr
+    progress, lr = run.progress, run.cfg.optimizer.lr
     epoch = progress.epoch + (1 if progress.batch_in_epoch else 0)
     if run.last_saved is None:
         where, command = "No checkpoint has been written yet", f"python run.py optimizer.lr={lr / 10:g}"
@@ -143,7 +143,7 @@ def diverged_message(run: Run, step: int, what: str) -> str:
 def worker_died_message(run: Run, error: RuntimeError) -> str:
     """One paragraph for a DataLoader worker that died (out of memory, kill -9): where the run was, which
     checkpoint is intact, and how to continue."""
-    progress = run.state["progress"]
+    progress = run.progress
     died = [(pid, code) for loader in run.loaders.values() for pid, code in loader.died]
     what = "; ".join(f"pid {pid}, {signal_name(-code) if code < 0 else f'exit code {code}'}" for pid, code in died)
     what = what or " ".join(str(error).split()).split(" Details are lost")[0].rstrip(". ")  # torch's words

@@ -22,7 +22,7 @@ def restore(run: Run, plan) -> None:
     """Load what the plan says into the built state (state.RESTORES), in the registry's order."""
     if plan is None:
         return
-    progress, saved = run.state["progress"], plan.checkpoint
+    progress, saved = run.progress, plan.checkpoint
     if plan.mode == "reset_optimizer":  # weights only: a new run that descends from the checkpoint
         resume.load_matching_weights(run.model, saved, plan.path, run.cfg.resume.ignore_keys,
                                      run.cfg.resume.get("weights_key"))
@@ -59,12 +59,12 @@ def score_start(run: Run) -> None:
     """A continuation from other weights scores them first, here: same data, same metric, a metrics.csv row with
     phase "start". They are the first candidate for best_model.pth, so a run never ends with worse weights than
     it started from; a best score stored in the file (another metric, other data, another script) gates nothing."""
-    progress, objective = run.state["progress"], run.objective
+    progress, objective = run.progress, run.objective
     if objective.monitor != run.final.monitor:  # a pretraining phase first: its score is not the final metric
         log.info("Starting weights not scored: the first phase (%s) reports %s, not %s.", run.phase["name"],
                  objective.monitor, run.final.monitor)
         return
-    model = run.state["ema"].module if run.validates_ema else run.model
+    model = run.validated_model
     val = {}
     if distributed.current().main:
         val = validation_pass(model, objective, run.loaders["val"], run.device, run.data, run.autocast_dtype,
@@ -76,7 +76,7 @@ def score_start(run: Run) -> None:
     progress.start_score = {"score": score, "epoch": progress.epoch, "metric": objective.monitor}
     progress.best_score, progress.best_epoch, progress.best_per_class = score, progress.epoch, per_class
     progress.val_metrics = val
-    tracker = run.state["tracker"]
+    tracker = run.tracker
     tracker.log_epoch({"epoch": progress.epoch, "phase": "start", **{f"val_{k}": v for k, v in val.items()}})
     if per_class:
         tracker.log_per_class({"epoch": progress.epoch, "phase": "start", **per_class})
@@ -88,7 +88,7 @@ def score_start(run: Run) -> None:
 def restore_foreign(run: Run, plan) -> None:
     """resume=full from a file another script wrote: weights, optimizer state, epoch and best score, as far as it
     has them; everything else starts fresh, and the table says so. Not a bit-exact continuation."""
-    saved, progress, optimizer = plan.checkpoint, run.state["progress"], run.state["optimizer"]
+    saved, progress, optimizer = plan.checkpoint, run.progress, run.optimizer
     weights, stripped = foreign.strip_prefixes(saved["model_state_dict"], run.model.state_dict())
     resume.check_weights_fit(run.model, weights, plan.path)
     why = foreign.fits_optimizer(saved["optimizer_state_dict"], optimizer)
@@ -102,7 +102,7 @@ def restore_foreign(run: Run, plan) -> None:
         progress.parent_best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "path": str(plan.path),
                                 "foreign": True}
     # the LR follows from the restored epoch and the current config, as for our own files
-    run.state["scheduler"].load_state_dict({"last_epoch": saved["epoch"] - progress.phase_start})
+    run.scheduler.load_state_dict({"last_epoch": saved["epoch"] - progress.phase_start})
     progress.lineage = [plan.lineage_entry]
     best = "none in the file" if saved["best_score"] is None else f"{saved['best_name']} {saved['best_score']:.4f}"
     rows = [("restored", "weights", f"{saved['weights_key'] or 'the bare state dict'}, {len(weights)} tensors"

@@ -1,5 +1,9 @@
 """The run object: what the recipe's steps work with. `Run.state` is the one training state (project/state.py):
-what a checkpoint holds and a resume restores; every other field is rebuilt from the config at every start."""
+what a checkpoint holds and a resume restores; every other field is rebuilt from the config at every start.
+
+The entries of `state` are read through typed properties (`run.progress`, `run.optimizer`, ...): each is a view
+of the registry, never a second copy, so saving and restoring `state` covers them. Only set-up (registering an
+entry, a phase's new optimizer and scheduler) writes to `state`."""
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -7,8 +11,10 @@ import torch
 from omegaconf import DictConfig
 
 from project.checkpoints import files as checkpoint
+from project.loggers import NullTracker
 from project.nonfinite import NonFiniteGuard
 from project.runtime import StopRequest
+from project.state import EMA, Progress, TrainMeter
 from project.validate import AUTOCAST_DTYPES
 
 
@@ -25,9 +31,8 @@ class Run:
     data: dict
     schedule: list                 # the phases (project/phases.py)
     final: object                  # the last phase's objective: its metric decides best_model.pth
-    model: torch.nn.Module         # the eager model: its state_dict never holds `_orig_mod.` keys
     full_counts: dict              # parameters per top-level module, before any phase dropped one
-    state: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)  # the one training state, in load order (project/state.py)
     choices: dict = field(default_factory=dict)  # the config-group choices that give cfg ({"model": "unet", ...})
     family: dict | None = None     # where this run dir comes from: lineage.json's fixed part (results/lineage.py)
     phase: dict | None = None
@@ -56,4 +61,46 @@ class Run:
 
     @property
     def validates_ema(self) -> bool:
-        return "ema" in self.state and bool(self.cfg.trainer.ema.validate)
+        return self.ema is not None and bool(self.cfg.trainer.ema.validate)
+
+    @property
+    def validated_model(self) -> torch.nn.Module:
+        """The eager weights validation scores: the EMA copy (trainer.ema.validate) or the model."""
+        return self.ema.module if self.validates_ema else self.model
+
+    # the entries of the one training state, as typed views of `state`
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The eager model: its state_dict never holds `_orig_mod.` keys (`net` is what the step calls)."""
+        return self.state["model"]
+
+    @property
+    def ema(self) -> EMA | None:
+        """The EMA copy of the weights; None when trainer.ema.decay is off."""
+        return self.state.get("ema")
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.state["optimizer"]
+
+    @property
+    def scheduler(self):
+        return self.state["scheduler"]
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        return self.state["scaler"]
+
+    @property
+    def progress(self) -> Progress:
+        return self.state["progress"]
+
+    @property
+    def train_meter(self) -> TrainMeter:
+        return self.state["train_meter"]
+
+    @property
+    def tracker(self) -> NullTracker:
+        """The run's tracker (W&B, metrics.csv; project/loggers.py); a NullTracker on ranks other than 0."""
+        return self.state["tracker"]

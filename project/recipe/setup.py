@@ -54,13 +54,11 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
                             "CPU leave it off (each rank normalises its part of the batch) or use a model without "
                             "BatchNorm. Nothing was trained or written.")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # the one training state, in load order: the model before the optimizer, the RNG last
     run = Run(cfg=cfg, config=config, overrides=overrides, run_dir=run_dir, device=device, data=data,
-              schedule=schedule, final=final, model=model, full_counts=phases.module_counts(model))
+              schedule=schedule, final=final, full_counts=phases.module_counts(model), state={"model": model})
     index, start = plan.phase if plan is not None else (0, 0)
     phases.drop_modules(model, phases.dropped_before(schedule, index))
-
-    # the one training state, in load order: the model before the optimizer, the RNG last
-    run.state["model"] = model
     if t.ema.decay is not None:
         run.state["ema"] = EMA(model, t.ema.decay)
     enter_phase(run, index, start, lr_from_config=plan is not None and plan.lr_from_config)  # optimizer, scheduler
@@ -100,9 +98,9 @@ def enter_phase(run: Run, index: int, start: int, lr_from_config: bool = False) 
     parameter name) and scheduler, and compile the model again if it changed."""
     phase = run.schedule[index]
     dropped = phases.drop_modules(run.model, phase["drop_modules"])
-    if "ema" in run.state:
-        run.state["ema"].drop_modules(phase["drop_modules"], like=run.model)
-    previous = run.state.get("optimizer")
+    if run.ema is not None:
+        run.ema.drop_modules(phase["drop_modules"], like=run.model)
+    previous = run.state.get("optimizer")  # None while set-up registers the state
     optimizer = phases.build_optimizer(run.cfg, phase, run.model, lr_from_config)
     carried = phases.carry_state(previous, optimizer)
     run.state["optimizer"] = optimizer

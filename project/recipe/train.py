@@ -50,7 +50,7 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
     run.choices = choices
     announce(run)
     run.family = lineage.begin(run, plan, job or {})  # rank 0: lineage.json, rewritten at every save
-    tracker = run.state["tracker"]
+    tracker = run.tracker
     tracker.start()
     run.stop = StopRequest()
     status = "failed"  # stays "failed" if an exception leaves the loop
