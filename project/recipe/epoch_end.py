@@ -1,89 +1,123 @@
-"""The end of an epoch: validate, update the best scores and early stopping, record the row, save."""
+"""The end of an epoch, step by step: score the epoch's training, validate when due, update the best scores, step the
+scheduler, decide early stopping, record the row, save, say it. Saving and the summary keys a checkpoint carries
+are here too."""
 import functools
 import logging
+from dataclasses import dataclass, field
 
 from project import distributed, phases
 from project.checkpoints import files as checkpoint
 from project.commands import lineage
 from project.recipe.divergence import check_finite
-from project.recipe.limits import batch_limit, batches_per_epoch, limits
-from project.recipe.messages import format_metrics
+from project.recipe.limits import batches_per_epoch, limits
+from project.recipe.messages import report_epoch
 from project.recipe.run import Run
-from project.recipe.validation import validation_pass
+from project.recipe.validation import validate
 from project.state import state_dicts
 
 log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
 
+@dataclass
+class EpochEnd:
+    """What one epoch's end found, handed from step to step (never saved: `run.progress` keeps what lasts)."""
+
+    epoch: int                     # the epoch just trained, counted from 0
+    lr: float                      # the learning rate it trained with (before the scheduler steps)
+    trained: int                   # its batches, up to the last optimizer step
+    train: dict                    # the job's train loss and metrics
+    val: dict = field(default_factory=dict)        # the validation scores; empty: not validated this epoch
+    per_class: dict = field(default_factory=dict)
+    validated: int | None = None   # validation batches scored
+    improved: bool = False         # a new best of the final metric: best_model.pth
+    phase_improved: bool = False   # a new best of this phase's metric (early stopping)
+    phase_done: bool = False
+    finished: bool = False         # the last phase is done: training is over
+
+
 def end_epoch(run: Run, epoch: int) -> bool:
     """Validate, update best scores and early stopping, record, save. True when training is finished."""
-    t, phase, progress, meter = run.cfg.trainer, run.phase, run.progress, run.train_meter
-    meter.loss_sum = distributed.mean(meter.loss_sum)  # the job's train loss and metrics, not one rank's
+    end = score_training(run, epoch)
+    if validation_due(run, epoch):
+        validate_epoch(run, end)
+    end.improved, end.phase_improved = record_scores(run, end.val, epoch)
+    if end.improved:
+        run.progress.best_per_class = end.per_class
+    step_scheduler(run, end.val)
+    decide_stop(run, end)
+    record_row(run, end)  # the row goes first: a kill before the save re-does this epoch and drops the row
+    save(run, checkpoint_files(run, end))
+    report_epoch(run, end)
+    return end.finished
+
+
+def score_training(run: Run, epoch: int) -> EpochEnd:
+    """The job's train loss and metrics, not one rank's; the epoch is counted as done."""
+    progress, meter = run.progress, run.train_meter
+    meter.loss_sum = distributed.mean(meter.loss_sum)
     meter.meter.load_state_dict(distributed.sum_counts(meter.meter.state_dict()))
-    train_metrics = meter.compute(batches_per_epoch(run, "train"))
-    lr = run.optimizer.param_groups[0]["lr"]
-    trained = progress.batch_in_epoch  # the epoch's batches, up to the last optimizer step
-    progress.epoch, progress.batch_in_epoch, progress.train_metrics = epoch + 1, 0, train_metrics
-    # validate every trainer.eval_interval epochs of a phase, and at its end; patience counts validations
-    val, validated = {}, None
-    if (epoch + 1 - progress.phase_start) % t.eval_interval == 0 or epoch + 1 == phase["end"]:
-        # several ranks: rank 0 validates the whole set (the job's numbers, as one process would) with the
-        # unwrapped model, the others take its result so that every rank decides the same
-        model = run.net if not distributed.current().enabled else run.model
-        if run.validates_ema:
-            model = run.ema.module
-        if distributed.current().main:
-            val = validation_pass(model, run.objective, run.loaders["val"], run.device, run.data, run.autocast_dtype,
-                           limit=batch_limit(run, "val"))
-        val = distributed.broadcast(val)
-        per_class = val.pop("per_class", {})
-        validated = val.pop("batches", None)
-        progress.val_metrics = val
-    improved, phase_improved = record_scores(run, val, epoch)
-    if improved:
-        progress.best_per_class = per_class
-    # the plateau scheduler reads the metric (as "higher is better"); the closed-form ones ignore it
+    end = EpochEnd(epoch=epoch, lr=run.optimizer.param_groups[0]["lr"], trained=progress.batch_in_epoch,
+                   train=meter.compute(batches_per_epoch(run, "train")))
+    progress.epoch, progress.batch_in_epoch, progress.train_metrics = epoch + 1, 0, end.train
+    return end
+
+
+def validation_due(run: Run, epoch: int) -> bool:
+    """Every trainer.eval_interval epochs of a phase, and at its end; patience counts validations."""
+    return (epoch + 1 - run.progress.phase_start) % run.cfg.trainer.eval_interval == 0 or epoch + 1 == run.phase["end"]
+
+
+def validate_epoch(run: Run, end: EpochEnd) -> None:
+    """Score the weights validation reads (the EMA copy when trainer.ema.validate) on the validation split."""
+    model = run.net if not distributed.current().enabled else run.model  # several ranks: rank 0, unwrapped
+    end.val, end.per_class, end.validated = validate(run, run.ema.module if run.validates_ema else model)
+    run.progress.val_metrics = end.val
+
+
+def step_scheduler(run: Run, val: dict) -> None:
+    """The plateau scheduler reads the metric (as "higher is better"); the closed-form ones ignore it."""
     score = val.get(run.objective.monitor)
     run.scheduler.step(None if not val else score if run.objective.higher_is_better else -score)
+
+
+def decide_stop(run: Run, end: EpochEnd) -> None:
+    """Early stopping (patience in validations without improvement), the phase's end, the run's end."""
+    progress, phase = run.progress, run.phase
     patience = phase["early_stopping"].patience
     progress.phase_stopped = patience is not None and progress.bad_epochs >= patience
-    phase_done = progress.phase_stopped or epoch + 1 == phase["end"]
-    finished = phase["last"] and phase_done
+    end.phase_done = progress.phase_stopped or end.epoch + 1 == phase["end"]
+    end.finished = phase["last"] and end.phase_done
+    if end.phase_done and not end.finished:
+        progress.phase_ends.append(end.epoch + 1)
 
-    # the row goes first: a kill before the save re-does this epoch and restore_history drops the row
-    scores = [k for k in train_metrics if k not in ("grad_norm", "skipped_steps")]
+
+def record_row(run: Run, end: EpochEnd) -> None:
+    """The epoch's row in the tracker (metrics.csv, W&B) and, when validated, its per-class scores."""
+    train, val, phase = end.train, end.val, run.phase
+    scores = [k for k in train if k not in ("grad_norm", "skipped_steps")]
     scores += [k for k in val if k not in scores]  # validation-only scores (image_f_score)
     run.tracker.log_epoch({
-        "epoch": epoch + 1, "phase": phase["name"], "lr": lr, "train_loss": train_metrics["loss"],
-        **{f"train_{k}": v for k, v in train_metrics.items() if k != "loss"},
+        "epoch": end.epoch + 1, "phase": phase["name"], "lr": end.lr, "train_loss": train["loss"],
+        **{f"train_{k}": v for k, v in train.items() if k != "loss"},
         **{f"val_{k}": val.get(k, "") for k in scores}})  # same names; "" = not validated
-    if val and per_class:
-        run.tracker.log_per_class({"epoch": epoch + 1, "phase": phase["name"], **per_class})
-    if phase_done and not finished:
-        progress.phase_ends.append(epoch + 1)
-    files = ["last.pth"]
-    if (epoch + 1) % t.save_interval == 0 or phase_done and len(run.schedule) > 1:
-        files.append(f"checkpoint_epoch_{epoch + 1}.pth")  # a phase's last epoch is always kept
-    if improved:
-        files.append("best_model.pth")
-    if phase_improved and len(run.schedule) > 1:
-        files.append(f"{phase['key']}_checkpoint.pth")
-    if finished:
-        files.append("final_model.pth")
-    save(run, files)
+    if val and end.per_class:
+        run.tracker.log_per_class({"epoch": end.epoch + 1, "phase": phase["name"], **end.per_class})
 
-    log.info("epoch %d/%d  %s  lr %.2e  train loss %.4f %s | %s%s", epoch + 1, t.max_epochs, phase["name"], lr,
-             train_metrics["loss"], format_metrics(train_metrics),
-             f"val loss {val['loss']:.4f} {format_metrics(val)}" if val else "no validation this epoch",
-             "  *best*" if improved else "  *phase best*" if phase_improved and len(run.schedule) > 1 else "")
-    if limits(run.cfg):  # a trial: what it really ran
-        log.info("  (limited run: %d training batches this epoch%s)", trained,
-                 f", {validated} validation batches" if validated is not None else "")
-    if progress.phase_stopped:
-        best = progress.phase_best[phase["key"]]
-        log.info("Early stopping in phase %r: no improvement of val %s for %d epochs (best %.4f at epoch %d).",
-                 phase["name"], run.objective.monitor, patience, best["score"], best["epoch"])
-    return finished
+
+def checkpoint_files(run: Run, end: EpochEnd) -> list[str]:
+    """The files this epoch's state goes to: last.pth always; a periodic one, a phase's last epoch, the bests and
+    the final model when due."""
+    epoch, several = end.epoch + 1, len(run.schedule) > 1
+    files = ["last.pth"]
+    if epoch % run.cfg.trainer.save_interval == 0 or end.phase_done and several:
+        files.append(f"checkpoint_epoch_{epoch}.pth")  # a phase's last epoch is always kept
+    if end.improved:
+        files.append("best_model.pth")
+    if end.phase_improved and several:
+        files.append(f"{run.phase['key']}_checkpoint.pth")
+    if end.finished:
+        files.append("final_model.pth")
+    return files
 
 
 def record_scores(run: Run, val: dict, epoch: int) -> tuple[bool, bool]:

@@ -66,6 +66,23 @@ def announce_limits(run: Run) -> None:
              "resume.checkpoint=latest skips it and project-compare labels it.", what, settings)
 
 
+def report_epoch(run: Run, end) -> None:
+    """The epoch's line (train and val scores, a new best marked), what a trial really ran, early stopping.
+    `end`: the epoch's epoch_end.EpochEnd."""
+    t, phase, progress, train, val = run.cfg.trainer, run.phase, run.progress, end.train, end.val
+    log.info("epoch %d/%d  %s  lr %.2e  train loss %.4f %s | %s%s", end.epoch + 1, t.max_epochs, phase["name"],
+             end.lr, train["loss"], format_metrics(train),
+             f"val loss {val['loss']:.4f} {format_metrics(val)}" if val else "no validation this epoch",
+             "  *best*" if end.improved else "  *phase best*" if end.phase_improved and len(run.schedule) > 1 else "")
+    if limits(run.cfg):  # a trial: what it really ran
+        log.info("  (limited run: %d training batches this epoch%s)", end.trained,
+                 f", {end.validated} validation batches" if end.validated is not None else "")
+    if progress.phase_stopped:
+        best = progress.phase_best[phase["key"]]
+        log.info("Early stopping in phase %r: no improvement of val %s for %d epochs (best %.4f at epoch %d).",
+                 phase["name"], run.objective.monitor, phase["early_stopping"].patience, best["score"], best["epoch"])
+
+
 def report(run: Run, summary: dict) -> None:
     """The final lines: the best score next to the run's late level (noise.py), and for a continuation, the new
     best against its starting weights scored here (never against a number computed elsewhere)."""

@@ -8,10 +8,9 @@ from project.checkpoints import foreign
 from project.data import splits
 from project.errors import UserError
 from project.recipe.epoch_end import save
-from project.recipe.limits import batch_limit
 from project.recipe.messages import format_metrics
 from project.recipe.run import Run
-from project.recipe.validation import validation_pass
+from project.recipe.validation import validate
 from project.runtime import restore_history
 from project.state import load_state_dicts
 
@@ -64,14 +63,7 @@ def score_start(run: Run) -> None:
         log.info("Starting weights not scored: the first phase (%s) reports %s, not %s.", run.phase["name"],
                  objective.monitor, run.final.monitor)
         return
-    model = run.validated_model
-    val = {}
-    if distributed.current().main:
-        val = validation_pass(model, objective, run.loaders["val"], run.device, run.data, run.autocast_dtype,
-                       limit=batch_limit(run, "val"))
-    val = distributed.broadcast(val)
-    per_class = val.pop("per_class", {})
-    val.pop("batches", None)
+    val, per_class, _ = validate(run, run.validated_model)
     score = val[objective.monitor]
     progress.start_score = {"score": score, "epoch": progress.epoch, "metric": objective.monitor}
     progress.best_score, progress.best_epoch, progress.best_per_class = score, progress.epoch, per_class

@@ -1,9 +1,12 @@
-"""The validation pass: the objective's scores on the validation loader."""
+"""The validation pass: the objective's scores on the validation loader, and the job's one result of it."""
 import itertools
 
 import torch
 
+from project import distributed
 from project.data.loader import RunLoader
+from project.recipe.limits import batch_limit
+from project.recipe.run import Run
 
 
 @torch.no_grad()
@@ -25,3 +28,16 @@ def validation_pass(model, objective, loader: RunLoader, device, data, dtype=Non
     scores = {"loss": (total / max(batches, 1)).item(), **meter.compute()}
     scores = {**scores, "per_class": meter.per_class()} if hasattr(meter, "per_class") else scores
     return {**scores, "batches": batches}
+
+
+def validate(run: Run, model) -> tuple[dict, dict, int | None]:
+    """Score `model` with the current phase's objective: (scores, per-class scores, batches scored). Several ranks:
+    rank 0 validates the whole set (the job's numbers, as one process would), the others take its result so that
+    every rank decides the same."""
+    val = {}
+    if distributed.current().main:
+        val = validation_pass(model, run.objective, run.loaders["val"], run.device, run.data, run.autocast_dtype,
+                              limit=batch_limit(run, "val"))
+    val = distributed.broadcast(val)
+    per_class = val.pop("per_class", {})
+    return val, per_class, val.pop("batches", None)
