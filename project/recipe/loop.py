@@ -52,25 +52,15 @@ def train_epoch(run: Run, epoch: int) -> str | None:
         meter.reset(run.objective.meter(run.data, run.device))
     # overfit_batches: epoch 0's order every epoch; a limit ends the epoch after its first n batches
     order = 0 if t.get("overfit_batches") else epoch
-    batches = run.loaders["train"].epoch(order, start)  # the first epoch forks the workers (after the writer)
-    if batch_limit(run, "train") is not None:
-        batches = itertools.islice(batches, max(n - start, 0))
-    bar = tqdm(batches, total=n, initial=start, desc=f"epoch {epoch + 1}/{t.max_epochs}", leave=False,
-               disable=None, dynamic_ncols=True)
+    bar = epoch_bar(run, epoch, order, start, n)
     run.model.train()
     k, tic, seen = t.accumulate_grad_batches, time.perf_counter(), 0
     for i, batch in enumerate(bar, start=start):
         batch = tuple(b.to(run.device, non_blocking=True) for b in batch)
-        window = min(k, n - i // k * k)  # batches in this accumulation window: an epoch's last may be shorter
         if i % k == 0:
             run.guard.window_start(run.model)  # on_nonfinite=skip: a dropped window leaves the buffers as they were
         steps_now = not ((i + 1) % k and i + 1 < n)  # the window's last batch: the optimizer steps after it
-        # several ranks: gradients are averaged once per window (no_sync before), each rank's weighed by its share
-        # of the global batch, which makes the average the global batch's mean even when it does not split evenly
-        with run.ddp.no_sync() if run.ddp is not None and not steps_now else contextlib.nullcontext():
-            loss, outputs = forward(run, batch)
-            share = len(batch[0]) * distributed.current().world / global_size(run, i)
-            run.scaler.scale(loss * share / window if share != 1 or window != 1 else loss).backward()
+        loss, outputs = accumulate(run, batch, i, n, steps_now)
         meter.loss_sum += loss.detach()
         run.guard.observe(loss, progress.global_step + 1)
         seen += len(batch[0])
@@ -95,6 +85,29 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     if epoch + 1 < t.max_epochs:  # workers load the next epoch's first batches while this one validates and saves
         run.loaders["train"].prefetch(order if t.get("overfit_batches") else epoch + 1)
     return None
+
+
+def epoch_bar(run: Run, epoch: int, order: int, start: int, n: int) -> tqdm:
+    """The epoch's batches in the loader's order `order`, from batch `start` (a limit ends the epoch after its
+    first n), behind a progress bar."""
+    batches = run.loaders["train"].epoch(order, start)  # the first epoch forks the workers (after the writer)
+    if batch_limit(run, "train") is not None:
+        batches = itertools.islice(batches, max(n - start, 0))
+    return tqdm(batches, total=n, initial=start, desc=f"epoch {epoch + 1}/{run.cfg.trainer.max_epochs}", leave=False,
+                disable=None, dynamic_ncols=True)
+
+
+def accumulate(run: Run, batch: tuple, i: int, n: int, steps_now: bool):
+    """Forward and backward of batch i of n, adding to its accumulation window's gradients: (loss, outputs)."""
+    k = run.cfg.trainer.accumulate_grad_batches
+    window = min(k, n - i // k * k)  # batches in this accumulation window: an epoch's last may be shorter
+    # several ranks: gradients are averaged once per window (no_sync before), each rank's weighed by its share
+    # of the global batch, which makes the average the global batch's mean even when it does not split evenly
+    with run.ddp.no_sync() if run.ddp is not None and not steps_now else contextlib.nullcontext():
+        loss, outputs = forward(run, batch)
+        share = len(batch[0]) * distributed.current().world / global_size(run, i)
+        run.scaler.scale(loss * share / window if share != 1 or window != 1 else loss).backward()
+    return loss, outputs
 
 
 def global_size(run: Run, i: int) -> int:
@@ -171,9 +184,10 @@ def go_on_after_hand_over(run: Run) -> bool:
 
 
 def summarize(run: Run, interrupted: str | None) -> dict:
+    """What train() returns and the tracker's summary: how the run ended, its best, what a continuation gained."""
     progress = run.progress
-    stopped_early = progress.phase_stopped and run.phase["last"]
-    summary = {"status": f"interrupted by {interrupted}" if interrupted else "early stopped" if stopped_early else "done",
+    status = "early stopped" if progress.phase_stopped and run.phase["last"] else "done"
+    summary = {"status": f"interrupted by {interrupted}" if interrupted else status,
                "epoch": progress.epoch, "monitor": run.final.monitor, "best_score": progress.best_score,
                "best_epoch": progress.best_epoch, "phase_best": progress.phase_best, "run_dir": str(run.run_dir),
                "signal": signal.Signals[interrupted] if interrupted else None}

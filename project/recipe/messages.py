@@ -83,6 +83,27 @@ def report_epoch(run: Run, end) -> None:
                  phase["name"], run.objective.monitor, phase["early_stopping"].patience, best["score"], best["epoch"])
 
 
+def say_foreign_restored(plan, weights: dict, stripped: list, lr: float) -> None:
+    """What resume=full took from another script's file, and what starts fresh: a table in the log."""
+    saved = plan.checkpoint
+    best = "none in the file" if saved["best_score"] is None else f"{saved['best_name']} {saved['best_score']:.4f}"
+    rows = [("restored", "weights", f"{saved['weights_key'] or 'the bare state dict'}, {len(weights)} tensors"
+             + (f", prefix {' '.join(stripped)} stripped" if stripped else "")),
+            ("restored", "optimizer state", f"{len(saved['optimizer_state_dict']['state'])} parameters, "
+             f"positional; hyperparameters from the current config"),
+            ("restored", "epoch", f"{saved['epoch']}: training goes on with epoch {saved['epoch'] + 1}"),
+            ("shown", "stored best", f"{best}: computed by another script, not comparable; the starting "
+             "weights are scored here instead"),
+            ("derived", "learning rate", f"{lr:.3g}: the schedule at epoch "
+             f"{saved['epoch']} under the current config"),
+            ("fresh", "RNG", "the file has none: seeded from seed"),
+            ("fresh", "data position", "the epoch starts at its first batch"),
+            ("fresh", "early stopping", "counter at 0"),
+            ("fresh", "scaler, EMA", "if turned on")]
+    table = "\n".join(f"  {a:8s}  {b:15s}  {c}" for a, b, c in rows)
+    log.info("Continuing %s, written by another script: NOT a bit-exact continuation.\n%s", plan.path, table)
+
+
 def report(run: Run, summary: dict) -> None:
     """The final lines: the best score next to the run's late level (noise.py), and for a continuation, the new
     best against its starting weights scored here (never against a number computed elsewhere)."""

@@ -8,7 +8,7 @@ from project.checkpoints import foreign
 from project.data import splits
 from project.errors import UserError
 from project.recipe.epoch_end import save
-from project.recipe.messages import format_metrics
+from project.recipe.messages import format_metrics, say_foreign_restored
 from project.recipe.run import Run
 from project.recipe.validation import validate
 from project.runtime import restore_history
@@ -96,19 +96,4 @@ def restore_foreign(run: Run, plan) -> None:
     # the LR follows from the restored epoch and the current config, as for our own files
     run.scheduler.load_state_dict({"last_epoch": saved["epoch"] - progress.phase_start})
     progress.lineage = [plan.lineage_entry]
-    best = "none in the file" if saved["best_score"] is None else f"{saved['best_name']} {saved['best_score']:.4f}"
-    rows = [("restored", "weights", f"{saved['weights_key'] or 'the bare state dict'}, {len(weights)} tensors"
-             + (f", prefix {' '.join(stripped)} stripped" if stripped else "")),
-            ("restored", "optimizer state", f"{len(saved['optimizer_state_dict']['state'])} parameters, "
-             f"positional; hyperparameters from the current config"),
-            ("restored", "epoch", f"{saved['epoch']}: training goes on with epoch {saved['epoch'] + 1}"),
-            ("shown", "stored best", f"{best}: computed by another script, not comparable; the starting "
-             "weights are scored here instead"),
-            ("derived", "learning rate", f"{optimizer.param_groups[0]['lr']:.3g}: the schedule at epoch "
-             f"{saved['epoch']} under the current config"),
-            ("fresh", "RNG", "the file has none: seeded from seed"),
-            ("fresh", "data position", "the epoch starts at its first batch"),
-            ("fresh", "early stopping", "counter at 0"),
-            ("fresh", "scaler, EMA", "if turned on")]
-    table = "\n".join(f"  {a:8s}  {b:15s}  {c}" for a, b, c in rows)
-    log.info("Continuing %s, written by another script: NOT a bit-exact continuation.\n%s", plan.path, table)
+    say_foreign_restored(plan, weights, stripped, optimizer.param_groups[0]["lr"])

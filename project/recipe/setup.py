@@ -27,6 +27,28 @@ log = logging.getLogger("project.recipe")  # one name for every recipe module: u
 def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     """Build every component from the config, in the phase the run continues in, then restore what the plan says."""
     t = cfg.trainer
+    device = prepare_process(t)
+    schedule = phases.plan(cfg)
+    rng.seed_everything(cfg.seed)
+    final = phases.build_objective(cfg, schedule[-1])
+    data = build_data(cfg)
+    tasks.check_objective(cfg, final, data)
+    model = build_model(cfg, data, device)
+    # the one training state, in load order: the model before the optimizer, the RNG last
+    run = Run(cfg=cfg, config=config, overrides=overrides, run_dir=run_dir, device=device, data=data,
+              schedule=schedule, final=final, full_counts=phases.module_counts(model), state={"model": model})
+    index, start = plan.phase if plan is not None else (0, 0)
+    phases.drop_modules(model, phases.dropped_before(schedule, index))
+    register_state(run, plan, job, index, start)
+    restore(run, plan)
+    runtime.use_deterministic(t)  # after the probe: from here on an op without a deterministic version is an error
+    run.guard = NonFiniteGuard(t.on_nonfinite, device)
+    run.loaders = build_loaders(cfg, data, device, before_fork=run.writer.wait)
+    return run
+
+
+def prepare_process(t) -> torch.device:
+    """Threads, numeric switches and the device of this process (one rank of a several-process job)."""
     dist = distributed.current()
     # never more threads than the cores this process may use (a launcher's share, taskset, a SLURM allocation,
     # the other ranks of this job on the same host)
@@ -34,48 +56,52 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     torch.set_num_threads(t.num_threads or min(torch.get_num_threads(), cores))
     runtime.apply_switches(t)  # matmul precision, cuDNN benchmark; cuBLAS's setting before anything runs on a GPU
     distributed.check_batch(t.batch_size)
-    device = pick_device(t.device, dist.local_rank)
-    schedule = phases.plan(cfg)
-    rng.seed_everything(cfg.seed)
-    final = phases.build_objective(cfg, schedule[-1])
-    data = tasks.build_data(cfg)
+    return pick_device(t.device, dist.local_rank)
+
+
+def build_data(cfg) -> dict:
+    """The task's data (project/tasks.py); trainer.overfit_batches adds the split it validates on."""
+    t, data = cfg.trainer, tasks.build_data(cfg)
     if t.get("overfit_batches"):  # validated on the training batches themselves, without augmentation
         augmented = cfg.get("augment", {}).get("transforms")
         data["overfit_val"] = tasks.build_data(cfg, augment=False)["train"] if augmented else data["train"]
         check_overfit(t, data)
-    tasks.check_objective(cfg, final, data)
+    return data
+
+
+def build_model(cfg, data: dict, device: torch.device) -> torch.nn.Module:
+    """The model on its device, probed with a batch, in the layout and with the BatchNorm the trainer asks for."""
+    t = cfg.trainer
     model = tasks.build_model(cfg, data).to(device)
     tasks.probe_model(cfg, model, data, device)
     if t.get("channels_last"):  # before the EMA copy is made: it inherits the layout and the input conversion
         runtime.to_channels_last(model)
-    if t.sync_batchnorm and dist.enabled:  # BatchNorm statistics over the global batch, not each rank's part
+    if t.sync_batchnorm and distributed.current().enabled:  # BatchNorm statistics over the global batch
         if device.type != "cuda":
             raise UserError("trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm runs on CUDA only. On the "
                             "CPU leave it off (each rank normalises its part of the batch) or use a model without "
                             "BatchNorm. Nothing was trained or written.")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # the one training state, in load order: the model before the optimizer, the RNG last
-    run = Run(cfg=cfg, config=config, overrides=overrides, run_dir=run_dir, device=device, data=data,
-              schedule=schedule, final=final, full_counts=phases.module_counts(model), state={"model": model})
-    index, start = plan.phase if plan is not None else (0, 0)
-    phases.drop_modules(model, phases.dropped_before(schedule, index))
+    return model
+
+
+def register_state(run: Run, plan, job: dict, index: int, start: int) -> None:
+    """Register the rest of the one training state after the model, in load order (the RNG last)."""
+    t, device = run.cfg.trainer, run.device
     if t.ema.decay is not None:
-        run.state["ema"] = EMA(model, t.ema.decay)
+        run.state["ema"] = EMA(run.model, t.ema.decay)
     enter_phase(run, index, start, lr_from_config=plan is not None and plan.lr_from_config)  # optimizer, scheduler
     run.state["scaler"] = torch.amp.GradScaler(device.type, init_scale=t.grad_scaler.init_scale,
                                                growth_interval=t.grad_scaler.growth_interval,
                                                enabled=str(t.precision) == "16-mixed")
     run.state["progress"] = Progress(phase_index=index, phase_start=start)
-    run.state["train_meter"] = TrainMeter(run.objective.meter(data, device), device)
+    run.state["train_meter"] = TrainMeter(run.objective.meter(run.data, device), device)
     # only rank 0 logs the run (W&B, metrics.csv); the other ranks keep an entry that saves and loads the same
-    tracker = instantiate(cfg.logger)(run_dir, run_meta(cfg, config, schedule, plan, job)) if dist.main else None
-    run.state["tracker"] = tracker or NullTracker()
+    tracker = NullTracker()
+    if distributed.current().main:
+        tracker = instantiate(run.cfg.logger)(run.run_dir, run_meta(run.cfg, run.config, run.schedule, plan, job))
+    run.state["tracker"] = tracker
     run.state["rng"] = RNG()
-    restore(run, plan)
-    runtime.use_deterministic(t)  # after the probe: from here on an op without a deterministic version is an error
-    run.guard = NonFiniteGuard(t.on_nonfinite, device)
-    run.loaders = build_loaders(cfg, data, device, before_fork=run.writer.wait)
-    return run
 
 
 def build_loaders(cfg, data: dict, device: torch.device, before_fork=None) -> dict:

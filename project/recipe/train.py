@@ -1,9 +1,14 @@
-"""The training recipe, written out: set up, then for each epoch: enter the phase if it changed, train the epoch,
-validate, record, save.
+"""The training recipe's lifecycle, read top to bottom in train():
 
-Everything a resume restores is one entry of `run.state` (project/state.py); what to continue from, and what
-to restore, is decided before anything is built (project/resume.py). The steps live in this package: run.py
-(the run object), setup.py, loop.py, epoch_end.py, restore.py, validation.py, messages.py.
+    plan      what to continue from and what to restore, decided before anything is built (project/resume.py)
+    setup     build every component from the config, restore the plan's entries (setup.py, restore.py)
+    loop      per epoch: enter the phase if it changed, train the epoch (loop.py), then validate, record and
+              save (epoch_end.py, validation.py)
+    save      close the loaders, the last checkpoint on disk, the tracker finished, whatever ended the loop
+    report    the final lines, the overfit verdict, the test score (messages.py)
+
+Everything a resume restores is one entry of `run.state` (project/state.py), read through the run object's
+typed properties (run.py).
 """
 import logging
 from pathlib import Path
@@ -26,48 +31,65 @@ log = logging.getLogger("project.recipe")  # one name for every recipe module: u
 
 
 def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | None = None) -> dict:
-    """Train as the config says and return a summary.
+    """Train as the config says and return a summary: plan, set up, loop (saving as it goes), close, report.
 
     `search_dirs` are where resume.checkpoint=latest looks for runs; `job` describes the Hydra job
     ({"overrides": [...], "sweep_dir": str or None}); with it, resume=full recomposes the continued run's config.
     Bad input raises UserError before any file is written.
     """
     check_config(cfg)
-    typed = [o for o in (job or {}).get("overrides", []) if not o.startswith("hydra.")]
-    plan = resume.decide(cfg, run_dir, search_dirs, typed if job else None)
+    job = job or {}
+    plan = plan_run(cfg, run_dir, search_dirs, job)
     if plan is not None and plan.finished:
-        saved = plan.checkpoint
-        return {"status": "already finished", "epoch": saved["epoch"], "monitor": saved["monitor"],
-                "best_score": saved["best_score"], "best_epoch": saved["best_epoch"], "run_dir": str(run_dir)}
-    choices = (job or {}).get("choices", {})
+        return already_finished(plan, run_dir)
+    run = set_up(cfg, plan, run_dir, job)
+    summary, test_line = fit(run, plan)
+    report(run, summary)
+    overfit_verdict(run, summary)
+    if test_line:
+        log.info("%s", test_line)
+    return summary
+
+
+def typed_overrides(job: dict) -> list[str]:
+    """The overrides the user typed (Hydra's own aside)."""
+    return [o for o in job.get("overrides", []) if not o.startswith("hydra.")]
+
+
+def plan_run(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict):
+    """What to continue from and what to restore, decided before anything is built (project/resume.py); None: a
+    fresh run."""
+    return resume.decide(cfg, run_dir, search_dirs, typed_overrides(job) if job else None)
+
+
+def already_finished(plan, run_dir: Path) -> dict:
+    saved = plan.checkpoint
+    return {"status": "already finished", "epoch": saved["epoch"], "monitor": saved["monitor"],
+            "best_score": saved["best_score"], "best_epoch": saved["best_epoch"], "run_dir": str(run_dir)}
+
+
+def set_up(cfg: DictConfig, plan, run_dir: Path, job: dict) -> Run:
+    """Build the run in the config the plan gives (resume=full recomposes it), say what it is, begin its lineage."""
+    choices = job.get("choices", {})
     if plan is not None:
         cfg, config, overrides = plan.cfg, plan.config, plan.overrides
         choices = plan.choices if plan.choices is not None else choices
     else:
-        config, overrides = OmegaConf.to_container(cfg, resolve=True), typed
-
-    run = setup(cfg, config, overrides, plan, run_dir, job or {})
+        config, overrides = OmegaConf.to_container(cfg, resolve=True), typed_overrides(job)
+    run = setup(cfg, config, overrides, plan, run_dir, job)
     run.choices = choices
     announce(run)
-    run.family = lineage.begin(run, plan, job or {})  # rank 0: lineage.json, rewritten at every save
-    tracker = run.tracker
-    tracker.start()
+    run.family = lineage.begin(run, plan, job)  # rank 0: lineage.json, rewritten at every save
+    return run
+
+
+def fit(run: Run, plan) -> tuple[dict, str | None]:
+    """The loop, then the files closed: (summary, the test line). A full disk or a dead DataLoader worker ends it
+    with one paragraph saying what is intact and how to continue."""
+    run.tracker.start()
     run.stop = StopRequest()
-    status = "failed"  # stays "failed" if an exception leaves the loop
     try:
-        try:
-            if plan is not None and (plan.mode == "reset_optimizer" or plan.foreign):
-                score_start(run)
-            summary = train_loop(run)
-            status = "interrupted" if summary["status"].startswith("interrupted") else "done"
-            test_line = test_after_fit(run, summary) if status == "done" else None  # before the tracker closes
-        finally:
-            run.stop.close()
-            try:
-                close_loaders(run)  # the DataLoader workers end with the run
-                run.writer.wait()  # the last checkpoint is on disk before the run ends
-            finally:
-                tracker.finish(status)  # also on exceptions and signals: a sweep never hangs on an open tracker run
+        return loop_and_close(run, plan)
     except DiskError as e:
         raise DiskError(f"{e} {what_is_intact(run)}") from None
     except RuntimeError as e:  # torch's SIGCHLD handler raises it anywhere in this thread when a worker dies
@@ -79,11 +101,26 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
         close_loaders(run)
         run.writer.wait()
         raise WorkerDied(worker_died_message(run, e)) from None
-    report(run, summary)
-    overfit_verdict(run, summary)
-    if test_line:
-        log.info("%s", test_line)
-    return summary
+
+
+def loop_and_close(run: Run, plan) -> tuple[dict, str | None]:
+    """Score the starting weights of a continuation, train, test; then, whatever happened, close the loaders, wait
+    for the last checkpoint and finish the tracker."""
+    status = "failed"  # stays "failed" if an exception leaves the loop
+    try:
+        if plan is not None and (plan.mode == "reset_optimizer" or plan.foreign):
+            score_start(run)
+        summary = train_loop(run)
+        status = "interrupted" if summary["status"].startswith("interrupted") else "done"
+        test_line = test_after_fit(run, summary) if status == "done" else None  # before the tracker closes
+    finally:
+        run.stop.close()
+        try:
+            close_loaders(run)  # the DataLoader workers end with the run
+            run.writer.wait()  # the last checkpoint is on disk before the run ends
+        finally:
+            run.tracker.finish(status)  # also on exceptions and signals: a sweep never hangs on an open tracker run
+    return summary, test_line
 
 
 def test_after_fit(run: Run, summary: dict) -> str | None:
