@@ -34,7 +34,7 @@ class Run:
     full_counts: dict              # parameters per top-level module, before any phase dropped one
     state: dict = field(default_factory=dict)  # the one training state, in load order (project/state.py)
     choices: dict = field(default_factory=dict)  # the config-group choices that give cfg ({"model": "unet", ...})
-    family: dict | None = None     # where this run dir comes from: lineage.json's fixed part (results/lineage.py)
+    family: dict | None = None   # lineage.json's fixed part: where this run dir comes from
     phase: dict | None = None
     objective: object = None
     net: torch.nn.Module | None = None   # what the step calls: the model, DDP-wrapped and compiled as configured
