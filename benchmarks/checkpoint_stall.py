@@ -6,7 +6,7 @@ Builds the run as run.py does (+experiment=swin_admoe, so model=swin_mmoe_story 
 optimizer step), then, alternating, times
   - synchronous: serialise the training state and write it atomically (fsync, rename), as the trainer did before
     the background writer: the training thread waits for all of it;
-  - background: project.recipe.train.save() returns once the state is snapshotted to CPU memory; the write happens
+  - background: project.recipe.epoch_end.save() returns once the state is snapshotted to CPU memory; the write happens
     in the writer thread (its time is printed too, but training does not wait for it).
 The stall ratio is background / synchronous (medians). Target: <= 0.20.
 """
@@ -23,26 +23,26 @@ def build(model: str, tmp: Path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from project.recipe import train
+    from project.recipe import loop, messages, setup
     from project.data.loader import epoch_batches
 
     overrides = ["+experiment=swin_admoe", f"model={model}", "schedule=single", "data.image_size=64",
                  "data.train_size=8", "data.val_size=4", "trainer.batch_size=4", "logger=csv"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    run = train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), overrides, None, tmp, {})
-    train.announce(run)
+    run = setup.setup(cfg, OmegaConf.to_container(cfg, resolve=True), overrides, None, tmp, {})
+    messages.announce(run)
     batch = next(iter(epoch_batches(run.data["train"], 4, seed=0, epoch=0)))
-    loss, _ = train.forward(run, batch)
+    loss, _ = loop.forward(run, batch)
     loss.backward()
-    train.optimizer_step(run)  # AdamW now holds exp_avg and exp_avg_sq for every parameter
+    loop.optimizer_step(run)  # AdamW now holds exp_avg and exp_avg_sq for every parameter
     return run
 
 
 def synchronous(run) -> float:
     from project import state
     from project.checkpoints import files as checkpoint
-    from project.recipe.train import summary_keys
+    from project.recipe.epoch_end import summary_keys
 
     start = time.perf_counter()
     ckpt = {"format": checkpoint.FORMAT, **state.state_dicts(run.state)}
@@ -52,7 +52,7 @@ def synchronous(run) -> float:
 
 
 def background(run) -> tuple[float, float]:
-    from project.recipe.train import save
+    from project.recipe.epoch_end import save
 
     start = time.perf_counter()
     save(run, ["last.pth"])

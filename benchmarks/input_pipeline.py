@@ -2,7 +2,7 @@
 
 A folder of generated 512x512 JPEG images with class-index PNG masks is written to a temporary directory. The
 framework's loader is built as run.py builds it: the config composed with `data=seg_folder data.root=DIR
-augment=face_parsing`, the dataset from `tasks.build_data`, the loaders from `train.build_loaders` (one per split,
+augment=face_parsing`, the dataset from `tasks.build_data`, the loaders from `setup.build_loaders` (one per split,
 persistent workers, the epoch's batches set in the main process, keys (seed, epoch, index) sent to the dataset).
 The plain loader is `DataLoader(dataset, batch_size, shuffle=True, num_workers, persistent_workers=True)` over
 the same dataset objects (train and val), so the same decoding and the same transforms (a plain int index is a
@@ -66,13 +66,13 @@ def compose(data_root: Path, args, workers: int):
 
 
 def framework_epochs(cfg, data, epochs: int):
-    """The run's loaders: train.build_loaders, as setup() builds them; per epoch what train_epoch and end_epoch
+    """The run's loaders: setup.build_loaders, as setup() builds them; per epoch what train_epoch and end_epoch
     do with them. Yields (train batches, what to do after them: prefetch and validate)."""
     import torch
 
-    from project.recipe import train
+    from project.recipe import setup
 
-    loaders = train.build_loaders(cfg, data, torch.device("cpu"))
+    loaders = setup.build_loaders(cfg, data, torch.device("cpu"))
 
     def after(epoch):
         if epoch + 1 < epochs:

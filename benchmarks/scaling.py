@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def throughput(cmd: list[str], env: dict, run_dir: Path, train_size: int, batch: int) -> tuple[float, float]:
     subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=run_dir.parent)
     stamps = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f") for m in re.findall(
-        r"^\[(\S+ \S+)\]\[project.recipe.train\]\[INFO\] - epoch \d+/\d+ ", (run_dir / "training.log").read_text(), re.M)]
+        r"^\[(\S+ \S+)\]\[project.recipe\]\[INFO\] - epoch \d+/\d+ ", (run_dir / "training.log").read_text(), re.M)]
     seconds = (stamps[-1] - stamps[0]).total_seconds()
     epochs = len(stamps) - 1
     return epochs * train_size / seconds, epochs * (train_size // batch) / seconds

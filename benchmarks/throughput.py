@@ -10,7 +10,7 @@ configured by default), the plain loop forward/backward/step over the same batch
 (loss only) and no checkpoint: the lower bound. Epoch 1 is a warm-up (torch.compile compiles there) and is not timed; images/s
 is (epochs - 1) * train images / time. `compile` is trainer.compile=true with the inductor backend, in fp32.
 model=swin_mmoe_story is the story's network (fine-tuning, schedule=single) at --image-size.
---without-saves replaces project.recipe.train.save by a no-op in the trainer (a diagnostic: how much of the gap to the
+--without-saves replaces project.recipe.epoch_end.save by a no-op in the trainer (a diagnostic: how much of the gap to the
 plain loop is the checkpoint writing).
 The GPU switches apply to every mode and to both loops: --float32-matmul-precision (trainer.float32_matmul_precision:
 high = TF32, medium = bf16 matmuls), --channels-last (trainer.channels_last: model and inputs in channels-last
@@ -55,13 +55,13 @@ def compose(model: str, mode: str, args):
 def trainer(cfg, overrides, tmp: Path, saves: bool = True) -> float:
     from omegaconf import OmegaConf
 
-    from project.recipe import train
+    from project.recipe import epoch_end, loop, messages, setup
     from project.runtime import StopRequest
 
     if not saves:
-        train.save = lambda run, files: None
-    run = train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), overrides, None, tmp, {})
-    train.announce(run)
+        epoch_end.save = lambda run, files: None
+    run = setup.setup(cfg, OmegaConf.to_container(cfg, resolve=True), overrides, None, tmp, {})
+    messages.announce(run)
     run.stop = StopRequest()
     try:
         start = None
@@ -69,8 +69,8 @@ def trainer(cfg, overrides, tmp: Path, saves: bool = True) -> float:
             if epoch == 1:
                 sync(run.device)
                 start = time.perf_counter()
-            train.train_epoch(run, epoch)
-            train.end_epoch(run, epoch)
+            loop.train_epoch(run, epoch)
+            epoch_end.end_epoch(run, epoch)
         run.writer.wait()
         sync(run.device)
         return time.perf_counter() - start

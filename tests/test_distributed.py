@@ -77,13 +77,13 @@ def _count_syncs(rank: int, port: int, out_dir: str) -> None:
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
     from project import distributed
-    from project.recipe import train
+    from project.recipe import loop, setup
     from project.runtime import StopRequest
 
     distributed.init(60)
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*SAME_MATH, "trainer.accumulate_grad_batches=2"])
-    run = train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], None, Path(out_dir) / "run", {})
+    run = setup.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], None, Path(out_dir) / "run", {})
     syncs = []
 
     def counting(state, bucket):
@@ -93,7 +93,7 @@ def _count_syncs(rank: int, port: int, out_dir: str) -> None:
     run.ddp.register_comm_hook(None, counting)
     run.stop = StopRequest()
     try:
-        train.train_epoch(run, 0)
+        loop.train_epoch(run, 0)
     finally:
         run.stop.close()
     steps = run.state["progress"].global_step

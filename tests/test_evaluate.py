@@ -191,7 +191,7 @@ def test_test_after_fit_scores_the_best_weights_once(run):
     assert results["source"] == "trainer.test_after_fit"
     assert results["metrics"]["dataset_f1"] == pytest.approx(want["dataset_f1"], abs=1e-9)
     assert results["metrics"]["image_f1"] == pytest.approx(want["image_f1"], abs=1e-9)
-    last = [line for line in run["log"].splitlines() if "[project.recipe.train]" in line][-1]
+    last = [line for line in run["log"].splitlines() if "[project.recipe]" in line][-1]
     assert f"dataset_f1 {results['metrics']['dataset_f1']:.4f}" in last and "original size" in last
     assert "Test (4 images, best weights of epoch" in last
     from test_wandb import wandb_run

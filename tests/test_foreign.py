@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT, TINY, load, run_cli, train_tiny
 from project import resume
 from project.checkpoints import files as checkpoint
-from project.recipe import train
+from project.recipe import setup
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_full_restores_their_adam_moments_exactly(files, tmp_path):
         cfg = compose("config", overrides=[*TINY, "resume=full", f"resume.checkpoint={story}",
                                            "trainer.max_epochs=94"])
     plan = resume.decide(cfg, tmp_path / "run", [], typed=None)
-    run = train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], plan, tmp_path / "run", {})
+    run = setup.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], plan, tmp_path / "run", {})
     theirs = checkpoint.read(story)["optimizer_state_dict"]["state"]  # (np.float64 inside: allow-listed)
     ours = run.state["optimizer"].state_dict()["state"]
     assert ours.keys() == theirs.keys() and len(ours) == 101

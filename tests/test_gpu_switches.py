@@ -60,11 +60,11 @@ def test_channels_last_puts_the_model_and_every_4d_input_in_that_layout(tmp_path
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from project.recipe import train
+    from project.recipe import setup
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*UNET, "trainer.channels_last=true", "trainer.ema.decay=0.9"])
-    run = train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], None, tmp_path, {})
+    run = setup.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], None, tmp_path, {})
     try:
         seen = []
         for model in (run.net, run.state["ema"].module):
@@ -75,7 +75,7 @@ def test_channels_last_puts_the_model_and_every_4d_input_in_that_layout(tmp_path
             handle.remove()
         assert len(seen) == 2 and all(x.is_contiguous(memory_format=torch.channels_last) for x in seen)
     finally:
-        train.close_loaders(run)
+        setup.close_loaders(run)
 
 
 def test_deterministic_trains_on_the_cpu_and_each_switch_is_recorded_and_shown_on_resume(tmp_path):

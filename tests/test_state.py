@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from conftest import ROOT, TINY, assert_same
 from project import resume, state
 from project.checkpoints import files as checkpoint
-from project.recipe import train
+from project.recipe import epoch_end, loop, messages, setup
+from project.recipe.train import train
 from project.errors import UserError
 from project.runtime import StopRequest
 
@@ -28,16 +29,16 @@ def config():
 
 
 def build(cfg, run_dir):
-    return train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], None, run_dir, {})
+    return setup.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], None, run_dir, {})
 
 
 def train_one_epoch(run):
     """The loop's epoch: train, validate, record, save (checkpoints under the run's dir)."""
-    train.announce(run)  # makes the run dir
+    messages.announce(run)  # makes the run dir
     run.stop = StopRequest()
     try:
-        train.train_epoch(run, 0)
-        train.end_epoch(run, 0)
+        loop.train_epoch(run, 0)
+        epoch_end.end_epoch(run, 0)
         run.writer.wait()
     finally:
         run.stop.close()
@@ -103,7 +104,7 @@ def finished_run(config, tmp_path_factory):
     """A 2-epoch tiny run trained in-process, as `outputs/parent` of a fresh working dir."""
     cwd = tmp_path_factory.mktemp("decide")
     run_dir = cwd / "outputs" / "parent"
-    train.train(config(), run_dir, [cwd / "outputs"])
+    train(config(), run_dir, [cwd / "outputs"])
     return run_dir
 
 
@@ -200,25 +201,25 @@ def test_a_skipped_step_leaves_weights_and_optimizer_state_unchanged(config, tmp
     def snapshot():
         return through_a_file({k: v for k, v in state.state_dicts(run.state).items() if k in kept})
 
-    train.announce(run)
+    messages.announce(run)
     run.stop = StopRequest()
     try:
-        train.train_epoch(run, 0)  # a good step first: Adam's moments and the EMA copy hold something
-        train.end_epoch(run, 0)
+        loop.train_epoch(run, 0)  # a good step first: Adam's moments and the EMA copy hold something
+        epoch_end.end_epoch(run, 0)
         before = snapshot()
         assert before["optimizer_state_dict"]["state"] and before["ema_updates"] == 1
         images = run.data["train"].tensors[0]  # the in-memory train set the loader indexes
         pixel = images[0, 0, 0, 0].item()
         images[0, 0, 0, 0] = float("nan")
-        train.train_epoch(run, 1)
+        loop.train_epoch(run, 1)
         progress = run.state["progress"]
         assert progress.nonfinite_skips == 1 and progress.global_step == 2, progress
         assert_same(snapshot(), before, "after the skipped step")
         assert all(p.grad is None for p in run.model.parameters()), "the dropped window left gradients behind"
 
-        train.end_epoch(run, 1)
+        epoch_end.end_epoch(run, 1)
         images[0, 0, 0, 0] = pixel
-        train.train_epoch(run, 2)
+        loop.train_epoch(run, 2)
         weights = run.model.state_dict()
         assert progress.nonfinite_skips == 1 and all(torch.isfinite(w).all() for w in weights.values())
         assert not all(torch.equal(weights[k], before["model_state_dict"][k]) for k in weights), "it stopped training"

@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 from conftest import ROOT, run_cli
-from project.recipe import train
+from project.recipe import loop, setup
 from project.errors import UserError
 from project.runtime import StopRequest
 from test_configs_and_data import write_seg_folder
@@ -61,14 +61,14 @@ def config(folders):
 
 def build(cfg, run_dir):
     """Build as run.py does (every check of project/tasks.py runs here)."""
-    return train.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], None, run_dir, {})
+    return setup.setup(cfg, OmegaConf.to_container(cfg, resolve=True), [], None, run_dir, {})
 
 
 def step(run):
     """One optimizer step (the train sets hold one batch)."""
     run.stop = StopRequest()
     try:
-        train.train_epoch(run, 0)
+        loop.train_epoch(run, 0)
     finally:
         run.stop.close()
     return run

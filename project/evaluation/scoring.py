@@ -241,7 +241,7 @@ def after_fit(run, summary: dict) -> str | None:
     failed run."""
     import logging
 
-    log = logging.getLogger("project.recipe.train")
+    log = logging.getLogger("project.recipe")
     test, best = run.data.get("test"), run.ckpt_dir / "best_model.pth"
     if test is None or not run.cfg.trainer.get("test_after_fit", True):
         return None
