@@ -104,7 +104,9 @@ def finished_run(config, tmp_path_factory):
     """A 2-epoch tiny run trained in-process, as `outputs/parent` of a fresh working dir."""
     cwd = tmp_path_factory.mktemp("decide")
     run_dir = cwd / "outputs" / "parent"
-    train(config(), run_dir, [cwd / "outputs"])
+    # as run.py passes them: the overrides record how the config was composed (logger=csv), which is what lets a
+    # continuation accept the file's logger target (project/checkpoints/trust.py)
+    train(config(), run_dir, [cwd / "outputs"], {"overrides": list(TINY), "choices": {}})
     return run_dir
 
 
