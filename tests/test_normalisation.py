@@ -2,7 +2,8 @@
 continued with `data.mean=[0,0,0] data.std=[1,1,1]` stated, and every path from the weights to a prediction uses
 that normalisation: the start row, evaluate, predict, the solution's run.py (a fresh process), export's
 config.json and load_model. The scores here are computed independently: numpy and the model, nothing of the
-framework's scoring or preprocessing. A file that records none keeps 0.5/0.25."""
+framework's scoring or preprocessing. A file that records none keeps 0.5/0.25. Continued without the normalisation
+stated, their file is refused before anything is written (project/evaluation/start_inputs.py)."""
 import json
 import os
 import subprocess
@@ -25,19 +26,22 @@ SLASH_255 = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
 @pytest.fixture(scope="module")
 def continued(tmp_path_factory):
-    """Their script's best_model.pth (inputs pixel / 255), continued one epoch with the normalisation stated."""
+    """Their script's best_model.pth (inputs pixel / 255; trained long enough to segment more than background, so
+    the normalisation shows in its score), continued one epoch with the normalisation stated."""
     tmp = tmp_path_factory.mktemp("norm")
     faces = fake_faces.write(tmp / "faces", train=40, test=3, size=32)
     env = {"PYTHONPATH": f"{ROOT / 'examples'}{os.pathsep}{ROOT}"}
     subprocess.run([sys.executable, str(ROOT / "examples" / "their_pkg" / "train_their_way.py"), str(faces), "--out",
-                    str(tmp / "theirs.pth"), "--epochs", "2", "--size", "32"], check=True,
+                    str(tmp / "theirs.pth"), "--epochs", "12", "--size", "32"], check=True,
                    env={**os.environ, **env}, capture_output=True, timeout=600)
     run = tmp / "continued"
-    proc = run_cli("data=celebamask", f"data.root={faces}", "data.val_fraction=0.1", "data.image_size=32", *STATED,
-                   "model=custom", "model._target_=their_pkg.their_model.MicroSegFormer", "resume=reset_optimizer",
-                   f"resume.checkpoint={tmp / 'theirs.pth'}", "loss.metric=image_f1", "trainer.max_epochs=1",
-                   "trainer.num_threads=1", "logger=csv", f"hydra.run.dir={run}", cwd=tmp, env_extra=env)
-    return {"tmp": tmp, "faces": faces, "run": run, "out": proc.stdout, "theirs": tmp / "theirs.pth"}
+    args = ["data=celebamask", f"data.root={faces}", "data.val_fraction=0.1", "data.image_size=32", "model=custom",
+            "model._target_=their_pkg.their_model.MicroSegFormer", "resume=reset_optimizer",
+            f"resume.checkpoint={tmp / 'theirs.pth'}", "loss.metric=image_f1", "trainer.max_epochs=1",
+            "trainer.num_threads=1", "logger=csv"]
+    proc = run_cli(*args, *STATED, f"hydra.run.dir={run}", cwd=tmp, env_extra=env)
+    return {"tmp": tmp, "faces": faces, "run": run, "out": proc.stdout, "theirs": tmp / "theirs.pth", "env": env,
+            "args": args}
 
 
 def their_model(weights: dict):
@@ -88,6 +92,25 @@ def test_the_start_row_is_their_weights_score_under_the_stated_normalisation(con
     assert best["start_score"]["score"] == pytest.approx(want, abs=1e-6)
     assert best["normalisation"] == SLASH_255  # recorded next to model_args and classes
     assert best["config"]["data"]["mean"] == [0, 0, 0]
+    assert float(row["val_image_f_score"]) != pytest.approx(val_score(continued, theirs, {"mean": [0.5] * 3,
+                                                                                         "std": [0.25] * 3}), abs=1e-3)
+    assert ("Starting weights, scored here: val image_f_score" in continued["out"]
+            and "(inputs data.mean=[0,0,0] data.std=[1,1,1]) | the first candidate" in continued["out"])
+
+
+def test_their_file_continued_without_the_normalisation_stated_is_refused(continued):
+    """Their /255 weights score better beyond noise under /255 than under the configured 0.5/0.25: exit 2 before
+    anything is trained or written, the scores and the values to set in the message. Stated: the table is logged
+    and the run goes on (the fixture's run)."""
+    run = continued["tmp"] / "unstated"
+    proc = run_cli(*continued["args"], f"hydra.run.dir={run}", cwd=continued["tmp"], env_extra=continued["env"],
+                   check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "records no normalisation" in message and "better beyond noise under /255" in message, message
+    assert "data.mean=[0,0,0] data.std=[1,1,1]" in message and "Nothing was trained or written" in message
+    assert not run.exists()
+    assert "used: data.mean=[0,0,0] data.std=[1,1,1] (stated)" in continued["out"]
 
 
 def test_evaluate_uses_it(continued):
@@ -164,3 +187,21 @@ def test_values_that_cannot_be_meant_are_refused():
                              (0.5, 0, "std above 0")):
         with pytest.raises(UserError, match=words):
             checked(mean, std, 3)
+
+
+def test_each_candidate_sees_the_same_pixels_normalised_its_way():
+    from project.data.normalisation import CONVENTIONS, to_input
+    from project.evaluation.start_inputs import better_beyond_noise, candidates, renormalised
+
+    image = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    configured = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    x = to_input(image, 8, configured["mean"], configured["std"])
+    for norm in CONVENTIONS.values():
+        assert torch.allclose(renormalised(x, configured, norm), to_input(image, 8, norm["mean"], norm["std"]),
+                              atol=1e-5)
+    assert list(candidates(SLASH_255, 3)) == ["configured (data.mean=[0,0,0] data.std=[1,1,1])",
+                                              "0.5/0.25 (the default)", "[-1, 1]", "ImageNet"]
+    table = {"configured": (0.10, 0.01, {}), "/255": (0.16, 0.02, {}), "ImageNet": (0.11, 0.02, {})}
+    assert better_beyond_noise(table, higher_is_better=True) == "/255"
+    assert better_beyond_noise({**table, "/255": (0.115, 0.02, {})}, higher_is_better=True) is None  # noise
+    assert better_beyond_noise(table, higher_is_better=False) is None  # a loss: lower is better

@@ -37,7 +37,8 @@ def test_the_script_predicts_what_inference_predicts(monkeypatch, tta):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1)).eval()
     image = torch.randint(0, 256, (3, 23, 37), dtype=torch.uint8)  # not the training size, not square
-    probs = inference.probabilities(model, inference.prepare([image], {"image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}), tta, [[1, 2], [3, 4]])[0]
+    batch = inference.prepare([image], {"image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3})
+    probs = inference.probabilities(model, batch, tta, [[1, 2], [3, 4]])[0]
     want = inference.at_size(probs, (23, 37)).argmax(0).to(torch.uint8)
     assert torch.equal(script.predict(model, image, torch.device("cpu")), want)
 

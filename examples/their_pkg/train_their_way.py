@@ -81,7 +81,7 @@ def main():
             losses.append(loss.item()), scores.append(batch_f1(logits.detach(), y[idx], 19))
         history["lr"].append(np.float64(optimizer.param_groups[0]["lr"]))
         scheduler.step()
-        history["train_loss"].append(np.mean(losses)), history["train_f_score"].append(np.mean(scores))  # numpy
+        history["train_loss"].append(np.mean(losses)), history["train_f_score"].append(np.mean(scores))
         model.eval()
         with torch.no_grad():
             out = [(ce_dice_loss(model(x[i]), y[i], 19).item(), batch_f1(model(x[i]), y[i], 19))

@@ -91,3 +91,10 @@ def recorded(saved: dict, data_cfg, channels: int | None = None) -> dict:
         channels = int(channels or len(norm["mean"]))
         return checked(norm["mean"], norm["std"], channels)
     return of_config(data_cfg, channels)
+
+
+def named(data: dict) -> str:
+    """' (inputs data.mean=[...] data.std=[...])' for the log lines that report a score, '' for data that states
+    none: a score means something only with the inputs it was computed on."""
+    norm = data.get("normalisation")
+    return f" (inputs {overrides(norm)})" if norm else ""

@@ -58,6 +58,6 @@ def generate(n: int, size: int, seed: int, norm: dict = LEGACY) -> TensorSamples
 
 def build(image_size=64, train_size=768, val_size=192, seed=0, mean=LEGACY["mean"], std=LEGACY["std"]):
     norm = checked(mean, std, 3)
-    return {"train": generate(train_size, image_size, seed, norm), "val": generate(val_size, image_size, seed + 1, norm),
-            "normalisation": norm,
+    return {"train": generate(train_size, image_size, seed, norm),
+            "val": generate(val_size, image_size, seed + 1, norm), "normalisation": norm,
             "classes": list(CLASSES), "model_args": {"num_classes": len(CLASSES), "in_channels": 3}}

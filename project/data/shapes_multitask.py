@@ -34,11 +34,12 @@ def generate(n: int, size: int, seed: int, tabular_dim: int, norm: dict = LEGACY
     tabular = rng.standard_normal((n, tabular_dim)).astype(np.float32)
     tabular[np.arange(n), diagnosis] += 1.0  # features 0-2: diagnosis, 3-5: change, the rest noise
     tabular[np.arange(n), 3 + change] += 1.0
-    return TensorSamples(to_input(torch.from_numpy(images), size, norm["mean"], norm["std"]), torch.from_numpy(tabular), torch.from_numpy(diagnosis),
-                         torch.from_numpy(change))
+    images = to_input(torch.from_numpy(images), size, norm["mean"], norm["std"])
+    return TensorSamples(images, torch.from_numpy(tabular), torch.from_numpy(diagnosis), torch.from_numpy(change))
 
 
-def build(image_size=64, train_size=512, val_size=128, seed=0, tabular_dim=8, mean=LEGACY["mean"], std=LEGACY["std"]):
+def build(image_size=64, train_size=512, val_size=128, seed=0, tabular_dim=8, mean=LEGACY["mean"],
+          std=LEGACY["std"]):
     if tabular_dim < 6:
         raise ValueError("data.tabular_dim must be at least 6 (3 diagnosis + 3 change features)")
     norm = checked(mean, std, 3)

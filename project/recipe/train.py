@@ -27,6 +27,8 @@ from project.checkpoints import files as checkpoint
 from project.checkpoints import foreign
 from project.data import splits
 from project.data.loader import RunLoader, is_worker_death
+from project.data.normalisation import named
+from project.evaluation import start_inputs
 from project.errors import DiskError, TrainingDiverged, UserError, WorkerDied
 from project.nonfinite import NonFiniteGuard
 from project.loggers import NullTracker, read_rows
@@ -109,6 +111,7 @@ def train(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict | N
         config, overrides = OmegaConf.to_container(cfg, resolve=True), typed
 
     run = setup(cfg, config, overrides, plan, run_dir, job or {})
+    start_inputs.check_start(run, plan, typed, evaluate)  # another script's file: its normalisation never guessed
     run.choices = choices
     announce(run)
     run.family = lineage.begin(run, plan, job or {})  # rank 0: lineage.json, rewritten at every save
@@ -384,8 +387,8 @@ def score_start(run: Run) -> None:
     if per_class:
         tracker.log_per_class({"epoch": progress.epoch, "phase": "start", **per_class})
     save(run, ["best_model.pth"])
-    log.info("Starting weights, scored here: val %s %.4f (%s) | the first candidate for best_model.pth",
-             objective.monitor, score, format_metrics(val))
+    log.info("Starting weights, scored here: val %s %.4f (%s)%s | the first candidate for best_model.pth",
+             objective.monitor, score, format_metrics(val), named(run.data))
 
 
 def restore_foreign(run: Run, plan) -> None:
@@ -825,12 +828,12 @@ def report(run: Run, summary: dict) -> None:
         delta = progress.best_score - start["score"]
         verdict = noise.verdict(delta, noise.spread(scores))
         if progress.best_epoch == start["epoch"]:
-            log.info("No epoch beat the starting weights (val %s %.4f, scored here): best_model.pth keeps them.",
-                     monitor, start["score"])
+            log.info("No epoch beat the starting weights (val %s %.4f, scored here%s): best_model.pth keeps them.",
+                     monitor, start["score"], named(run.data))
         else:
             log.info("New best %s %.4f (epoch %d) beats the starting weights' %.4f (scored here, same data and "
-                     "metric) by %+.4f %s.", monitor, progress.best_score, progress.best_epoch, start["score"], delta,
-                     verdict)
+                     "metric%s) by %+.4f %s.", monitor, progress.best_score, progress.best_epoch, start["score"],
+                     named(run.data), delta, verdict)
     if parent and parent.get("foreign"):
         log.info("The parent file's stored best %.4f was computed by another script (another metric or other "
                  "data): not compared.", parent["score"])
