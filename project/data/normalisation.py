@@ -47,15 +47,15 @@ def checked(mean, std, channels: int = 3) -> dict:
     """data.mean / data.std as recorded: {"mean": [...], "std": [...]}, one value per channel (a single number
     stands for every channel). A value that cannot be meant is one paragraph with the fix."""
     values = {}
-    for name, value in (("mean", mean), ("std", std)):
+    for name, given in (("mean", mean), ("std", std)):
         try:
-            value = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+            value = [float(given)] if isinstance(given, (int, float)) else [float(v) for v in given]
         except (TypeError, ValueError):
             value = []
         if len(value) == 1:
             value = value * channels
         if len(value) != channels:
-            raise UserError(f"data.{name}={value!r} must be one number, or one per channel ({channels}, "
+            raise UserError(f"data.{name}={given} must be one number, or one per channel ({channels}, "
                             f"data.in_channels), on the 0-1 pixel scale, e.g. data.{name}={common_values(name)}.")
         values[name] = value
     if any(s <= 0 for s in values["std"]) or max(map(abs, values["mean"] + values["std"])) > 1.5:
