@@ -147,7 +147,8 @@ def test_solution_run_py_alone_gives_the_same_masks(predicted, work, images, tmp
         assert mask.mode == "L"
         np.testing.assert_array_equal(np.array(mask), np.array(Image.open(work / "masks" / f"{image.stem}.png")))
     run_py = (solution / "run.py").read_text()
-    for line in ("IMAGE_SIZE = 32", "MEAN, STD = 0.5, 0.25", "TTA_FLIP = True", "FLIP_PAIRS = [[4, 5], [6, 7], [8, 9]]",
+    for line in ("IMAGE_SIZE = 32", "MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]", "TTA_FLIP = True",
+                 "FLIP_PAIRS = [[4, 5], [6, 7], [8, 9]]",
                  "MODEL_ARGS = {'base_channels': 4, 'depth': 2, 'dropout': 0.1, 'num_classes': 19, 'in_channels': 3}"):
         assert line in run_py
 

@@ -1,6 +1,7 @@
-"""The README's story end to end, in real processes at a small size: their script's best_model.pth (curves in
-`history`), continued with their class on a folder with a val_fraction split and face augmentation, scored on
-equal terms, predicted and zipped with the benchmark's solution/."""
+"""The README's story end to end, in real processes at a small size: their script's best_model.pth (inputs
+pixel / 255, epochs from 0, numpy scalars, curves in `history`), continued with their class and their
+normalisation stated on a folder with a val_fraction split and face augmentation, scored on equal terms, predicted
+and zipped with the benchmark's solution/. Each path's use of the normalisation: tests/test_normalisation.py."""
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ def test_their_model_and_file_to_a_submission(tmp_path):
 
     run = tmp_path / "continued"
     proc = run_cli("data=celebamask", f"data.root={faces}", "data.val_fraction=0.1", "data.image_size=32",
+                   "data.mean=[0,0,0]", "data.std=[1,1,1]",  # their script feeds pixel / 255
                    "augment=face_parsing", "model=custom", "model._target_=their_pkg.their_model.MicroSegFormer",
                    "model.dropout=0.25", "resume=reset_optimizer", f"resume.checkpoint={tmp_path / 'their_best_model.pth'}",
                    "loss.metric=image_f1", "trainer.max_epochs=1", "trainer.num_threads=1", "logger=csv",

@@ -1,9 +1,12 @@
 """The user's own training script, as such scripts are: python train_their_way.py DATA_ROOT --out best_model.pth
 
-It splits 10% of DATA_ROOT/train off for validation, trains with AdamW and a cosine schedule, scores F1 on each
-batch flattened (background included) and averages the batches (a number no benchmark computes), and saves its
-best model with its curves: {"epoch", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
-"best_f_score" (a numpy float), "config", "history"}.
+It does what such scripts do, not what the framework does: inputs are `pixel / 255` (no mean/std), the loss is
+their own (cross-entropy + Dice over the softmax probabilities), epochs are counted from 0 (after two epochs the
+file says `epoch: 1`), and the numbers saved are numpy scalars. It splits 10% of DATA_ROOT/train off for
+validation, trains with AdamW and a cosine schedule, scores F1 on each batch flattened (background included) and
+averages the batches (a number no benchmark computes), and saves its best model with its curves: {"epoch",
+"model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "best_f_score" (a numpy float), "config",
+"history" (train_loss, train_f_score, val_loss, val_f_score, lr: lists of numpy floats)}.
 """
 import argparse
 import random
@@ -22,8 +25,17 @@ def load(root: Path, size: int):
     x = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size))) for p in images])
     y = np.stack([np.asarray(Image.open(root / "train" / "masks" / f"{p.stem}.png").resize((size, size),
                                                                                         Image.NEAREST)) for p in images])
-    x = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    x = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255  # their preprocessing: 0-1, no mean/std
     return x, torch.from_numpy(y).long()
+
+
+def ce_dice_loss(logits, target, num_classes, smooth=1.0):
+    """Their loss: cross-entropy + (1 - mean soft Dice over the classes), Dice on the softmax probabilities."""
+    probs = logits.softmax(1)
+    onehot = F.one_hot(target, num_classes).permute(0, 3, 1, 2).float()
+    inter, total = (probs * onehot).sum((0, 2, 3)), (probs + onehot).sum((0, 2, 3))
+    dice = (2 * inter + smooth) / (total + smooth)
+    return F.cross_entropy(logits, target) + (1 - dice.mean())
 
 
 def batch_f1(logits, target, num_classes):
@@ -57,24 +69,24 @@ def main():
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     history = {k: [] for k in ("train_loss", "train_f_score", "val_loss", "val_f_score", "lr")}
     best = -1.0
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(args.epochs):  # counted from 0, as their script does
         model.train()
         losses, scores = [], []
         for idx in train[torch.randperm(len(train))].split(config["batch_size"]):
             logits = model(x[idx])
-            loss = F.cross_entropy(logits, y[idx])
+            loss = ce_dice_loss(logits, y[idx], 19)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item()), scores.append(batch_f1(logits.detach(), y[idx], 19))
-        history["lr"].append(optimizer.param_groups[0]["lr"])
+        history["lr"].append(np.float64(optimizer.param_groups[0]["lr"]))
         scheduler.step()
-        history["train_loss"].append(float(np.mean(losses))), history["train_f_score"].append(float(np.mean(scores)))
+        history["train_loss"].append(np.mean(losses)), history["train_f_score"].append(np.mean(scores))
         model.eval()
         with torch.no_grad():
-            out = [(F.cross_entropy(model(x[i]), y[i]).item(), batch_f1(model(x[i]), y[i], 19))
+            out = [(ce_dice_loss(model(x[i]), y[i], 19).item(), batch_f1(model(x[i]), y[i], 19))
                    for i in val.split(config["batch_size"])]
-        val_loss, val_f = map(float, np.mean(out, axis=0))
+        val_loss, val_f = np.mean(out, axis=0)  # numpy floats, saved as they are
         history["val_loss"].append(val_loss), history["val_f_score"].append(val_f)
         print(f"epoch {epoch}: train loss {history['train_loss'][-1]:.4f} val loss {val_loss:.4f} val F1 {val_f:.4f}")
         if val_f > best:

@@ -46,16 +46,18 @@ def load(target, checkpoint: str = "best", overrides: list[str] | None = None, w
 
 def describe(cfg, saved: dict) -> dict:
     """What using the model needs besides its weights."""
-    from project.data.folder import MEAN, STD, palette
+    from project.data.folder import palette
+    from project.data.normalisation import recorded
 
     data = cfg.data
     classes = list(saved.get("classes") or data.get("classes") or [])
     if not classes and data.get("num_classes"):
         classes = [str(i) for i in range(data.num_classes)]
     colors = data.get("colors") or palette(len(classes))
+    norm = recorded(saved, data, data.get("in_channels", 3))
     return {"task": data.get("task"), "classes": classes, "colors": [list(c) for c in colors],
             "flip_pairs": [list(p) for p in data.get("flip_pairs") or []], "image_size": data.get("image_size"),
-            "in_channels": data.get("in_channels", 3), "mean": MEAN, "std": STD,
+            "in_channels": data.get("in_channels", 3), **norm,
             "ignore_index": data.get("ignore_index", 255)}
 
 

@@ -154,6 +154,7 @@ def model_config(model, cfg, saved: dict, path: Path, fmt: str) -> dict:
 
     from project import tasks
     from project.checkpoints.loading import describe
+    from project.data.normalisation import recorded
 
     kwargs = tasks.model_kwargs(cfg, saved.get("model_args"))  # as the model was built
     spec, runtime = kwargs.plain(), kwargs.runtime
@@ -166,8 +167,8 @@ def model_config(model, cfg, saved: dict, path: Path, fmt: str) -> dict:
     weights = getattr(model, "weights", "model")
     shape = ["batch", in_channels, int(image_size), int(image_size)]
     # x = (pixel * scale - mean) / std, per channel
-    normalization = {"scale": 1 / 255, "mean": [float(info["mean"])] * in_channels,
-                     "std": [float(info["std"])] * in_channels}
+    norm = recorded(saved, cfg.data, in_channels)  # the checkpoint's (normalisation.to_input), per channel
+    normalization = {"scale": 1 / 255, "mean": norm["mean"], "std": norm["std"]}
     return {
         "format": fmt,
         "file": FILES[fmt],
@@ -416,6 +417,8 @@ def size(path: Path) -> str:
 
 
 def report(written: dict) -> str:
+    from project.data.normalisation import overrides
+
     config, check_ = written["config"], written["config"]["check"]
     epoch = config["source"]["epoch"]
     lines = [f"Exported {written['path']} ({f'epoch {epoch}, ' if epoch is not None else ''}{config['weights']} "
@@ -423,8 +426,8 @@ def report(written: dict) -> str:
     lines += [f"  {p} ({size(p)})" for p in written["files"]]
     shape = ", ".join(map(str, config["input"]["shape"]))
     lines.append(f"  parameters: {config['parameters']:,} ({written['model']}); input ({shape}) "
-                 f"float32, normalised (pixel/255 - {config['normalization']['mean'][0]:g}) / "
-                 f"{config['normalization']['std'][0]:g}")
+                 f"float32, normalised (pixel/255 - mean) / std, per channel: "
+                 f"{overrides(config['normalization'])}")
     if not check_["batches"]:  # forward takes more than the image: the weights alone were compared
         lines.append(f"  check: {check_['runtime']}: weights bit for bit (outputs not compared: forward takes "
                      f"{', '.join(check_['inputs'])})")

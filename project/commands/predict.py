@@ -124,7 +124,7 @@ def run_model(model, paths: list[Path], info: dict, out: Path, *, device, tta: b
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             images = [inference.read(p, info["in_channels"], decoder) for p in chunk]
-            batch = inference.prepare(images, info["image_size"]).to(device)
+            batch = inference.prepare(images, info).to(device)
             probs = inference.probabilities(model, batch, tta, info["flip_pairs"])
             task = task or ("segmentation" if probs.dim() == 4 else "classification")
             for p, image, prob in zip(chunk, images, probs):

@@ -46,7 +46,8 @@ def draw(data: dict, shown: list[tuple], out: Path, title: str) -> Path:
     import numpy as np
     from matplotlib.patches import Patch
 
-    from project.data.folder import MEAN, STD, palette
+    from project.data.folder import palette
+    from project.data.normalisation import LEGACY, to_pixels
 
     classes = data.get("classes") or []
     colors = np.array(data.get("colors") or palette(len(classes)), dtype=np.float32) / 255
@@ -56,7 +57,8 @@ def draw(data: dict, shown: list[tuple], out: Path, title: str) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows + 0.9), squeeze=False)
     present = set()
     for ax, sample in zip(axes.flat, shown):
-        image = (sample[0].numpy() * STD + MEAN).clip(0, 1).transpose(1, 2, 0)
+        norm = data.get("normalisation") or LEGACY  # data of another builder: the framework's default
+        image = to_pixels(sample[0], norm["mean"], norm["std"]).numpy().transpose(1, 2, 0)
         image = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
         target = sample[1] if len(sample) > 1 else None
         if target is not None and target.dim() == 2:  # a mask: its classes in their colours over the image

@@ -14,11 +14,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from project.data.augment import sample_rng
+from project.data.normalisation import to_input
 from project.errors import UserError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DECODERS = ("pil", "torchvision")  # they differ numerically on JPEGs (another IDCT), so the run records which
-MEAN, STD = 0.5, 0.25  # what the generated data and every model here were made for
 
 
 def split_key(key) -> tuple[int, int, int]:
@@ -55,10 +55,11 @@ def check_mask(mask: torch.Tensor, path: Path, num_classes: int, ignore_index: i
 
 
 class Pipeline:
-    """decoded image (+ mask) -> augment (training only, seeded per sample) -> resize -> normalised float."""
+    """decoded image (+ mask) -> augment (training only, seeded per sample) -> the model's input (normalisation's
+    to_input: resized, normalised by `norm`, {"mean", "std"}) and the mask resized alike."""
 
-    def __init__(self, image_size: int, augment=None):
-        self.size, self.augment = [int(image_size), int(image_size)], augment
+    def __init__(self, image_size: int, norm: dict, augment=None):
+        self.size, self.norm, self.augment = [int(image_size), int(image_size)], norm, augment
 
     def __call__(self, key, image: torch.Tensor, mask: torch.Tensor | None = None):
         seed, epoch, index = split_key(key)
@@ -67,8 +68,8 @@ class Pipeline:
             with sample_rng(seed, epoch, index):
                 sample = self.augment(*sample)
             sample = sample if isinstance(sample, tuple) else (sample,)  # v2 returns one input unpacked
-        image, *rest = (v2.functional.resize(t, self.size, antialias=True) for t in sample)
-        image = (image.as_subclass(torch.Tensor).float() / 255 - MEAN) / STD
+        image = to_input(sample[0].as_subclass(torch.Tensor), self.size[0], self.norm["mean"], self.norm["std"])
+        rest = (v2.functional.resize(m, self.size, antialias=True) for m in sample[1:])
         return (image, *(m.as_subclass(torch.Tensor).long() for m in rest))
 
 

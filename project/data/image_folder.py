@@ -13,6 +13,7 @@ from torchvision.datasets.folder import find_classes
 
 from project.data import folder, splits
 from project.data.augment import compose
+from project.data.normalisation import LEGACY, checked
 from project.errors import UserError
 
 LAYOUT = "ROOT/train/CLASS/IMAGE.png|jpg, optionally ROOT/val/CLASS/ (or data.val_fraction=0.1) and ROOT/test/"
@@ -21,10 +22,10 @@ LAYOUT = "ROOT/train/CLASS/IMAGE.png|jpg, optionally ROOT/val/CLASS/ (or data.va
 class ClassFolder(Dataset):
     takes_keys = True  # indexed by (seed, epoch, index): see project/data/folder.py
 
-    def __init__(self, samples: list[tuple[Path, int | None]], image_size: int, in_channels: int, decoder="pil",
-                 augment=None):
+    def __init__(self, samples: list[tuple[Path, int | None]], image_size: int, in_channels: int, norm: dict,
+                 decoder="pil", mean=LEGACY["mean"], std=LEGACY["std"], augment=None):
         self.samples, self.channels, self.decoder = samples, in_channels, decoder
-        self.pipeline = folder.Pipeline(image_size, augment)
+        self.pipeline = folder.Pipeline(image_size, norm, augment)
         self.has_targets = all(label is not None for _, label in samples)
 
     def __len__(self):
@@ -56,7 +57,7 @@ def validation(root: Path, classes: list[str]) -> dict:
 
 
 def build(root, image_size=64, in_channels=3, num_workers=2, val_fraction=None, val_list=None, split_seed=0,
-          decoder="pil", augment=None):
+          decoder="pil", mean=LEGACY["mean"], std=LEGACY["std"], augment=None):
     root = Path(root).expanduser()
     folder.check_decoder(decoder)
     try:
@@ -72,9 +73,11 @@ def build(root, image_size=64, in_channels=3, num_workers=2, val_fraction=None, 
                         f"({', '.join(folder.IMAGE_EXTS)}). Lay the images out as {LAYOUT}.")
     train, val, split = splits.choose(root, train, validation(root, classes) if (root / "val").is_dir() else None,
                                       val_fraction, val_list, split_seed, "ROOT/val/CLASS/")
-    args = dict(image_size=image_size, in_channels=in_channels, decoder=decoder)
+    norm = checked(mean, std, in_channels)
+    args = dict(image_size=image_size, in_channels=in_channels, decoder=decoder, norm=norm)
     data = {"train": ClassFolder(list(train.values()), augment=compose(augment), **args),
             "val": ClassFolder(list(val.values()), **args), "classes": classes, "num_workers": num_workers,
+            "normalisation": norm,
             **split, "model_args": {"num_classes": len(classes)}}
     test = root / "test"
     if test.is_dir():

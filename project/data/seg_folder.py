@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from project.data import folder, splits
 from project.data.augment import compose
+from project.data.normalisation import LEGACY, checked
 from project.errors import UserError
 
 
@@ -19,10 +20,10 @@ class SegFolder(Dataset):
     takes_keys = True  # indexed by (seed, epoch, index): see project/data/folder.py
 
     def __init__(self, pairs: list[tuple[Path, Path | None]], image_size: int, in_channels: int, num_classes: int,
-                 ignore_index: int, decoder: str = "pil", augment=None):
+                 ignore_index: int, norm: dict, decoder: str = "pil", augment=None):
         self.pairs, self.channels, self.decoder = pairs, in_channels, decoder
         self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.pipeline = folder.Pipeline(image_size, augment)
+        self.pipeline = folder.Pipeline(image_size, norm, augment)
         self.has_targets = all(mask is not None for _, mask in pairs)
 
     def __len__(self):
@@ -62,7 +63,7 @@ def pairs_in(split_dir: Path, images_dir: str, masks_dir: str, masks_required: b
 
 def build(root, num_classes, classes=None, colors=None, flip_pairs=None, in_channels=3, image_size=128,
           ignore_index=255, num_workers=2, images_dir="images", masks_dir="masks", val_fraction=None, val_list=None,
-          split_seed=0, decoder="pil", augment=None):
+          split_seed=0, decoder="pil", mean=LEGACY["mean"], std=LEGACY["std"], augment=None):
     root = Path(root).expanduser()
     layout = (f"ROOT/train/{{{images_dir},{masks_dir}}}/NAME.{{jpg,png}}, optionally ROOT/val/ (or "
               "data.val_fraction=0.1) and ROOT/test/")
@@ -72,16 +73,17 @@ def build(root, num_classes, classes=None, colors=None, flip_pairs=None, in_chan
                         f"out as {layout} and pass data.root=ROOT.")
     described = folder.describe_classes(num_classes, classes, colors, flip_pairs)
     folder.check_decoder(decoder)
+    norm = checked(mean, std, in_channels)
     train = pairs_in(root / "train", images_dir, masks_dir)
     has_val = (root / "val" / images_dir).is_dir()
     train, val, split = splits.choose(root, train, pairs_in(root / "val", images_dir, masks_dir) if has_val else None,
                                       val_fraction, val_list, split_seed, f"ROOT/val/{{{images_dir},{masks_dir}}}")
     augment = compose(augment)
     args = dict(image_size=image_size, in_channels=in_channels, num_classes=num_classes, ignore_index=ignore_index,
-                decoder=decoder)
+                decoder=decoder, norm=norm)
     data = {"train": SegFolder(list(train.values()), augment=augment, **args),
             "val": SegFolder(list(val.values()), **args),
-            **described, "ignore_index": ignore_index, "num_workers": num_workers,
+            **described, "ignore_index": ignore_index, "num_workers": num_workers, "normalisation": norm,
             **split, "model_args": {"num_classes": num_classes, "in_channels": in_channels}}
     if (root / "test" / images_dir).is_dir():
         data["test"] = SegFolder(list(pairs_in(root / "test", images_dir, masks_dir, masks_required=False).values()),

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from project.data.loader import TensorSamples
+from project.data.normalisation import LEGACY, checked, to_input
 
 CLASSES = ("background", "ellipse", "rectangle", "triangle")
 
@@ -38,7 +39,7 @@ def _shape_mask(rng, kind, size, yy, xx):
     return inside
 
 
-def generate(n: int, size: int, seed: int) -> TensorSamples:
+def generate(n: int, size: int, seed: int, norm: dict = LEGACY) -> TensorSamples:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     images = np.empty((n, 3, size, size), np.float32)
@@ -52,10 +53,11 @@ def generate(n: int, size: int, seed: int) -> TensorSamples:
             images[i][:, inside] = colour
             masks[i][inside] = kind
         images[i] += rng.standard_normal((3, size, size), dtype=np.float32) * 0.05
-    images = (images - 0.5) / 0.25
-    return TensorSamples(torch.from_numpy(images), torch.from_numpy(masks))
+    return TensorSamples(to_input(torch.from_numpy(images), size, norm["mean"], norm["std"]), torch.from_numpy(masks))
 
 
-def build(image_size=64, train_size=768, val_size=192, seed=0):
-    return {"train": generate(train_size, image_size, seed), "val": generate(val_size, image_size, seed + 1),
+def build(image_size=64, train_size=768, val_size=192, seed=0, mean=LEGACY["mean"], std=LEGACY["std"]):
+    norm = checked(mean, std, 3)
+    return {"train": generate(train_size, image_size, seed, norm),
+            "val": generate(val_size, image_size, seed + 1, norm), "normalisation": norm,
             "classes": list(CLASSES), "model_args": {"num_classes": len(CLASSES), "in_channels": 3}}

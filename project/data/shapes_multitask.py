@@ -10,12 +10,13 @@ import numpy as np
 import torch
 
 from project.data.loader import TensorSamples
+from project.data.normalisation import LEGACY, checked, to_input
 from project.data.shapes import _shape_mask, _texture
 
 TASKS = {"diagnosis": 3, "change": 3}
 
 
-def generate(n: int, size: int, seed: int, tabular_dim: int) -> TensorSamples:
+def generate(n: int, size: int, seed: int, tabular_dim: int, norm: dict = LEGACY) -> TensorSamples:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     images = np.empty((n, 3, size, size), np.float32)
@@ -33,14 +34,16 @@ def generate(n: int, size: int, seed: int, tabular_dim: int) -> TensorSamples:
     tabular = rng.standard_normal((n, tabular_dim)).astype(np.float32)
     tabular[np.arange(n), diagnosis] += 1.0  # features 0-2: diagnosis, 3-5: change, the rest noise
     tabular[np.arange(n), 3 + change] += 1.0
-    images = (images - 0.5) / 0.25
-    return TensorSamples(torch.from_numpy(images), torch.from_numpy(tabular), torch.from_numpy(diagnosis),
-                         torch.from_numpy(change))
+    images = to_input(torch.from_numpy(images), size, norm["mean"], norm["std"])
+    return TensorSamples(images, torch.from_numpy(tabular), torch.from_numpy(diagnosis), torch.from_numpy(change))
 
 
-def build(image_size=64, train_size=512, val_size=128, seed=0, tabular_dim=8):
+def build(image_size=64, train_size=512, val_size=128, seed=0, tabular_dim=8, mean=LEGACY["mean"],
+          std=LEGACY["std"]):
     if tabular_dim < 6:
         raise ValueError("data.tabular_dim must be at least 6 (3 diagnosis + 3 change features)")
-    return {"train": generate(train_size, image_size, seed, tabular_dim),
-            "val": generate(val_size, image_size, seed + 1, tabular_dim), "tasks": dict(TASKS),
+    norm = checked(mean, std, 3)
+    return {"train": generate(train_size, image_size, seed, tabular_dim, norm),
+            "val": generate(val_size, image_size, seed + 1, tabular_dim, norm), "tasks": dict(TASKS),
+            "normalisation": norm,
             "model_args": {"tasks": dict(TASKS), "tabular_dim": tabular_dim, "in_channels": 3, "img_size": image_size}}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
-from project.data.folder import MEAN, STD, decode
+from project.data.folder import decode
+from project.data.normalisation import to_input
 
 
 def read(path: Path, in_channels: int = 3, decoder: str = "pil") -> torch.Tensor:
@@ -23,10 +23,10 @@ def read(path: Path, in_channels: int = 3, decoder: str = "pil") -> torch.Tensor
                         "folder or replace it with an intact image.") from None
 
 
-def prepare(images: list[torch.Tensor], image_size: int) -> torch.Tensor:
-    """uint8 images of any sizes -> one normalised float batch at the training size."""
-    size = [int(image_size), int(image_size)]
-    return torch.stack([(v2.functional.resize(im, size, antialias=True).float() / 255 - MEAN) / STD for im in images])
+def prepare(images: list[torch.Tensor], desc: dict) -> torch.Tensor:
+    """uint8 images of any sizes -> one batch of model inputs at the training size, normalised as in training
+    (desc: checkpoints.loading.describe's image_size, mean, std)."""
+    return torch.stack([to_input(im, desc["image_size"], desc["mean"], desc["std"]) for im in images])
 
 
 def swap_channels(probs: torch.Tensor, flip_pairs) -> torch.Tensor:

@@ -123,7 +123,7 @@ def score_segmentation(model, items, desc: dict, decoder: str, batch_size: int, 
 
     scorer, per_image = SegmentationScorer(len(desc["classes"]), device, desc["ignore_index"]), []
     for batch in batches(items, desc, decoder, batch_size, workers, label):
-        probs = probabilities(model, prepare([b[0] for b in batch], desc["image_size"]).to(device), tta,
+        probs = probabilities(model, prepare([b[0] for b in batch], desc).to(device), tta,
                               desc["flip_pairs"])
         for (_, mask, path), p in zip(batch, probs):
             mask = mask.to(device)[None]
@@ -143,7 +143,7 @@ def score_classification(model, items, desc: dict, decoder: str, batch_size: int
 
     scorer, per_image = ClassificationScorer(len(desc["classes"]), device), []
     for batch in batches(items, desc, decoder, batch_size, workers, label):
-        probs = probabilities(model, prepare([b[0] for b in batch], desc["image_size"]).to(device), tta)
+        probs = probabilities(model, prepare([b[0] for b in batch], desc).to(device), tta)
         scorer.update(probs, torch.tensor([b[1] for b in batch], device=probs.device))
         for (_, target, path), predicted in zip(batch, probs.argmax(1).cpu().tolist()):
             per_image.append({"file": f"{path.parent.name}/{path.name}", "label": desc["classes"][target],

@@ -83,6 +83,8 @@ def render(settings: dict) -> str:
     tuple of names) holding the value given, its comment kept."""
     from importlib import resources
 
+    from project.data.normalisation import to_input
+
     text = resources.files(__package__).joinpath(SCRIPT).read_text()
     for names, value in settings.items():
         values = value if ", " in names else (value,)
@@ -91,7 +93,20 @@ def render(settings: dict) -> str:
                                 count=1)
         if not found:
             raise RuntimeError(f"{SCRIPT} has no line {names} = ... to fill in")  # the shipped file is broken
-    return text
+    return with_function(text, to_input)
+
+
+def with_function(text: str, function) -> str:
+    """The script with its definition of `function`'s name replaced by the library's own source: the solution
+    prepares images with the very function training used, never a copy that may have drifted."""
+    import inspect
+
+    lines = text.splitlines(keepends=True)
+    found = [n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef) and n.name == function.__name__]
+    if not found:
+        raise RuntimeError(f"{SCRIPT} has no def {function.__name__}(...) to fill in")  # the shipped file is broken
+    start = found[0].lineno - 1
+    return "".join(lines[:start]) + inspect.getsource(function) + "".join(lines[found[0].end_lineno:])
 
 
 def solution_plan(model, cfg, saved: dict) -> dict:

@@ -28,7 +28,7 @@ MODEL = ("model_def", "Model")  # the module beside this file, and the model's c
 MODEL_ARGS = {}
 DROPPED_MODULES = []  # removed from the model by its last training phase
 IMAGE_SIZE = 256  # the training image_size: every image is resized to IMAGE_SIZE x IMAGE_SIZE
-MEAN, STD = 0.5, 0.25  # the training normalisation, each channel: (pixel / 255 - MEAN) / STD
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]  # the training normalisation: (pixel / 255 - MEAN) / STD
 IN_CHANNELS = 3
 DECODER = 'pil'  # how training decoded images: pil (Pillow) or torchvision (torchvision.io)
 TTA_FLIP = False  # average with the mirror image's prediction, its left/right classes swapped back
@@ -54,12 +54,24 @@ def read(path):
         return pil_to_tensor(image.convert("L" if IN_CHANNELS == 1 else "RGB"))
 
 
+# project/data/normalisation.py's to_input, the one function training used: project-predict writes it here
+def to_input(image, size, mean, std):
+    """An image (C, H, W) or a batch (N, C, H, W), uint8 pixels or floats already on the 0-1 scale, as the model's
+    input: resized to size x size (antialiased; no-op at that size), scaled to 0-1, then (x - mean) / std per
+    channel. mean and std: a number or one per channel. Copied verbatim into the solution's run.py."""
+    if tuple(image.shape[-2:]) != (int(size), int(size)):
+        image = resize(image, [int(size), int(size)], antialias=True)
+    x = image.float() if image.is_floating_point() else image.float() / 255
+    mean = torch.as_tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    return (x - mean) / std
+
+
 @torch.no_grad()
 def predict(model, image, device):
     """uint8 (channels, height, width) -> uint8 (height, width) class indices"""
     size = tuple(image.shape[-2:])
-    x = (resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True).float() / 255 - MEAN) / STD
-    x = x[None].to(device)
+    x = to_input(image, IMAGE_SIZE, MEAN, STD)[None].to(device)
     probs = model(x).float().softmax(1)
     if TTA_FLIP:
         mirrored = model(x.flip(-1)).float().softmax(1).flip(-1)

@@ -185,6 +185,7 @@ def summary_keys(run: Run, early_stopping: dict) -> dict:
         "precision": str(t.precision), "compiled": bool(t.compile), "world_size": distributed.current().world,
         "config": run.config, "overrides": run.overrides, "choices": run.choices, "run_dir": str(run.run_dir),
         "classes": list(run.data.get("classes") or []), "data_split": run.data.get("split"),
+        "normalisation": run.data.get("normalisation"),  # the inputs' mean/std: evaluate, predict, export use it
         "model_args": run.data["model_args"],  # what the model was built with: load_model needs no data
         "provenance": run.provenance,  # the code (git commit, dirty) and versions of this start (environment.json)
         "limited": limits(run.cfg),  # a trial (limit_*_batches, overfit_batches): latest skips it, compare labels it

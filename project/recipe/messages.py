@@ -14,6 +14,7 @@ from project.loggers import read_rows
 from project.recipe.limits import batches_per_epoch, limits
 from project.recipe.run import Run
 from project.runtime import record_environment
+from project.data.normalisation import named
 
 log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
@@ -119,12 +120,12 @@ def report(run: Run, summary: dict) -> None:
         delta = progress.best_score - start["score"]
         verdict = noise.verdict(delta, noise.spread(scores))
         if progress.best_epoch == start["epoch"]:
-            log.info("No epoch beat the starting weights (val %s %.4f, scored here): best_model.pth keeps them.",
-                     monitor, start["score"])
+            log.info("No epoch beat the starting weights (val %s %.4f, scored here%s): best_model.pth keeps them.",
+                     monitor, start["score"], named(run.data))
         else:
             log.info("New best %s %.4f (epoch %d) beats the starting weights' %.4f (scored here, same data and "
-                     "metric) by %+.4f %s.", monitor, progress.best_score, progress.best_epoch, start["score"], delta,
-                     verdict)
+                     "metric%s) by %+.4f %s.", monitor, progress.best_score, progress.best_epoch, start["score"],
+                     named(run.data), delta, verdict)
     if parent and parent.get("foreign"):
         log.info("The parent file's stored best %.4f was computed by another script (another metric or other "
                  "data): not compared.", parent["score"])

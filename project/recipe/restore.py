@@ -13,6 +13,7 @@ from project.recipe.run import Run
 from project.recipe.validation import validate
 from project.runtime import restore_history
 from project.state import load_state_dicts
+from project.data.normalisation import named
 
 log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
@@ -73,8 +74,8 @@ def score_start(run: Run) -> None:
     if per_class:
         tracker.log_per_class({"epoch": progress.epoch, "phase": "start", **per_class})
     save(run, ["best_model.pth"])
-    log.info("Starting weights, scored here: val %s %.4f (%s) | the first candidate for best_model.pth",
-             objective.monitor, score, format_metrics(val))
+    log.info("Starting weights, scored here: val %s %.4f (%s)%s | the first candidate for best_model.pth",
+             objective.monitor, score, format_metrics(val), named(run.data))
 
 
 def restore_foreign(run: Run, plan) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from project import distributed, resume, runtime
+from project.evaluation import start_inputs
 from project.rundirs import lineage
 from project.data.loader import is_worker_death
 from project.errors import DiskError, WorkerDied
@@ -24,6 +25,7 @@ from project.recipe.messages import announce, overfit_verdict, report, what_is_i
 from project.recipe.restore import score_start
 from project.recipe.run import Run
 from project.recipe.setup import close_loaders, setup
+from project.recipe.validation import validation_pass
 from project.runtime import StopRequest
 from project.validate import check_added_keys, check_config
 
@@ -78,6 +80,7 @@ def set_up(cfg: DictConfig, plan, run_dir: Path, job: dict) -> Run:
     else:
         config, overrides = OmegaConf.to_container(cfg, resolve=True), typed_overrides(job)
     run = setup(cfg, config, overrides, plan, run_dir, job)
+    start_inputs.check_start(run, plan, typed_overrides(job), validation_pass)  # a foreign file's inputs
     run.choices = choices
     announce(run)
     run.family = lineage.begin(run, plan, job)  # rank 0: lineage.json, rewritten at every save
