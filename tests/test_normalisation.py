@@ -20,6 +20,9 @@ from project.data import fake_faces
 sys.path.insert(0, str(ROOT / "examples"))  # their model class, as their_pkg is on the user's PYTHONPATH
 from their_pkg.their_model import MicroSegFormer  # noqa: E402
 
+# a model=custom run's class is typed again to build it from its file (project/checkpoints/trust.py)
+THEIRS = ["model._target_=their_pkg.their_model.MicroSegFormer"]
+
 STATED = ["data.mean=[0,0,0]", "data.std=[1,1,1]"]
 SLASH_255 = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
@@ -117,7 +120,7 @@ def test_evaluate_uses_it(continued):
     from project.evaluation.scoring import score
 
     path = continued["run"] / "checkpoints" / "best_model.pth"
-    result = score(path, batch_size=8, device="cpu")
+    result = score(path, batch_size=8, device="cpu", overrides=THEIRS)
     want = val_score(continued, load(path)["model_state_dict"], SLASH_255)
     assert result["metrics"]["image_f1"] == pytest.approx(want, abs=1e-6)
 
@@ -126,7 +129,8 @@ def test_predict_and_the_solution_in_a_fresh_process_use_it(continued):
     from project.commands.predict import predict
 
     tmp, test_images = continued["tmp"], continued["faces"] / "test" / "images"
-    predict(continued["run"], test_images, tmp / "masks", zip_path=tmp / "sub.zip", solution=True, say=lambda *a: None)
+    predict(continued["run"], test_images, tmp / "masks", zip_path=tmp / "sub.zip", solution=True, overrides=THEIRS,
+            say=lambda *a: None)
     paths = sorted(test_images.glob("*.jpg"))
     want = predicted(their_model(load(continued["run"] / "checkpoints" / "best_model.pth")["model_state_dict"]),
                      paths, SLASH_255["mean"], SLASH_255["std"])
@@ -149,12 +153,12 @@ def test_export_config_and_load_model_use_it(continued):
     from project.checkpoints.loading import describe, load as load_file, load_model
     from project.commands.export import export
 
-    written = export(continued["run"], "safetensors", continued["tmp"] / "exported")
+    written = export(continued["run"], "safetensors", continued["tmp"] / "exported", overrides=THEIRS)
     config = json.loads((continued["tmp"] / "exported" / "config.json").read_text())
     assert config["normalization"] == {"scale": 1 / 255, **SLASH_255} == written["config"]["normalization"]
 
-    model, cfg = load_model(continued["run"])
-    _, _, saved, _ = load_file(continued["run"])
+    model, cfg = load_model(continued["run"], overrides=THEIRS)
+    _, _, saved, _ = load_file(continued["run"], overrides=THEIRS)
     assert {k: describe(cfg, saved)[k] for k in ("mean", "std")} == SLASH_255
     image = continued["faces"] / "test" / "images" / "0000.jpg"
     x = torch.from_numpy(np.asarray(Image.open(image).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
