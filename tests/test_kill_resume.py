@@ -104,8 +104,10 @@ def test_a_corrupt_last_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
     train_tiny(tmp_path / "reference", "trainer.max_epochs=4", cwd=tmp_path)
     first = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *cfg], cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (run_dir / "checkpoints" / "checkpoint_epoch_2.pth").exists():
-        assert first.poll() is None, "the run ended before epoch 2"
+    # killed once epoch 3 is saved: its last.pth and checkpoint_epoch_3.pth (a link to it) are torn below, and two
+    # intact epochs remain, so continuing from an older one than the newest would show
+    while not (run_dir / "checkpoints" / "checkpoint_epoch_3.pth").exists():
+        assert first.poll() is None, "the run ended before epoch 3"
         time.sleep(0.01)
     first.send_signal(signal.SIGKILL)
     first.wait()
