@@ -172,3 +172,27 @@ def assert_resumed(log_text: str, checkpoint_path, from_step: int, resumed: dict
     if not own:
         assert resumed["lineage"][-1]["path"] == str(checkpoint_path)
         assert resumed["lineage"][-1]["global_step"] == from_step
+
+
+def assert_continued_from(got: dict, parent: dict, lr: float) -> None:
+    """`got` continued `parent`'s weights and Adam state with its steps since (global_step) at a learning rate of
+    at most `lr`: every Adam `step` count went on from the parent's, and every weight is within those steps of the
+    parent's. One Adam step moves a weight by at most lr * 7.3 (|m_hat / sqrt(v_hat)| <= (1 - b1) / sqrt(1 - b2)
+    * 1 / sqrt(1 - b1^2 / b2) for betas (0.9, 0.999), by Cauchy-Schwarz) plus lr * weight_decay * |w|: far less
+    than the parent's own training moved it from the initial weights, so a restore that dropped or misnamed the
+    weights (the run trained from its initial ones) fails. For where a resumed run changes a value (the LR, the
+    metric, the epochs) and no uninterrupted run can equal it."""
+    steps = got["global_step"] - parent["global_step"]
+    assert steps > 0, "no step taken since the parent"
+    parent_steps = {float(s["step"]) for s in parent["optimizer_state_dict"]["state"].values()}
+    got_steps = {float(s["step"]) for s in got["optimizer_state_dict"]["state"].values()}
+    assert got_steps == {s + steps for s in parent_steps}, f"Adam steps {got_steps}, parent's {parent_steps} + {steps}"
+    bound = steps * lr * 7.3 * 1.01 + 1e-7
+    a, b = got["model_state_dict"], parent["model_state_dict"]
+    assert a.keys() == b.keys(), "the weights' names differ"
+    names = [n for g in parent["optimizer_state_dict"]["param_groups"] for n in g["param_names"]]
+    assert names and set(names) <= a.keys()
+    for key in names:  # the parameters: buffers (BatchNorm statistics) follow the data, not the LR
+        far = (a[key].double() - b[key].double()).abs().max().item() if a[key].numel() else 0.0
+        assert far <= bound * max(1.0, b[key].double().abs().max().item()), (
+            f"{key} is {far:.3g} from the parent's, more than {steps} steps at lr {lr} can move it: not restored")

@@ -12,7 +12,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import ROOT, TINY, TINY_DATA, assert_resumed, load, mount, run_cli
+from conftest import ROOT, TINY, TINY_DATA, assert_continued_from, assert_resumed, load, mount, run_cli
 from project.checkpoints import files as checkpoint
 from project.rundirs import lock as rundir
 from project.errors import DiskError
@@ -58,10 +58,11 @@ def test_sigkill_during_save_never_breaks_a_checkpoint(tmp_path):
     last = load(run_dir / "checkpoints" / "last.pth")
     cont = run_cli(*TINY_DATA, f"hydra.run.dir={tmp_path / 'continued'}", "data.train_size=16",
                    f"trainer.max_epochs={last['epoch'] + 1}", "resume=full", f"resume.checkpoint={run_dir}",
-                   cwd=tmp_path)
+                   "scheduler=none", "optimizer.lr=1e-5", cwd=tmp_path)  # a small LR: see assert_continued_from
     final = load(tmp_path / "continued" / "checkpoints" / "final_model.pth")
     assert final["epoch"] == last["epoch"] + 1
     assert_resumed(cont.stdout, run_dir / "checkpoints" / "last.pth", last["global_step"], final)
+    assert_continued_from(final, last, lr=1e-5)  # its weights and Adam state, not only its counters
 
 
 def test_a_temp_name_left_by_a_failed_save_never_writes_through_to_a_published_file(tmp_path):

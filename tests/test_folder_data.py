@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
-from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
 from conftest import ROOT, TINY_TRAINER, load, run_cli
@@ -16,7 +15,7 @@ from project import distributed, tasks
 from project.commands import preview
 from project.data import fake_faces, image_folder, splits
 from project.data.augment import FlipPairs
-from project.data.loader import batch_order
+from project.data.loader import RunLoader, batch_order
 from project.errors import UserError
 
 FACES = ["data=celebamask", "data.image_size=32", "data.num_workers=0"]
@@ -178,11 +177,17 @@ def test_augmented_samples_are_the_same_in_any_process_and_differ_between_epochs
     data = tasks.build_data(composed(*FACES, f"data.root={faces}", "data.val_fraction=0.2", "augment=face_parsing"))
     train, seed = data["train"], 7
     direct = [train[(seed, 0, i)] for i in range(len(train))]
-    keys = [[(seed, 0, i) for i in b.tolist()] for b in batch_order(len(train), 4, seed, 0, shuffle=False)]
-    for workers in (0, 2):
-        loaded = [s for batch in DataLoader(train, batch_sampler=keys, num_workers=workers)
-                  for s in zip(*batch)]
-        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(direct, loaded))
+    assert len(train) > 0
+    for workers in (0, 2):  # the run's own loader, built as the recipe builds the training split's
+        loader = RunLoader(train, 4, seed=seed, num_workers=workers)
+        try:
+            for epoch in (0, 1):  # persistent workers: the second epoch's keys reach the same processes
+                loaded = [s for batch in loader.epoch(epoch) for s in zip(*batch)]
+                want = [train[(seed, epoch, i)] for b in batch_order(len(train), 4, seed, epoch) for i in b.tolist()]
+                assert len(loaded) == len(want) == len(train), (workers, epoch, len(loaded))
+                assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(want, loaded))
+        finally:
+            loader.close()
     assert not torch.equal(train[(seed, 1, 0)][0], direct[0][0])  # another epoch, another draw
     assert torch.equal(train[(seed, 0, 0)][0], direct[0][0])  # the global RNG played no part
     # two ranks: each takes its part of every global batch (distributed.shard), and the parts are the same samples

@@ -6,8 +6,8 @@ import shutil
 
 import torch
 
-from conftest import (ROOT, TINY, assert_resumed, assert_same, assert_same_state, load, run_cli, stop_with_sigterm,
-                      tensors, train_tiny)
+from conftest import (ROOT, TINY, assert_continued_from, assert_resumed, assert_same, assert_same_state, load, run_cli,
+                      stop_with_sigterm, tensors, train_tiny)
 
 FEATURES = ["trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=3", "trainer.gradient_clip_val=1.0",
             "trainer.ema.decay=0.9"]
@@ -90,19 +90,24 @@ def test_compiled_checkpoints_resume_in_eager_mode_and_back(tmp_path):
     train_tiny(tmp_path / "compiled", *compiled, "trainer.max_epochs=1", cwd=tmp_path)
     ckpt = load(tmp_path / "compiled" / "checkpoints" / "last.pth")
     assert ckpt["compiled"] and not [k for k in ckpt["model_state_dict"] if "_orig_mod" in k]
-    eager = train_tiny(tmp_path / "eager", "trainer.compile=false", "resume=full",
+    # the continuations at a small LR, so their weights show they went on from the file's (assert_continued_from):
+    # a restore that dropped the weights behind the `_orig_mod.` names would start from the initial ones
+    small = ["scheduler=none", "optimizer.lr=1e-5"]
+    eager = train_tiny(tmp_path / "eager", "trainer.compile=false", *small, "resume=full",
                        f"resume.checkpoint={tmp_path / 'compiled'}", cwd=tmp_path)
     assert "trainer.compile" in eager.stdout  # the change table shows the switch
     first = tmp_path / "compiled" / "checkpoints" / "last.pth"
     ckpt = load(tmp_path / "eager" / "checkpoints" / "last.pth")
     assert ckpt["epoch"] == 2 and not ckpt["compiled"]
     assert_resumed(eager.stdout, first, load(first)["global_step"], ckpt, epoch=1, batch=0)
-    again = train_tiny(tmp_path / "again", *compiled, "trainer.max_epochs=3", "resume=full",
+    assert_continued_from(ckpt, load(first), lr=1e-5)
+    again = train_tiny(tmp_path / "again", *compiled, *small, "trainer.max_epochs=3", "resume=full",
                        f"resume.checkpoint={tmp_path / 'eager'}", cwd=tmp_path)
     second = tmp_path / "eager" / "checkpoints" / "last.pth"
     ckpt = load(tmp_path / "again" / "checkpoints" / "last.pth")
     assert ckpt["epoch"] == 3 and ckpt["compiled"] and not [k for k in ckpt["model_state_dict"] if "_orig_mod" in k]
     assert_resumed(again.stdout, second, load(second)["global_step"], ckpt, epoch=2, batch=0)
+    assert_continued_from(ckpt, load(second), lr=1e-5)
 
 
 def all_finite(run_dir):

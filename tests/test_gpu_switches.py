@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from conftest import ROOT, TINY, TINY_DATA, assert_same_state, load, run_cli, tensors, train_tiny
+from conftest import ROOT, TINY, TINY_DATA, assert_resumed, assert_same_state, load, run_cli, tensors, train_tiny
 
 # The default model (a U-Net: 4-D convolutions, BatchNorm, transposed convolutions), CPU-sized.
 UNET = [*TINY_DATA, "model=unet", "model.base_channels=4"]
@@ -44,14 +44,19 @@ def test_channels_last_trains_within_float_tolerance_and_saves_the_standard_layo
 
     # resume=full with channels-last continues bit for bit (the CPU); a run without it continues the same file
     epoch_1 = tmp_path / "cl" / "checkpoints" / "checkpoint_epoch_1.pth"
-    run_cli(*UNET, *cl, "resume=full", f"resume.checkpoint={epoch_1}", f"hydra.run.dir={tmp_path / 'resumed'}",
-            cwd=tmp_path)
-    assert_same_state(load(tmp_path / "resumed" / "checkpoints" / "final_model.pth"), got)
+    proc = run_cli(*UNET, *cl, "resume=full", f"resume.checkpoint={epoch_1}",
+                   f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
+    resumed = load(tmp_path / "resumed" / "checkpoints" / "final_model.pth")
+    assert_resumed(proc.stdout, epoch_1, load(epoch_1)["global_step"], resumed)  # not a retrain from scratch
+    assert_same_state(resumed, got)
     proc = run_cli(*UNET, "trainer.channels_last=false", "trainer.max_epochs=3", "resume=full",
                    f"resume.checkpoint={tmp_path / 'cl'}", f"hydra.run.dir={tmp_path / 'without'}", cwd=tmp_path)
     row = next(line for line in proc.stdout.splitlines() if line.startswith("trainer.channels_last"))
     assert "True" in row and "False" in row and "standard memory layout" in row, row
-    assert load(tmp_path / "without" / "checkpoints" / "last.pth")["epoch"] == 3
+    without = load(tmp_path / "without" / "checkpoints" / "last.pth")
+    assert without["epoch"] == 3
+    cl_last = tmp_path / "cl" / "checkpoints" / "last.pth"
+    assert_resumed(proc.stdout, cl_last, got["global_step"], without)
 
 
 def test_channels_last_puts_the_model_and_every_4d_input_in_that_layout(tmp_path):

@@ -44,7 +44,10 @@ def kill_when(proc, run_dir: Path, aim_at_write: bool, rng: random.Random, start
         return {}
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return {"in_write": in_write, "after_checkpoint": had_checkpoint}
+    # the newest intact file on disk at the kill, read before the next start: the position that start must show
+    on_disk = load(ckpts / "last.pth") if (ckpts / "last.pth").exists() else None
+    position = (on_disk["epoch"], on_disk.get("batch_in_epoch", 0)) if on_disk else (0, 0)
+    return {"in_write": in_write, "after_checkpoint": had_checkpoint, "position": position}
 
 
 def test_sigkill_at_random_moments_and_inside_writes_then_matches_uninterrupted(tmp_path):
@@ -75,12 +78,14 @@ def test_sigkill_at_random_moments_and_inside_writes_then_matches_uninterrupted(
     assert done.returncode == 0, done.stdout + done.stderr
     log = (run_dir / "training.log").read_text()
     continued = log.count("Resuming (full) from this run's own")
-    assert continued >= len(kills) - 1, f"only {continued} of {len(kills) + 1} starts continued from a checkpoint"
-    # what the restores loaded: each continued start began after epoch 1 or later, never before an earlier one
-    # (the last start may have found the run finished: no start line)
-    begun = [start_lines(part)[0] for part in log.split("Resuming (full) from this run's own")[1:] if start_lines(part)]
-    # (a start killed while its log line is being written may leave no parsable line: most, not all, must show)
-    assert len(begun) >= continued // 2 and all(epoch >= 1 for epoch, _ in begun) and begun == sorted(begun), begun
+    with_file = sum(k["position"] != (0, 0) for k in kills)
+    assert continued >= with_file, f"only {continued} starts continued, {with_file} had a checkpoint to continue"
+    # every start logs its position ("Run dir ... | epochs E -> N", printed after the restore) before a kill can
+    # land (kill_when waits for it): the first starts from scratch, each start after a kill exactly where the
+    # last.pth on disk at that kill was, never at an older file (best_model.pth, an earlier epoch) nor at 0
+    begun = start_lines(log)
+    expected = [(0, 0)] + [k["position"] for k in kills]
+    assert begun[:len(expected)] == expected, f"starts at {begun}, the files on disk at the kills: {expected}"
     ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
     got = load(run_dir / "checkpoints" / "final_model.pth")
     assert got["epoch"] == 6 and got["global_step"] == ref["global_step"]
@@ -99,13 +104,22 @@ def test_a_corrupt_last_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
     train_tiny(tmp_path / "reference", "trainer.max_epochs=4", cwd=tmp_path)
     first = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *cfg], cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (run_dir / "checkpoints" / "checkpoint_epoch_2.pth").exists():
-        assert first.poll() is None, "the run ended before epoch 2"
+    # killed once epoch 3 is saved: its last.pth and checkpoint_epoch_3.pth (a link to it) are torn below, and two
+    # intact epochs remain, so continuing from an older one than the newest would show
+    while not (run_dir / "checkpoints" / "checkpoint_epoch_3.pth").exists():
+        assert first.poll() is None, "the run ended before epoch 3"
         time.sleep(0.01)
     first.send_signal(signal.SIGKILL)
     first.wait()
     last = run_dir / "checkpoints" / "last.pth"
     last.write_bytes(last.read_bytes()[:1000])  # torn
+    # what it must continue from, read here from the files on disk, not from the program's message: the intact file
+    # with the most steps (checkpoint_epoch_N.pth may be a link to the torn file; best_model.pth may hold the same)
+    intact = {path: state for path, state in map(loadable, sorted((run_dir / "checkpoints").glob("*.pth"))) if state}
+    newest = max(state["global_step"] for state in intact.values())
+    candidates = {str(path) for path, state in intact.items() if state["global_step"] == newest}
+    expected = next(state for state in intact.values() if state["global_step"] == newest)
+    assert expected["epoch"] >= 1 and expected.get("batch_in_epoch", 0) == 0, sorted(intact)
     done = subprocess.run([sys.executable, str(ROOT / "run.py"), *cfg], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -114,6 +128,14 @@ def test_a_corrupt_last_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
     ref = load(tmp_path / "reference" / "checkpoints" / "final_model.pth")
     got = load(run_dir / "checkpoints" / "final_model.pth")
     used = re.search(r"last\.pth is unreadable: continuing from (\S+) \(epoch (\d+), step (\d+)\)", out)
-    assert used and int(used[2]) >= 1, out  # (checkpoint_epoch_N.pth may be a link to the torn file)
-    assert_resumed(done.stdout, Path(used[1]), int(used[3]), got, epoch=int(used[2]), batch=0, own=True)
+    assert used and used[1] in candidates, f"continued from {used and used[1]}, the newest intact: {candidates}"
+    assert_resumed(done.stdout, Path(used[1]), newest, got, epoch=expected["epoch"], batch=0, own=True)
     assert_same_state(got, ref)
+
+
+def loadable(path: Path) -> tuple[Path, dict | None]:
+    """(path, its checkpoint) or (path, None) where the file is torn."""
+    try:
+        return path, load(path)
+    except Exception:  # a torn zip: torch raises RuntimeError (or another error, by where it was cut)
+        return path, None

@@ -193,6 +193,13 @@ def test_their_classes_as_they_are_train_and_continue_from_their_own_best_model(
     assert "takes no" not in proc.stdout and "dropout p=none," in proc.stdout, proc.stdout
     child = load(tmp_path / "plain" / "checkpoints" / "final_model.pth")
     assert child["lineage"][0]["sha256"] == checkpoint.sha256(plain_file) and child["lineage"][0]["epoch"] == 3
+    plain_theirs = checkpoint.read(plain_file)["model_state_dict"]
+    assert f"Parameter matching with {plain_file}: {len(plain_theirs)} matched, 0 missing" in proc.stdout, proc.stdout
+    # their weights were the start: its 6 steps of a fresh AdamW (lr at most 2e-3; |m_hat / sqrt(v_hat)| <= 2.3 in
+    # the first steps) move each weight by less than 0.03, while a fresh model's (the run's seed) differ by ~0.2
+    assert child["model_state_dict"].keys() == plain_theirs.keys() and child["global_step"] == 6
+    for key, value in plain_theirs.items():
+        assert (child["model_state_dict"][key] - value).abs().max() < 0.03, f"{key}: not started from their weights"
     refused = run_cli(*TINY_DATA, *plain, "model.dropout=0.2", f"hydra.run.dir={tmp_path / 'refused'}", cwd=tmp_path,
                       env_extra=env, check=False)
     err = " ".join(refused.stderr.split())

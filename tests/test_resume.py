@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from conftest import TINY, assert_resumed, assert_same_state, load, stop_with_sigterm, train_tiny
+from conftest import (TINY, assert_continued_from, assert_resumed, assert_same_state, load, stop_with_sigterm,
+                      train_tiny)
 
 
 def lrs(run_dir):
@@ -26,6 +27,7 @@ def test_full_resume_after_sigterm_mid_epoch_is_bit_exact(uninterrupted, tmp_pat
     stopped = load(run_dir / "checkpoints" / "last.pth")
     assert "Caught SIGTERM" in out and not (run_dir / "checkpoints" / "final_model.pth").exists()
     assert (stopped["epoch"], stopped["batch_in_epoch"]) != (4, 0), "the run finished before the signal"
+    assert stopped["batch_in_epoch"] > 0, f"stopped at the end of epoch {stopped['epoch']}, not mid-epoch"
 
     resumed = train_tiny(tmp_path / "resumed", "trainer.max_epochs=4", "resume=full", f"resume.checkpoint={run_dir}",
                          cwd=tmp_path)
@@ -63,6 +65,10 @@ def test_full_resume_applies_a_changed_lr(parent_run, tmp_path):
                       "resume=full", f"resume.checkpoint={parent_run}", cwd=tmp_path)
     assert "optimizer.lr" in proc.stdout and "applied over the restored optimizer state" in proc.stdout
     ckpt = load(tmp_path / "lower" / "checkpoints" / "last.pth")
+    parent = parent_run / "checkpoints" / "last.pth"
+    assert_resumed(proc.stdout, parent, load(parent)["global_step"], ckpt)  # epoch 2's position, not a retrain
+    # the parent's weights and Adam moments, moved by 6 steps at 1e-4 only: restored, and the new LR in effect
+    assert_continued_from(ckpt, load(parent), lr=1e-4)
     assert [g["lr"] for g in ckpt["optimizer_state_dict"]["param_groups"]] == [1e-4]
     assert lrs(tmp_path / "lower")[-1] == 1e-4
     assert ckpt["epoch"] == 3
@@ -95,8 +101,15 @@ def test_reset_optimizer_fresh_state_new_values_and_lineage(parent_run, tmp_path
 
 
 def test_latest_picks_the_newest_run(tmp_path):
-    train_tiny(tmp_path / "outputs" / "a", "trainer.max_epochs=1", cwd=tmp_path)
+    """`resume.checkpoint=latest` continues the newest run: b (1 epoch, written last), not a. a trained 2 epochs
+    straight with the same recipe (a schedule that does not depend on the run length), so b continued to 2
+    epochs must end with a's state bit for bit."""
+    fixed = ["scheduler=none"]
+    train_tiny(tmp_path / "outputs" / "a", *fixed, cwd=tmp_path)  # TINY: 2 epochs
     time.sleep(0.05)
-    train_tiny(tmp_path / "outputs" / "b", "trainer.max_epochs=1", cwd=tmp_path)
-    proc = train_tiny(tmp_path / "outputs" / "c", "resume=full", cwd=tmp_path)  # resume.checkpoint=latest
-    assert f"from {tmp_path / 'outputs' / 'b' / 'checkpoints' / 'last.pth'}" in proc.stdout
+    train_tiny(tmp_path / "outputs" / "b", *fixed, "trainer.max_epochs=1", cwd=tmp_path)
+    proc = train_tiny(tmp_path / "outputs" / "c", *fixed, "resume=full", cwd=tmp_path)  # resume.checkpoint=latest
+    newest = tmp_path / "outputs" / "b" / "checkpoints" / "last.pth"
+    resumed = load(tmp_path / "outputs" / "c" / "checkpoints" / "final_model.pth")
+    assert_resumed(proc.stdout, newest, load(newest)["global_step"], resumed)  # b's epoch 1, not a fresh start
+    assert_same_state(resumed, load(tmp_path / "outputs" / "a" / "checkpoints" / "final_model.pth"))

@@ -1,6 +1,7 @@
 """Never lose or mix runs (issue 11): one process per run dir, unique run dirs, a full disk and a read-only run
 dir, with real processes, real locks and real (tmpfs, read-only bind) mounts."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -159,11 +160,20 @@ def test_a_sweep_stopped_by_sigterm_lists_its_jobs_as_interrupted(tmp_path):
                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     for job in ("0", "1"):
         wait_for(sweep / job / "checkpoints" / "last.pth", proc)
+    before = {job: os.stat(sweep / job / "checkpoints" / "last.pth") for job in ("0", "1")}
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, out
     assert "2 of 2 jobs failed (2 interrupted)" in out, out[-3000:]
     assert out.count(": interrupted: Interrupted: stopped by SIGTERM after saving last.pth") == 2, out[-3000:]
     for job in ("0", "1"):
-        assert load(sweep / job / "checkpoints" / "last.pth")["epoch"] < 30
+        last = sweep / job / "checkpoints" / "last.pth"
+        saved, now = load(last), os.stat(last)
+        assert saved["epoch"] < 30
+        # the file found is the one the stop wrote, not the one that was there before the signal: a new file (the
+        # atomic write creates it while the old one still exists: another inode) at the position the log names
+        assert (now.st_ino, now.st_mtime_ns) != (before[job].st_ino, before[job].st_mtime_ns), f"job {job}"
+        caught = re.search(r"Caught SIGTERM: saved \S+last\.pth at epoch (\d+), batch (\d+)/",
+                           (sweep / job / "training.log").read_text())
+        assert caught and (saved["epoch"], saved["batch_in_epoch"]) == (int(caught[1]) - 1, int(caught[2])), job
         assert "rerun:   python" in out and f"hydra.run.dir={sweep / job}" in out

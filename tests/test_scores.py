@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from conftest import load, train_tiny
+from conftest import assert_continued_from, assert_resumed, load, train_tiny
 
 
 def rows(path):
@@ -49,10 +49,15 @@ def test_both_scores_and_per_class_numbers_at_every_validation(parent_run):
 
 
 def test_resume_full_with_another_metric_restarts_the_best(parent_run, tmp_path):
+    # a small LR for epoch 3, so the weights show they continued the parent's (assert_continued_from)
     proc = train_tiny(tmp_path / "more", "resume=full", f"resume.checkpoint={parent_run}", "trainer.max_epochs=3",
-                      "loss.metric=image_f1", cwd=tmp_path)
+                      "loss.metric=image_f1", "scheduler=none", "optimizer.lr=1e-5", cwd=tmp_path)
     assert "loss.metric" in proc.stdout and "another metric, so the best score starts afresh" in proc.stdout
     final = load(tmp_path / "more" / "checkpoints" / "final_model.pth")
+    parent = parent_run / "checkpoints" / "last.pth"
+    assert_resumed(proc.stdout, parent, load(parent)["global_step"], final)  # epoch 2's position, not a retrain
+    # the parent's weights and Adam moments went on for epoch 3's 6 steps (lr 1e-5): restored, not retrained
+    assert_continued_from(final, load(parent), lr=1e-5)
     assert final["monitor"] == "image_f_score" and final["best_epoch"] == 3  # the only epoch scored by it
     assert final["best_image_f_score"] == float(rows(tmp_path / "more" / "metrics.csv")[-1]["val_image_f_score"])
     # per_class.csv continues the parent's rows, like metrics.csv

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ROOT, TINY, assert_resumed, load, run_cli, same_weights
+from conftest import ROOT, TINY, assert_continued_from, assert_resumed, load, run_cli, same_weights
 
 GRID = ["model.dropout=0.2,0.25", "optimizer.weight_decay=2e-4,3e-4"]
 LOCAL = ["hydra/launcher=local_gpus"]
@@ -165,10 +165,12 @@ def test_ctrl_c_stops_a_sweep_each_job_saves_and_one_continues(tmp_path):
     stopped = sweep_dir / "1" / "checkpoints" / "last.pth"
     saved = load(stopped)
     cont = run_cli("resume=full", f"resume.checkpoint={sweep_dir / '1'}", f"trainer.max_epochs={saved['epoch'] + 1}",
+                   "scheduler=none", "optimizer.lr=1e-5",  # a small LR: see assert_continued_from
                    f"hydra.run.dir={tmp_path / 'continued'}", cwd=tmp_path)
     final = load(tmp_path / "continued" / "checkpoints" / "final_model.pth")
     assert final["epoch"] == saved["epoch"] + 1 and final["config"]["model"]["dropout"] == 0.2
     assert_resumed(cont.stdout, stopped, saved["global_step"], final)
+    assert_continued_from(final, saved, lr=1e-5)  # its weights and Adam state, not only its counters
 
 
 def catches(pid: int, signum: int) -> bool:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import load, run_cli, same_weights
+from conftest import assert_resumed, assert_same_state, load, run_cli
 
 SWIN = ["+experiment=swin_admoe", "model=swin_mmoe", "model.embed_dim=8", "data.image_size=32",
         "data.train_size=32", "data.val_size=16", "trainer.batch_size=8", "trainer.num_threads=1",
@@ -78,14 +78,15 @@ def test_encoder_optimizer_state_survives_the_decoder_removal(story):
 
 @pytest.mark.parametrize("epoch", [1, 3])  # during pretraining, during fine-tuning
 def test_resume_continues_the_right_phase_bit_exact(story, tmp_path, epoch):
-    proc = swin(tmp_path / "resumed", "resume=full",
-                f"resume.checkpoint={story / 'checkpoints' / f'checkpoint_epoch_{epoch}.pth'}", cwd=tmp_path)
+    start = story / "checkpoints" / f"checkpoint_epoch_{epoch}.pth"
+    proc = swin(tmp_path / "resumed", "resume=full", f"resume.checkpoint={start}", cwd=tmp_path)
     plan = proc.stdout.split("Training plan:")[1]
     now = "1. Pretrain" if epoch < 2 else "2. Finetune"
     assert [line for line in plan.splitlines() if "<- now" in line][0].strip().startswith(now)
     a = load(story / "checkpoints" / "final_model.pth")
     b = load(tmp_path / "resumed" / "checkpoints" / "final_model.pth")
-    assert same_weights(a["model_state_dict"], b["model_state_dict"])
+    assert_resumed(proc.stdout, start, load(start)["global_step"], b)  # the phase's position, not a retrain
+    assert_same_state(b, a)  # weights, optimizer moments (carried across the switch), scheduler, RNG
     assert b["lineage"][-1]["epoch"] == epoch
 
 

@@ -148,6 +148,20 @@ def test_signal_to_the_process_group_stops_mid_epoch_and_resumes_bit_exact(folde
     assert_same_state(final, reference)
 
 
+def test_no_workers_train_bit_for_bit_like_two(folder_run, tmp_path):
+    """data.num_workers=0 (the loading in the main process) ends with the 2-worker reference's state bit for bit:
+    each sample's augmentation depends on its key and epoch, not on which process loaded it."""
+    data, reference = folder_run
+    overrides = [o for o in config(data) if not o.startswith("data.num_workers")] + ["data.num_workers=0"]
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = load(tmp_path / "run" / "checkpoints" / "final_model.pth")
+    assert final["config"]["data"]["num_workers"] == 0 and reference["config"]["data"]["num_workers"] == 2
+    assert final["epoch"] == 6 and final["global_step"] == reference["global_step"]
+    assert_same_state(final, reference)
+
+
 def test_a_worker_killed_outright_ends_the_run_with_one_paragraph(folder_run, tmp_path):
     """SIGKILL to one worker (what the OOM killer does) after epoch 1 is saved: exit 5 and one paragraph naming
     the intact last.pth and the command to continue, no traceback, no process left behind."""
