@@ -103,11 +103,12 @@ class Files:
 
 def batches(items, desc: dict, decoder: str, batch_size: int, workers: int, label: str):
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
+
+    from project import progress
 
     files = Files(items, desc["in_channels"], decoder, len(desc["classes"]), desc["ignore_index"])
     loader = DataLoader(files, batch_size=batch_size, num_workers=workers, collate_fn=list)
-    for batch in tqdm(loader, desc=label, unit="batch", disable=None, leave=False, dynamic_ncols=True):
+    for batch in progress.track(loader, len(loader), label, "batch", leave=False):  # lines in a log
         for item in batch:
             if isinstance(item, str):
                 raise UserError(item)

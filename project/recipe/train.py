@@ -355,7 +355,10 @@ def restore(run: Run, plan) -> None:
     if other_split:
         log.warning("Note: %s.", other_split)
     if progress.lineage:
-        log.info("Lineage: %s", " -> ".join(f"{e['path']}@{e['epoch']} ({e['mode']})" for e in progress.lineage))
+        # another script's file: its epoch is its own count, said so (epoch_note)
+        log.info("Lineage: %s", " -> ".join(f"{e['path']}@{e['epoch']} ({e['mode']}"
+                                            + (f"; {e['epoch_note']})" if e.get("epoch_note") else ")")
+                                            for e in progress.lineage))
 
 
 def score_start(run: Run) -> None:
@@ -412,7 +415,8 @@ def restore_foreign(run: Run, plan) -> None:
              + (f", prefix {' '.join(stripped)} stripped" if stripped else "")),
             ("restored", "optimizer state", f"{len(saved['optimizer_state_dict']['state'])} parameters, "
              f"positional; hyperparameters from the current config"),
-            ("restored", "epoch", f"{saved['epoch']}: training goes on with epoch {saved['epoch'] + 1}"),
+            ("restored", "epoch", f"{foreign.epoch_words(saved['epoch'], saved.get('history_epochs'))}: taken as the epochs done, training goes on "
+             f"with epoch {saved['epoch'] + 1}"),
             ("shown", "stored best", f"{best}: computed by another script, not comparable; the starting "
              "weights are scored here instead"),
             ("derived", "learning rate", f"{optimizer.param_groups[0]['lr']:.3g}: the schedule at epoch "
