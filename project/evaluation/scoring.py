@@ -217,7 +217,18 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
             "metric": MONITORS.get(monitor, monitor), "value": trained,
             "note": f"training's validation of these weights, at {size}x{size} on resized masks: not this number"
             if task == "segmentation" else "training's validation of these weights"},
-        "device": str(device), "per_image": scores["per_image"], "stored_best": stored}
+        "device": str(device), "per_image": scores["per_image"], "stored_best": stored,
+        "epoch_note": epoch_note(saved)}
+
+
+def epoch_note(saved: dict) -> str | None:
+    """Another script's file: its `epoch` is its own count, said so ("" when it stores none); None for ours."""
+    from project.checkpoints import foreign
+
+    if saved["format"] != foreign.FORMAT:
+        return None
+    stored = saved.get("stored_epoch")
+    return "" if stored is None else foreign.epoch_words(saved["epoch"], saved.get("history_epochs"))
 
 
 def atomic_write(path: Path, data: bytes) -> None:
