@@ -151,7 +151,8 @@ class Plan:
         c = self.checkpoint
         return {"path": str(self.path), "sha256": checkpoint.sha256(self.path), "mode": self.mode,
                 "epoch": c["epoch"], "global_step": c["global_step"], "monitor": c.get("monitor"),
-                "best_score": c.get("best_score"), "changed": {k: list(v) for k, v in self.changes.items()}}
+                "best_score": c.get("best_score"), "changed": {k: list(v) for k, v in self.changes.items()},
+                **({"epoch_note": foreign.epoch_words(c["epoch"], c.get("history_epochs"))} if self.foreign else {})}
 
     @property
     def phase(self) -> tuple[int, int]:
@@ -384,11 +385,12 @@ def load_matching_weights(model, saved: dict, path, ignore_keys, weights_key: st
     missing = [k for k in report["missing"] if k not in expected]
     log.info("Starting from the %s weights of %s%s.", "EMA" if which == "ema" else "raw" if which == "model" else which,
              path, " (the ones its run validated)" if which in ("ema", "model") else "")
-    log.info("Parameter matching with %s: %d matched, %d missing (%d expected: modules %s were dropped by the "
-             "checkpoint's run), %d unexpected, %d shape-mismatched, %d ignored by resume.ignore_keys",
-             path, len(report["matched"]), len(report["missing"]), len(expected),
-             list(saved.get("dropped_modules", [])), len(report["unexpected"]), len(report["mismatched"]),
-             len(report["ignored"]))
+    # the dropped-modules clause only where the checkpoint's run dropped some (never for another script's file)
+    why = (f" ({len(expected)} expected: modules {list(saved['dropped_modules'])} were dropped by the checkpoint's "
+           "run)") if saved.get("dropped_modules") else ""
+    log.info("Parameter matching with %s: %d matched, %d missing%s, %d unexpected, %d shape-mismatched, %d ignored "
+             "by resume.ignore_keys", path, len(report["matched"]), len(report["missing"]), why,
+             len(report["unexpected"]), len(report["mismatched"]), len(report["ignored"]))
     if missing or report["unexpected"] or report["mismatched"]:
         raise UserError(
             f"The weights in {path} do not fit the model built from the current config: "

@@ -4,11 +4,14 @@ The closed-form ones compute the LR as a pure function of the epoch and the *cur
 their progress (the epoch). Resuming therefore never resurrects an old base LR or an old horizon: a run resumed
 with a new optimizer.lr or a longer trainer.max_epochs follows the new schedule from the epoch it stopped at.
 """
+import logging
 import math
 
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 PROGRESS_KEYS = ("last_epoch", "_step_count", "_last_lr")
+
+log = logging.getLogger(__name__)
 
 
 class _ClosedForm(LRScheduler):
@@ -33,10 +36,16 @@ class _ClosedForm(LRScheduler):
 
 
 class Cosine(_ClosedForm):
-    """Linear warm-up for `warmup_epochs`, then cosine decay to `min_lr_ratio * lr` at `max_epochs`."""
+    """Linear warm-up for `warmup_epochs` (capped below half the run: capped_warmup), then cosine decay to
+    `min_lr_ratio * lr` at `max_epochs`."""
 
     def __init__(self, optimizer, max_epochs: int, warmup_epochs: int = 0, min_lr_ratio: float = 0.0):
-        self.max_epochs, self.warmup_epochs, self.min_lr_ratio = max_epochs, warmup_epochs, min_lr_ratio
+        self.max_epochs, self.min_lr_ratio = max_epochs, min_lr_ratio
+        self.warmup_epochs = capped_warmup(warmup_epochs, max_epochs)
+        if self.warmup_epochs < warmup_epochs:
+            log.info("scheduler.warmup_epochs=%d capped at %d for a run of %d epochs: the warm-up stays under half "
+                     "of it, so the LR peaks and then anneals (set scheduler.warmup_epochs=%d to silence this).",
+                     warmup_epochs, self.warmup_epochs, max_epochs, self.warmup_epochs)
         super().__init__(optimizer)
 
     def factor(self, epoch):
@@ -45,6 +54,13 @@ class Cosine(_ClosedForm):
         span = max(1, self.max_epochs - self.warmup_epochs)
         progress = min(1.0, (epoch - self.warmup_epochs) / span)
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def capped_warmup(warmup_epochs: int, max_epochs: int) -> int:
+    """The warm-up a run of `max_epochs` gets: less than half of it, so its last epoch is below the peak (a
+    2-epoch continuation with warmup_epochs=1 would otherwise ramp up for the whole run and end at the peak).
+    A function of the config alone, so every resume of the same run computes the same LRs."""
+    return min(warmup_epochs, max(0, (max_epochs - 1) // 2))
 
 
 class Step(_ClosedForm):

@@ -58,6 +58,8 @@ def test_their_best_score_is_shown_but_their_weights_are_scored_here(files, tmp_
                       f"resume.checkpoint={files / 'their_best_model.pth'}", cwd=tmp_path)
     assert "stored best 0.6889 was computed by another script" in proc.stdout
     assert "does not beat the parent" not in proc.stdout and "Starting weights, scored here: val f_score" in proc.stdout
+    assert "their_best_model.pth@92 (reset_optimizer; epoch 92 as stored by the file (its own count;" in proc.stdout
+    assert "were dropped by" not in proc.stdout  # no empty dropped-modules clause for their file
     child = load(tmp_path / "child" / "checkpoints" / "final_model.pth")
     (entry,) = child["lineage"]
     assert entry["best_score"] == 0.6889 and entry["epoch"] == 92 and entry["mode"] == "reset_optimizer"
@@ -78,6 +80,8 @@ def test_full_keeps_their_optimizer_state_and_epoch(files, tmp_path):
     out = proc.stdout
     assert "NOT a bit-exact continuation" in out and "restored  optimizer state" in out
     assert "fresh     RNG" in out and "epochs 92 -> 94" in out
+    assert ("epoch            epoch 92 as stored by the file (its own count; no history to say whether it counts "
+            "from 0 or 1): taken as the epochs done, training goes on with epoch 93") in out
     assert "stored best" in out and "0.6889: computed by another script, not comparable" in out
     final = load(tmp_path / "cont" / "checkpoints" / "final_model.pth")
     assert final["start_score"]["epoch"] == 92 and final["best_f_score"] >= final["start_score"]["score"]
@@ -121,8 +125,9 @@ def test_inspect_describes_their_file(files):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "not written by this framework" in proc.stdout and "under 'model_state_dict': 104 tensors" in proc.stdout
-    assert "holds        weights, optimizer state, epoch 92, best_f_score 0.6889" in proc.stdout
-    assert "lacks        config, RNG state, data position" in proc.stdout
+    assert ("holds        weights, optimizer state, epoch 92 as stored by the file (its own count; no history to "
+            "say whether it counts from 0 or 1), best_f_score 0.6889") in proc.stdout
+    assert "lacks        a config this framework can use, RNG state, data position" in proc.stdout
     ddp = subprocess.run([sys.executable, "-m", "project.commands.inspect", str(files / "ddp.pth")], capture_output=True,
                          text=True, cwd=ROOT).stdout
     assert "every key starts with module." in ddp and "resume=full cannot (no optimizer state)" in ddp

@@ -93,6 +93,12 @@ def direct_argmax(model, path: Path, image_size: int, tta: bool) -> np.ndarray:
     return probs[0].argmax(0).numpy()
 
 
+def test_progress_is_plain_lines_in_a_log(predicted):
+    """stderr is a pipe here, as in a SLURM log: lines, never a bar redrawn with carriage returns."""
+    assert "\r" not in predicted.stderr
+    assert "predict: 5/5 img (100%)" in predicted.stderr, predicted.stderr
+
+
 def test_masks_are_the_argmax_at_each_images_own_size(predicted, work, run_dir, images):
     masks = work / "masks"
     assert sorted(p.name for p in masks.iterdir()) == ["0000.png", "0001.png", "0002.png", "0003.png", "wide.png"]

@@ -64,7 +64,9 @@ def test_inspect_shows_the_same_stored_best(theirs, capsys):
 def test_evaluate_shows_the_same_stored_best(theirs, tmp_path, capsys):
     assert evaluate.main([str(theirs["file"]), "--data-root", str(theirs["root"]), "--out", str(tmp_path), *BUILD,
                           IMAGE_F1]) == 0
-    assert f"the file stores best_image_f_score {IMAGE:.4f}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"the file stores best_image_f_score {IMAGE:.4f}" in out
+    assert "(epoch 7 as stored by the file (its own count; no history to say whether it counts from 0 or 1), " in out
     result = json.loads((tmp_path / "val-their_best.json").read_text())
     assert result["stored_best"] == {"name": "best_image_f_score", "score": IMAGE}
     assert result["main_metric"] == "image_f1"

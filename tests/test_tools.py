@@ -207,18 +207,24 @@ def test_analyze_a_continuation_against_its_starting_weights(sweep, child, capsy
     assert_png(child / "analysis.png")
 
 
-def test_analyze_reads_the_curves_a_checkpoint_keeps(tmp_path, capsys):
-    """Their own script kept its curves as `history` in best_model.pth: the same verdict and picture."""
+def test_analyze_reads_the_curves_a_checkpoint_keeps(tmp_path, capsys, monkeypatch):
+    """Their own script kept its curves as `history` in best_model.pth: the same verdict and picture, the picture
+    in the working directory (never beside the file: often a shared or read-only place), the file's epoch said
+    to be its own count."""
     history = {"train_loss": [1.0, 0.8, 0.6, 0.5, 0.45, 0.4], "val_loss": [1.1, 0.9, 0.8, 0.82, 0.85, 0.9],
                "train_f_score": [0.3, 0.45, 0.55, 0.6, 0.65, 0.7], "val_f_score": [0.3, 0.5, 0.6, 0.59, 0.58, 0.56],
                "lr": [1e-3] * 6}
     path = tmp_path / "their_best_model.pth"
     torch.save({"epoch": 6, "model_state_dict": {"w": torch.zeros(2)}, "history": history}, path)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
     assert analyze.main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "best epoch    3: val f_score 0.6000 (train 0.5500); last 5: 0.5660 +- 0.0397" in out
     assert "overfitting   from epoch 4" in out
-    assert_png(tmp_path / "their_best_model_analysis.png")
+    assert "file's epoch  epoch 6 as stored by the file (its own count; 6 epochs in its history); numbered 1-6" in out
+    assert_png(tmp_path / "here" / "their_best_model_analysis.png")
+    assert not (tmp_path / "their_best_model_analysis.png").exists()
     torch.save({"model_state_dict": {"w": torch.zeros(2)}}, path)
     assert analyze.main([str(path)]) == 2 and "holds no `history`" in " ".join(capsys.readouterr().err.split())
 

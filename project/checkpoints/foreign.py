@@ -74,7 +74,23 @@ def normalise(obj, path, weights_key: str | None, best_key: str) -> dict:
         "epoch": int(epoch) if epoch is not None else 0, "global_step": int(number(info.get("global_step")) or 0),
         "best_score": bests.get(best_name), "best_name": best_name, "best_epoch": int(epoch or 0),
         "monitor": None, "config": None, "lineage": [], "early_stopping": {}, "batch_in_epoch": 0,
+        "stored_epoch": epoch, "history_epochs": history_length(info.get("history")),
     }
+
+
+def history_length(history) -> int | None:
+    """How many epochs a file's `history` (a dict of per-epoch lists) covers; None without one."""
+    if not isinstance(history, dict) or not history or not all(isinstance(v, (list, tuple)) for v in history.values()):
+        return None
+    return max(len(v) for v in history.values())
+
+
+def epoch_words(stored, history_epochs: int | None) -> str:
+    """A foreign file's epoch with its convention said: the number is the file's own count (scripts count from
+    0 or from 1), taken here as the epochs done; its history, where it has one, says how many there were."""
+    seen = (f"{history_epochs} epoch{'s' if history_epochs != 1 else ''} in its history" if history_epochs
+            else "no history to say whether it counts from 0 or 1")
+    return f"epoch {stored} as stored by the file (its own count; {seen})"
 
 
 def strip_prefixes(weights: dict, model_keys) -> tuple[dict, list[str]]:

@@ -13,6 +13,7 @@ a streak without one (a reason to be patient), and whether early stopping ended 
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -153,9 +154,11 @@ def report(run_dir: Path, v: dict, end: dict, png: Path) -> str:
                      f"{p['path']}): {delta:+.4f} {noise.verdict(delta, v['spread'])}")
     for p in v["phase_changes"]:
         lines.append(f"  phase         {p['phase']!r} from epoch {p['epoch']}")
+    if v.get("stored_epoch"):  # another script's file: its `epoch` next to the epochs counted here
+        lines.append(f"  file's epoch  {v['stored_epoch']}")
     lines.append(f"  ended         {end['text']}")
     lines += [f"                training.log: {line}" for line in end["log"]]
-    lines.append(f"  picture       {png}")
+    lines.append(f"  picture       {png}{v.get('png_why', '')}")
     return "\n".join(lines)
 
 
@@ -233,9 +236,10 @@ def plot(rows: list[dict], v: dict, title: str, out: Path) -> None:
     plt.close(fig)
 
 
-def history_rows(path: Path) -> list[dict]:
-    """The `history` (a dict of equally long lists, one value per epoch) of a checkpoint file, as metric rows."""
-    from project.checkpoints import files as checkpoint  # imports torch: only when a checkpoint is really read
+def history_rows(path: Path) -> tuple[list[dict], str | None]:
+    """The `history` (a dict of equally long lists, one value per epoch) of a checkpoint file, as metric rows
+    (epochs numbered from 1), and what its own `epoch` means next to them (None: it has none)."""
+    from project.checkpoints import files as checkpoint, foreign  # imports torch: only when a checkpoint is read
 
     state = checkpoint.read(path)
     history = state.get("history") if isinstance(state, dict) else None
@@ -244,14 +248,31 @@ def history_rows(path: Path) -> list[dict]:
         raise UserError(f"{str(path)!r} holds no `history` (a dict of lists such as train_loss, val_f_score, lr) to "
                         f"draw (its keys: {found}). Pass a run directory, or a checkpoint that keeps its curves.")
     n = max(len(v) for v in history.values())
-    return [{"epoch": i + 1, "phase": "train", **{k: float(v[i]) if i < len(v) and v[i] is not None else math.nan
+    rows = [{"epoch": i + 1, "phase": "train", **{k: float(v[i]) if i < len(v) and v[i] is not None else math.nan
                                                   for k, v in history.items()}} for i in range(n)]
+    stored = foreign.number(state.get("epoch"))
+    note = None if stored is None else f"{foreign.epoch_words(stored, n)}; numbered 1-{n} here"
+    return rows, note
+
+
+def picture_path(target: Path, run_dir: Path, out) -> tuple[Path, str]:
+    """Where the PNG goes, and why there: --out; a file's curves into the working directory (a checkpoint often
+    sits in a shared or read-only place); a run dir's into the run dir, or the working directory where the run
+    dir cannot be written (someone else's run)."""
+    if out:
+        return Path(out), ""
+    if target.is_file():
+        return Path(f"{target.stem}_analysis.png"), ""
+    if os.access(run_dir, os.W_OK):
+        return run_dir / "analysis.png", ""
+    return Path(f"{run_dir.name}_analysis.png"), f" ({run_dir} cannot be written)"
 
 
 def analyze(run_dir, out=None, streak: int = 3) -> dict:
     target = Path(run_dir)
+    stored_epoch = None
     if target.is_file():  # a checkpoint that keeps its own curves
-        rows, path, state, run_dir = history_rows(target), None, None, target
+        (rows, stored_epoch), path, state, run_dir = history_rows(target), None, None, target
         end = {"ended": "unknown", "text": f"unknown (curves from {target.name}'s history)", "log": []}
     else:
         run_dir = check_run_dir(target)
@@ -262,17 +283,18 @@ def analyze(run_dir, out=None, streak: int = 3) -> dict:
     v = verdict(rows, monitor, higher_is_better(monitor), streak)
     v["parent"] = (state or {}).get("parent_best")  # a reset_optimizer continuation: did it beat its parent?
     v["start"] = (state or {}).get("start_score")   # its starting weights, scored here
-    png = Path(out) if out else (run_dir.with_name(f"{run_dir.stem}_analysis.png") if target.is_file()
-                                 else run_dir / "analysis.png")
+    png, why = picture_path(target, run_dir, out)
     headline = f"best val {monitor} {fmt(v['best'])} at epoch {v['best_epoch']} of {v['epochs']}"
     plot(rows, v, f"{run_dir}\n{headline}", png)
-    return {"run_dir": str(run_dir), **v, "ended": end, "png": str(png)}
+    return {"run_dir": str(run_dir), **v, "ended": end, "png": str(png), "png_why": why,
+            "stored_epoch": stored_epoch}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="project-analyze", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run directory (holds metrics.csv), or a checkpoint file with a `history`")
-    parser.add_argument("--out", help="where to write the PNG (default: RUN_DIR/analysis.png)")
+    parser.add_argument("--out", help="where to write the PNG (default: RUN_DIR/analysis.png; for a checkpoint file, "
+                        "FILE-STEM_analysis.png in the working directory)")
     parser.add_argument("--streak", type=int, default=3,
                         help="validations without improvement before a new best counts as a recovery, and below the "
                              "best before it counts as overfitting (default 3)")

@@ -160,6 +160,8 @@ def report(result: dict) -> str:
     """What the console shows: the weights and the split, how it was scored, the metrics, the per-class table."""
     weights = {"ema": "EMA weights", "model": "weights"}.get(result["weights"], f"weights ({result['weights']})")
     epoch = f"epoch {result['epoch']}, " if result.get("epoch") is not None else ""
+    if result.get("epoch_note") is not None:  # another script's file: its own epoch count, if it stores one
+        epoch = f"{result['epoch_note']}, " if result["epoch_note"] else ""
     lines = [f"{result['checkpoint_path']} ({epoch}{weights}) on the {result['split']} split: {result['images']} "
              f"images of {result['data_root']} ({result['split_how']})"]
     if result.get("split_note"):

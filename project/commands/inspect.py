@@ -148,15 +148,19 @@ def describe_foreign(opened) -> dict:
             keys[str(name)] = type(value).__name__
     best = opened.best
     prefixes = [p for p in foreign.PREFIXES if all(k.startswith(p) for k in weights)]
+    epoch = foreign.epoch_words(normalised["epoch"], normalised["history_epochs"])
     holds = ["weights"] + (["optimizer state"] if normalised["optimizer_state_dict"] is not None else []) + (
-        [f"epoch {normalised['epoch']}"] if "epoch" in info else []) + (
+        [epoch] if "epoch" in info else []) + (
         [f"{best['name']} {best['score']:.4f}"] if best["score"] is not None else [])
+    # its own `config` (if any) is its script's settings: what it lacks is one this framework can read
+    config = "a config this framework can use" + (" (its `config` is its own script's settings)"
+                                                   if "config" in info else "")
     return {"path": str(path), "size_mb": round(path.stat().st_size / 2**20, 2), "format": "foreign",
             "weights_key": key, "tensors": len(weights), "values": sum(t.numel() for t in weights.values()),
             "prefixes": prefixes, "keys": keys, "holds": holds, "stored_best": best,
             "lacks": [k for k, present in (("optimizer state", normalised["optimizer_state_dict"] is not None),
                                            ("epoch", "epoch" in info), ("best score", best["score"] is not None),
-                                           ("config", False), ("RNG state", False), ("data position", False)) if not present]}
+                                           (config, False), ("RNG state", False), ("data position", False)) if not present]}
 
 
 def foreign_report(info: dict) -> str:
@@ -249,7 +253,8 @@ def report(info: dict) -> str:
         lines.append("  lineage      (oldest first)")
         for i, e in enumerate(info["lineage"], 1):
             changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in e.get("changed", {}).items())
-            lines.append(f"    {i}. {e['mode']} from {e['path']} (epoch {e['epoch']}, best {fmt(e.get('best_score'))})"
+            epoch = e.get("epoch_note") or f"epoch {e['epoch']}"  # another script's file: its own count, said so
+            lines.append(f"    {i}. {e['mode']} from {e['path']} ({epoch}, best {fmt(e.get('best_score'))})"
                          + (f"; changed {changed}" if changed else ""))
     else:
         lines.append("  lineage      none: trained from scratch")

@@ -113,14 +113,13 @@ def run_model(model, paths: list[Path], info: dict, out: Path, *, device, tta: b
 
     import numpy as np
     import torch
-    from tqdm import tqdm
-
+    from project import progress
     from project.evaluation import inference
 
     task = info["task"]
     rows = []
     colors = info["colors"] if palette else None
-    with tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr) as bar:
+    with progress.bar(len(paths), "predict", "img") as bar:  # a bar on a terminal, plain lines in a log
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             images = [inference.read(p, info["in_channels"], decoder) for p in chunk]

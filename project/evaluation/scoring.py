@@ -104,11 +104,12 @@ class Files:
 
 def batches(items, desc: dict, decoder: str, batch_size: int, workers: int, label: str):
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
+
+    from project import progress
 
     files = Files(items, desc["in_channels"], decoder, len(desc["classes"]), desc["ignore_index"])
     loader = DataLoader(files, batch_size=batch_size, num_workers=workers, collate_fn=list)
-    for batch in tqdm(loader, desc=label, unit="batch", disable=None, leave=False, dynamic_ncols=True):
+    for batch in progress.track(loader, len(loader), label, "batch", leave=False):  # lines in a log
         for item in batch:
             if isinstance(item, str):
                 raise UserError(item)
@@ -217,7 +218,18 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
             "metric": MONITORS.get(monitor, monitor), "value": trained,
             "note": f"training's validation of these weights, at {size}x{size} on resized masks: not this number"
             if task == "segmentation" else "training's validation of these weights"},
-        "device": str(device), "per_image": scores["per_image"], "stored_best": stored}
+        "device": str(device), "per_image": scores["per_image"], "stored_best": stored,
+        "epoch_note": epoch_note(saved)}
+
+
+def epoch_note(saved: dict) -> str | None:
+    """Another script's file: its `epoch` is its own count, said so ("" when it stores none); None for ours."""
+    from project.checkpoints import foreign
+
+    if saved["format"] != foreign.FORMAT:
+        return None
+    stored = saved.get("stored_epoch")
+    return "" if stored is None else foreign.epoch_words(saved["epoch"], saved.get("history_epochs"))
 
 
 def atomic_write(path: Path, data: bytes) -> None:

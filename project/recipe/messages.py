@@ -8,6 +8,7 @@ import torch
 
 from project import distributed, noise, phases
 from project.checkpoints import files as checkpoint
+from project.checkpoints import foreign
 from project.data import splits
 from project.errors import UserError
 from project.loggers import read_rows
@@ -92,7 +93,8 @@ def say_foreign_restored(plan, weights: dict, stripped: list, lr: float) -> None
              + (f", prefix {' '.join(stripped)} stripped" if stripped else "")),
             ("restored", "optimizer state", f"{len(saved['optimizer_state_dict']['state'])} parameters, "
              f"positional; hyperparameters from the current config"),
-            ("restored", "epoch", f"{saved['epoch']}: training goes on with epoch {saved['epoch'] + 1}"),
+            ("restored", "epoch", f"{foreign.epoch_words(saved['epoch'], saved.get('history_epochs'))}: taken as the "
+             f"epochs done, training goes on with epoch {saved['epoch'] + 1}"),
             ("shown", "stored best", f"{best}: computed by another script, not comparable; the starting "
              "weights are scored here instead"),
             ("derived", "learning rate", f"{lr:.3g}: the schedule at epoch "

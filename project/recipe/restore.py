@@ -52,7 +52,7 @@ def restore(run: Run, plan) -> None:
     if other_split:
         log.warning("Note: %s.", other_split)
     if progress.lineage:
-        log.info("Lineage: %s", " -> ".join(f"{e['path']}@{e['epoch']} ({e['mode']})" for e in progress.lineage))
+        log.info("Lineage: %s", " -> ".join(lineage_step(e) for e in progress.lineage))
 
 
 def score_start(run: Run) -> None:
@@ -98,3 +98,9 @@ def restore_foreign(run: Run, plan) -> None:
     run.scheduler.load_state_dict({"last_epoch": saved["epoch"] - progress.phase_start})
     progress.lineage = [plan.lineage_entry]
     say_foreign_restored(plan, weights, stripped, optimizer.param_groups[0]["lr"])
+
+
+def lineage_step(entry: dict) -> str:
+    """`path@epoch (mode)`; another script's file adds that its epoch is its own count (epoch_note)."""
+    note = f"; {entry['epoch_note']}" if entry.get("epoch_note") else ""
+    return f"{entry['path']}@{entry['epoch']} ({entry['mode']}{note})"
