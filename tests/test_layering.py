@@ -70,3 +70,42 @@ def test_nothing_outside_the_commands_imports_them():
     bad = [line for path in modules for line in imports_of_commands(path)]
     assert not bad, ("project/commands/ is the top layer: library code must not import it (docs/architecture.md). "
                      "Move what these need into a library package:\n" + "\n".join(bad))
+
+
+# The shape issue 23 set: a function fits on a screen (the training recipe's on a smaller one), a file is read in
+# one sitting, and checkpoint files are read in one place (the stand-alone solution script aside: it runs
+# without this package).
+MAX_FUNCTION, MAX_RECIPE_FUNCTION, MAX_FILE, MAX_RECIPE_FILE = 60, 50, 500, 400
+READS_CHECKPOINTS = {"torch.load", "load_file", "safe_open"}  # calls that open a checkpoint file
+READER, STANDALONE = PROJECT / "checkpoints" / "files.py", PROJECT / "evaluation" / "solution_run.py"
+
+
+def test_functions_and_files_fit_their_limits():
+    too_long = []
+    for path in sorted(PROJECT.rglob("*.py")):
+        recipe = "recipe" in path.relative_to(PROJECT).parts
+        text = path.read_text()
+        lines = len(text.splitlines())
+        if lines > (MAX_RECIPE_FILE if recipe else MAX_FILE):
+            too_long.append(f"{path.relative_to(PROJECT.parent)}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > (MAX_RECIPE_FUNCTION if recipe else MAX_FUNCTION):
+                    too_long.append(f"{path.relative_to(PROJECT.parent)}:{node.lineno} {node.name}(): {length} lines")
+    assert not too_long, "split by job (docs/architecture.md):\n" + "\n".join(too_long)
+
+
+def called(node: ast.Call) -> str:
+    func = node.func
+    if isinstance(func, ast.Attribute):
+        return f"{func.value.id}.{func.attr}" if isinstance(func.value, ast.Name) else func.attr
+    return func.id if isinstance(func, ast.Name) else ""
+
+
+def test_checkpoint_files_are_read_by_one_module():
+    readers = [f"{path.relative_to(PROJECT.parent)}:{node.lineno} {called(node)}"
+               for path in sorted(PROJECT.rglob("*.py")) if path not in (READER, STANDALONE)
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Call) and called(node) in READS_CHECKPOINTS]
+    assert not readers, f"read checkpoint files through project/checkpoints/files.py: {readers}"
