@@ -108,12 +108,31 @@ def test_commands_refuse_it_with_one_paragraph_and_write_nothing(command, shared
     assert sorted(p.name for p in shared["dir"].iterdir()) == ["checkpoints", "metrics.csv", "run_stats.npy"]
 
 
-def test_inspect_and_analyze_only_read_it(shared, tmp_path, capsys):
+def test_inspect_and_analyze_refuse_it_too_and_show_it_when_asked(shared, tmp_path, capsys):
+    """They build nothing, but the rule is one: the file is named as naming other code (exit 2); --trust-config
+    shows it, and still nothing runs."""
     from project.commands import analyze, inspect
 
-    assert inspect.main([str(shared["best"])]) == 0 and "project-checkpoint-v2" in capsys.readouterr().out
-    assert analyze.main([str(shared["dir"]), "--out", str(tmp_path / "a.png")]) == 0
+    before = sorted(p.name for p in shared["dir"].iterdir())
+    assert inspect.main([str(shared["best"])]) == 2
+    assert_refused(capsys.readouterr().err, shared)
+    assert analyze.main([str(shared["dir"]), "--out", str(tmp_path / "a.png")]) == 2
+    assert "model._target_=numpy.load" in one_paragraph(capsys.readouterr().err)
+    assert not (tmp_path / "a.png").exists() and sorted(p.name for p in shared["dir"].iterdir()) == before
+
+    assert inspect.main([str(shared["best"]), "--trust-config"]) == 0
+    assert "project-checkpoint-v2" in capsys.readouterr().out
+    assert analyze.main([str(shared["dir"]), "--out", str(tmp_path / "a.png"), "--trust-config"]) == 0
     assert not shared["canary"].exists()
+
+
+def test_inspect_and_analyze_read_a_custom_run_made_here_as_it_is(custom_run, capsys):
+    """A target its own config left for the user to type (model=custom) is not asked for again by the commands
+    that only read."""
+    from project.commands import analyze, inspect
+
+    assert inspect.main([str(custom_run / "checkpoints" / "best_model.pth")]) == 0, capsys.readouterr().err
+    assert analyze.main([str(custom_run), "--out", str(custom_run / "a.png")]) == 0, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["full", "reset_optimizer"])

@@ -253,3 +253,21 @@ def check_overrides(recorded: list[str], typed_now: set, source: str, opt_in: st
         f"code comes from this installation's conf/ or from what you type now, so nothing was started or changed. "
         f"If that code is yours, type {'them' if len(named) > 1 else 'it'} again after the sweep dir (a "
         f"_target_ override), or accept the recorded ones with {opt_in}; docs/trust.md says what that means.")
+
+
+def check_file(saved: dict, source, typed=(), opt_in: str = "--trust-config") -> None:
+    """A file of ours, opened by a command that only reads it (inspect, analyze): the same rule as the commands
+    that build, so a file naming code this installation would not run is named as such everywhere; --trust-config
+    shows it anyway. A target the run's own config left for its user to type (model=custom) is not asked for
+    again here: nothing is built."""
+    config = saved.get("config")
+    if not config or accepted() or not targets(plain(config)):
+        return
+    choices = recorded_choices(saved)
+    try:
+        trusted, why = compose_choices(choices, list(typed)), None
+    except CannotCompose as e:
+        trusted, why = {}, str(e)
+    bad = [m for m in mismatches(config, trusted) if m[2] != MISSING]
+    if bad:
+        raise refusal(str(source), bad, choices, why, opt_in)

@@ -242,6 +242,10 @@ def history_rows(path: Path) -> tuple[list[dict], str | None]:
     from project.checkpoints import files as checkpoint, foreign  # imports torch: only when a checkpoint is read
 
     state = checkpoint.read(path)
+    if checkpoint.is_ours(state):  # the same rule as the commands that build (docs/trust.md)
+        from project.checkpoints import trust
+
+        trust.check_file(state, path)
     history = state.get("history") if isinstance(state, dict) else None
     if not isinstance(history, dict) or not history or not all(isinstance(v, (list, tuple)) for v in history.values()):
         found = sorted(state)[:10] if isinstance(state, dict) else type(state).__name__
@@ -278,6 +282,10 @@ def analyze(run_dir, out=None, streak: int = 3) -> dict:
         run_dir = check_run_dir(target)
         rows = metric_rows(run_dir)
         path, state = final_checkpoint(run_dir)
+        if state is not None:  # the same rule as the commands that build (docs/trust.md)
+            from project.checkpoints import trust
+
+            trust.check_file(state, path)
         end = how_it_ended(run_dir, state, path)
     monitor = guess_monitor(rows, state)
     v = verdict(rows, monitor, higher_is_better(monitor), streak)
@@ -299,9 +307,15 @@ def main(argv=None) -> int:
                         help="validations without improvement before a new best counts as a recovery, and below the "
                              "best before it counts as overfitting (default 3)")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    parser.add_argument("--trust-config", action="store_true",
+                        help="analyze a run whose checkpoint names code this installation would not run "
+                             "(docs/trust.md); nothing is built either way")
     args = parser.parse_args(argv)
     try:
-        result = analyze(args.run_dir, args.out, args.streak)
+        from project.checkpoints import trust
+
+        with trust.accepting("warn" if args.trust_config else None):
+            result = analyze(args.run_dir, args.out, args.streak)
     except UserError as e:
         return fail(e)
     if args.json:

@@ -275,6 +275,7 @@ def diff_report(name: str, diff: dict) -> str:
 def checkpoint_info(target, overrides=(), diff=None) -> dict:
     """What main prints (as data): one of our checkpoints described (with the config --diff), or a file another
     script wrote (no config to --diff)."""
+    from project.checkpoints import trust
     from project.checkpoints.opening import open_checkpoint  # torch is imported here, after the arguments are parsed
 
     bad = [o for o in overrides if "=" not in o]
@@ -282,6 +283,8 @@ def checkpoint_info(target, overrides=(), diff=None) -> dict:
         raise UserError(f"{bad[0]!r} is not a key=value override (e.g. loss.metric=image_f1 for a file another "
                         "script wrote); CHECKPOINT comes first and only once.")
     opened = open_checkpoint(resolve(target), overrides=overrides)
+    if opened.ours:
+        trust.check_file(opened.state, opened.path, overrides)
     if not opened.ours:
         if diff:
             raise UserError(f"{opened.path} was not written by this framework and has no config to --diff.")
@@ -299,12 +302,18 @@ def main(argv=None) -> int:
     parser.add_argument("checkpoint", help="a .pth file written by run.py, or a run directory (its last.pth)")
     parser.add_argument("--diff", metavar="OTHER", help="another checkpoint, run directory or config YAML")
     parser.add_argument("--json", action="store_true", help="print plain JSON instead of text")
+    parser.add_argument("--trust-config", action="store_true",
+                        help="show a file whose config names code this installation would not run (docs/trust.md); "
+                             "nothing is built either way")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="for a file another script wrote: the config whose metric names its stored best "
                              "(loss.metric=image_f1: best_image_f_score; default: the configured loss.metric)")
     args = parser.parse_args(argv)
+    from project.checkpoints import trust
+
     try:
-        info = checkpoint_info(args.checkpoint, args.overrides, args.diff)
+        with trust.accepting("warn" if args.trust_config else None):
+            info = checkpoint_info(args.checkpoint, args.overrides, args.diff)
     except UserError as e:
         return fail(e)
     if info["format"] == "foreign":
