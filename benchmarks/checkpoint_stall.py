@@ -35,7 +35,7 @@ def build(model: str, tmp: Path):
     batch = next(iter(epoch_batches(run.data["train"], 4, seed=0, epoch=0)))
     loss, _ = loop.forward(run, batch)
     loss.backward()
-    loop.optimizer_step(run)  # AdamW now holds exp_avg and exp_avg_sq for every parameter
+    loop.optimizer_step(run, skip=False)  # AdamW now holds exp_avg and exp_avg_sq for every parameter
     return run
 
 

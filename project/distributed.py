@@ -3,7 +3,8 @@
 The ranks come from the launcher's environment (torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT;
 SLURM with several tasks: submitit's TorchDistributedEnvironment). One process, as before, when nothing says
 otherwise. Rank 0 decides the run dir and is the only one that writes it; every step consumes the global batch
-a single process would (trainer.batch_size split across the ranks); the ranks agree on stopping at step edges.
+a single process would (trainer.batch_size split across the ranks); the ranks agree on stopping, and on dropping
+a non-finite step, at step edges.
 """
 import datetime
 import os
@@ -86,13 +87,17 @@ def gather(obj) -> list:
     return out
 
 
-def agree_stop(signum: int | None) -> int | None:
-    """The stop signal any rank caught (the highest number), on every rank: all ranks stop at the same step."""
-    if not _current.enabled:
-        return signum
-    flag = torch.tensor([signum or 0], dtype=torch.int64, device=_device)
-    torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)  # one tiny collective per optimizer step
-    return int(flag.item()) or None
+def agree_step(signum: int | None, bad: torch.Tensor) -> tuple[int | None, bool]:
+    """What every rank decides at an optimizer step, in one tiny collective (MAX) and one host sync: the stop signal
+    any rank caught (the highest number: all ranks stop at the same step), and whether any rank's loss in this
+    window was not finite (`bad`, a device flag: with trainer.on_nonfinite=skip all ranks drop the update, since the
+    averaged gradients carry one rank's NaN to every rank)."""
+    flags = torch.zeros(2, dtype=torch.int64, device=_device)
+    flags[0] = signum or 0
+    flags[1].copy_(bad)
+    torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+    signum, any_bad = flags.tolist()
+    return signum or None, bool(any_bad)
 
 
 def mean(value: torch.Tensor) -> torch.Tensor:

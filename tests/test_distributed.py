@@ -9,7 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT, TINY, assert_continued_from, assert_resumed, assert_same_state, load, run_cli
+import torch
+
+from conftest import (ROOT, TINY, assert_continued_from, assert_resumed, assert_same, assert_same_state, load,
+                      run_cli)
 from project.loggers import read_rows
 
 # the math is the same on 1 and 2 processes: no dropout, no Dice (a per-batch ratio), no BatchNorm (tests/tiny_nets.py;
@@ -178,6 +181,32 @@ def assert_same_rows(got: list[dict], expected: list[dict]) -> None:
                 assert a[key] == b[key], (a["epoch"], key, a[key], b[key])
                 continue
             assert abs(x - y) <= 1e-6 * max(1.0, abs(y)), (a["epoch"], key, a[key], b[key])
+
+
+def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    """trainer.on_nonfinite=skip under DDP (issue 26): the averaged gradients carry one rank's NaN to every rank, so
+    the ranks drop a step together when any rank's loss is not finite. Rank 1 alone sees a NaN at optimizer step 3:
+    both ranks end with the same weights, bit for bit those of the run where both saw it (the batch skipped
+    everywhere)."""
+    finals = {}
+    for name, nan_ranks in (("one_rank", "[1]"), ("every_rank", "[0,1]")):
+        weights = tmp_path / f"{name}_weights"
+        weights.mkdir()
+        proc = torchrun(*SAME_MATH, "model._target_=tiny_nets.NaNOnRanks", f"+model.nan_ranks={nan_ranks}",
+                        "+model.nan_call=3", f"+model.weights_dir={weights}", "trainer.on_nonfinite=skip",
+                        f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+        # each rank skipped once, rank 0 (its log file) in the one_rank run on rank 1's flag: its own loss was finite
+        out, log_file = proc.stdout + proc.stderr, (tmp_path / name / "training.log").read_text()
+        assert out.count("update skipped") == 2 and log_file.count("update skipped") == 1, out[-5000:]
+        assert "Non-finite loss at optimizer step 3: update skipped (1 so far" in log_file, log_file[-5000:]
+        final = load(tmp_path / name / "checkpoints" / "final_model.pth")
+        for rank in (0, 1):  # the weights each rank ended with: replicas still
+            assert_same(torch.load(weights / f"rank{rank}.pth", weights_only=True), final["model_state_dict"],
+                        f"{name}: rank {rank}'s weights")
+        assert all(v.isfinite().all() for v in final["model_state_dict"].values()), name
+        assert final["global_step"] == 2 * 48 // 8
+        finals[name] = final
+    assert_same_state(finals["one_rank"], finals["every_rank"])
 
 
 def test_a_batch_that_does_not_split_is_a_clear_error(tmp_path):

@@ -66,19 +66,19 @@ def train_epoch(run: Run, epoch: int) -> str | None:
         seen += len(batch[0])
         if not steps_now:
             continue  # inside a window: gradients accumulate, and a stop waits for the window's end
-        optimizer_step(run)
+        skip, agreed = agree_step(run)
+        optimizer_step(run, skip)
         progress.global_step += 1
         progress.batch_in_epoch = i + 1
         if run.profiler is not None:
             run.profiler.step()
-        if distributed.current().enabled:  # every rank stops at the same step, whichever caught the signal
-            run.stop.signum = distributed.agree_stop(run.stop.signum)
         if progress.global_step % t.log_every_n_steps == 0 or i + 1 == n:
             check_finite(run)
             # train metrics are sampled on these steps only: scoring every batch costs ~3% of a step
             meter.meter.update(outputs, batch)
             bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - tic):.0f}")
-        if run.stop.signum and stop_here(run, epoch, n):
+        # several ranks act on the signal they agreed on: one caught since then waits for the next step's agreement
+        if (agreed if distributed.current().enabled else run.stop.signum) and stop_here(run, epoch, n):
             bar.close()
             return run.stop.caught
     bar.close()
@@ -134,11 +134,23 @@ def forward(run: Run, batch: tuple):
         raise
 
 
-def optimizer_step(run: Run) -> None:
+def agree_step(run: Run) -> tuple[bool, int | None]:
+    """Before an optimizer step: (drop the update, the stop signal every rank acts on after it). One process: its own
+    loss flag (trainer.on_nonfinite=skip only: one host sync), and None (it reads its signal after the update).
+    Several ranks decide both in one tiny all-reduce and one host sync, so they stay replicas: a non-finite loss on
+    any rank drops the update on all (the averaged gradients are NaN on every rank), and all stop at the same step."""
+    if not distributed.current().enabled:
+        return run.guard.skip_step(), None
+    agreed, any_bad = distributed.agree_step(run.stop.signum, run.guard.window_bad)
+    run.stop.signum = agreed or run.stop.signum  # keep a signal this rank caught after sending its flags
+    return run.guard.skip_step(any_bad), agreed
+
+
+def optimizer_step(run: Run, skip: bool) -> None:
     """One update from the window's gradients: unscale, clip, step (the scaler skips it on inf/NaN gradients and
-    backs off), then the EMA."""
+    backs off), then the EMA. `skip` (agree_step): drop it instead."""
     t, optimizer, scaler, meter = run.cfg.trainer, run.optimizer, run.scaler, run.train_meter
-    if run.guard.skip_step():  # on_nonfinite=skip and this window's loss was not finite
+    if skip:  # on_nonfinite=skip and this window's loss was not finite, on this rank or another
         optimizer.zero_grad(set_to_none=True)
         skip_nonfinite(run)
         return
