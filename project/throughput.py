@@ -7,7 +7,8 @@ GPU they are CUDA events recorded in the stream, read only where the loop synchr
 
 Each batch gives three marks: the end of the previous step (the epoch's start for the first batch), the batch
 in hand in the main process, and the end of its step. Data wait is the time from the first to the second, the step
-the time from the second to the third."""
+the time from the second to the third. On a GPU both are the device's own timeline: the wait is the time it sat
+idle while the main process fetched the batch (a host running ahead of the device waits for data for free)."""
 import time
 
 import torch
@@ -72,8 +73,8 @@ class Throughput:
 
     def end_epoch(self) -> dict:
         """The epoch's figures as metrics.csv columns; called after the epoch's last step has synchronised."""
-        if self.cuda and self.pending:
-            self.pending[-1][2].synchronize()  # complete by now (the last step's loss.item()); a no-op wait
+        if self.cuda and self.pending and not self.pending[-1][2].query():
+            self.pending[-1][2].synchronize()  # never in the loop: its last step's loss.item() has completed them
         self.read()
         wall = max(time.perf_counter() - self.tic, 1e-9)
         figures = {"perf_images_per_s": round(self.images_per_s(), 2),
@@ -94,8 +95,8 @@ class Throughput:
         if not self.epochs:
             return {}
         n = len(self.epochs)
-        return {"perf/images_per_s": round(sum(e["perf_images_per_s"] for e in self.epochs) / n, 2),
-                "perf/data_wait": round(sum(e["perf_data_wait"] for e in self.epochs) / n, 4)}
+        return {"perf/mean_images_per_s": round(sum(e["perf_images_per_s"] for e in self.epochs) / n, 2),
+                "perf/mean_data_wait": round(sum(e["perf_data_wait"] for e in self.epochs) / n, 4)}
 
     def input_bound(self, figures: dict) -> bool:
         """True the first time an epoch waits for data more than INPUT_BOUND of its time."""

@@ -65,7 +65,7 @@ def test_a_starved_loader_is_called_input_bound_once(config, tmp_path, monkeypat
     assert "data.num_workers=0" in advice[0] and "data.image_size=32" in advice[0]
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert len(lines) == 2 and all(" img/s, data wait " in line and " ms" in line for line in lines)
-    assert summary["perf/data_wait"] > 0.5 and summary["perf/images_per_s"] > 0
+    assert summary["perf/mean_data_wait"] > 0.5 and summary["perf/mean_images_per_s"] > 0
     assert any(r.getMessage().startswith("Throughput: ") for r in caplog.records)
 
 

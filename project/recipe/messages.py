@@ -127,9 +127,9 @@ def report(run: Run, summary: dict) -> None:
     """The final lines: the best score next to the run's late level (noise.py), and for a continuation, the new
     best against its starting weights scored here (never against a number computed elsewhere)."""
     progress, parent, start = run.progress, run.progress.parent_best, run.progress.start_score
-    if "perf/images_per_s" in summary:
+    if "perf/mean_images_per_s" in summary:
         log.info("Throughput: %.0f img/s on average, %.0f%% of each epoch waiting for data (metrics.csv: perf_*).",
-                 summary["perf/images_per_s"], 100 * summary["perf/data_wait"])
+                 summary["perf/mean_images_per_s"], 100 * summary["perf/mean_data_wait"])
     if summary["status"].startswith("interrupted") or progress.best_score is None:
         return
     monitor = run.final.monitor
