@@ -262,10 +262,9 @@ def new_run_id() -> str:
 
 
 def wandb_row(row: dict) -> dict:
-    """train_loss -> train/loss, val_f_score -> val/f_score, perf_images_per_s -> perf/images_per_s: W&B draws one
-    panel section per prefix. Empty
-    values (an epoch without validation, trainer.eval_interval > 1) are left out: a "" would turn W&B's
-    numeric series into text."""
+    """train_loss -> train/loss, val_f_score -> val/f_score, perf_step_ms -> perf/step_ms: W&B draws one panel
+    section per prefix. Empty values (an epoch without validation, trainer.eval_interval > 1) are left out: a ""
+    would turn W&B's numeric series into text."""
     out = {}
     for key, value in row.items():
         if value == "" or value is None:
