@@ -262,14 +262,14 @@ def new_run_id() -> str:
 
 
 def wandb_row(row: dict) -> dict:
-    """train_loss -> train/loss, val_f_score -> val/f_score: W&B draws one panel section per prefix. Empty
-    values (an epoch without validation, trainer.eval_interval > 1) are left out: a "" would turn W&B's
-    numeric series into text."""
+    """train_loss -> train/loss, val_f_score -> val/f_score, perf_step_ms -> perf/step_ms: W&B draws one panel
+    section per prefix. Empty values (an epoch without validation, trainer.eval_interval > 1) are left out: a ""
+    would turn W&B's numeric series into text."""
     out = {}
     for key, value in row.items():
         if value == "" or value is None:
             continue
-        for prefix in ("train_", "val_"):
+        for prefix in ("train_", "val_", "perf_"):
             if key.startswith(prefix):
                 key = f"{prefix[:-1]}/{key[len(prefix):]}"
                 break
@@ -287,6 +287,7 @@ def wandb_summary(summary: dict) -> dict:
     if len(summary.get("phase_best") or {}) > 1:
         out["phase_best"] = summary["phase_best"]
     out.update({k: v for k, v in summary.items() if k.startswith("test/")})  # trainer.test_after_fit's scores
+    out.update({k: v for k, v in summary.items() if k.startswith("perf/")})  # the run's mean throughput
     return out
 
 

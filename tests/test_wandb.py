@@ -44,11 +44,12 @@ def wandb_run(path: Path) -> dict:
     records = [json.loads(line) for line in leet(path, "--json").splitlines()]
     run = next(r["run"] for r in records if r["type"] == "run")
     steps = [r["history"]["step"]["num"] for r in records if r["type"] == "history"]
+    rows = [r["history"]["item"] for r in records if r["type"] == "history"]
     versions = [{"name": r["artifact"]["name"], "aliases": r["artifact"].get("aliases", []),
                  "files": sorted(c["path"] for c in r["artifact"]["manifest"]["contents"]),
                  "metadata": json.loads(r["artifact"].get("metadata") or "{}")}
                 for r in records if r["type"] == "artifact"]  # every log_artifact call, in order
-    return {**info, "group": run.get("run_group"), "job_type": run.get("job_type"), "steps": steps,
+    return {**info, "group": run.get("run_group"), "job_type": run.get("job_type"), "steps": steps, "rows": rows,
             "versions": versions}
 
 
@@ -101,6 +102,20 @@ def test_sweep_gives_one_offline_run_per_job_in_one_group(sweep):
         sent = {k: float(v) for k, v in last.items() if k not in ("epoch", "phase") and v != "nan"}
         assert "f1/background" in sent and "iou/triangle" in last
         assert all(summary[f"val/{k}"] == pytest.approx(v) for k, v in sent.items())
+
+
+def test_each_epochs_row_holds_its_throughput(sweep):
+    """perf_* in metrics.csv is perf/* in W&B's rows (issue 27); the summary holds the run's means."""
+    run = wandb_run(sweep / "0" / "wandb")
+    csv_rows = read_rows(sweep / "0" / "metrics.csv")
+    for row, written in zip(run["rows"], csv_rows, strict=True):
+        assert row["perf/images_per_s"] == float(written["perf_images_per_s"]) > 0
+        assert row["perf/step_ms"] == float(written["perf_step_ms"]) > 0
+        assert row["perf/data_wait"] == float(written["perf_data_wait"]) and 0 <= row["perf/data_wait"] <= 1
+    summary = run["summary"]
+    assert summary["perf/mean_images_per_s"] == pytest.approx(
+        statistics.mean(float(r["perf_images_per_s"]) for r in csv_rows), abs=0.01)
+    assert 0 <= summary["perf/mean_data_wait"] <= 1
 
 
 def test_full_resume_continues_the_same_wandb_run(sweep, wandb_env, tmp_path):

@@ -70,7 +70,14 @@ def summarize(run_dir: Path) -> dict:
             "curve": [(epoch, value) for value, epoch in values],  # validated epochs only
             # the noise rule (project/noise.py), over the run's own validations (not a continuation's start row)
             "spread": noise.spread([r.get(f"val_{monitor}") for r in rows if r.get("phase") != "start"]),
-            "evals": eval_scores(run_dir)}
+            "evals": eval_scores(run_dir), "images_per_s": images_per_s(rows)}
+
+
+def images_per_s(rows: list[dict]) -> float:
+    """The run's mean training images/s over its epochs (metrics.csv's perf_images_per_s); NaN for a run that
+    predates the column."""
+    values = [r["perf_images_per_s"] for r in rows if not math.isnan(r.get("perf_images_per_s", math.nan))]
+    return sum(values) / len(values) if values else math.nan
 
 
 def limited_label(limited: dict | None) -> str:
@@ -133,7 +140,8 @@ def table_rows(runs: list[dict], keys: list[str]) -> list[list[str]]:
     m = runs[0]["monitor"]
     evals = eval_columns(runs)
     tagged = any(r["config"].get("tags") for r in runs)  # tags=[...]: the user's labels, shown when any run has one
-    header = ["#", "run", *["tags"] * tagged, *keys, f"best val {m}", *evals, "best epoch", "epochs", "status"]
+    header = ["#", "run", *["tags"] * tagged, *keys, f"best val {m}", *evals, "img/s", "best epoch", "epochs",
+              "status"]
     has_parent = any(r["parent_best"] is not None for r in runs)
     if has_parent:
         header += ["parent best", "vs parent"]
@@ -141,7 +149,8 @@ def table_rows(runs: list[dict], keys: list[str]) -> list[list[str]]:
     for i, r in enumerate(runs, 1):
         row = [str(i), r["name"], *[",".join(map(str, r["config"].get("tags") or [])) or "-"] * tagged,
                *(fmt_value(r["config"].get(k)) for k in keys), fmt(r["best"]),
-               *(fmt(r["evals"].get(c)) for c in evals), fmt(r["best_epoch"]), str(r["epochs"]), r["status"]]
+               *(fmt(r["evals"].get(c)) for c in evals), fmt(r["images_per_s"], 0), fmt(r["best_epoch"]),
+               str(r["epochs"]), r["status"]]
         if has_parent:
             delta = r["best"] - r["parent_best"] if r["parent_best"] is not None else math.nan
             row += [fmt(r["parent_best"]), "-" if math.isnan(delta) else f"{delta:+.4f}"]

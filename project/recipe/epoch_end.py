@@ -29,6 +29,7 @@ class EpochEnd:
     val: dict = field(default_factory=dict)        # the validation scores; empty: not validated this epoch
     per_class: dict = field(default_factory=dict)
     validated: int | None = None   # validation batches scored
+    perf: dict = field(default_factory=dict)       # its images/s, data wait, step time, peak memory (perf_...)
     improved: bool = False         # a new best of the final metric: best_model.pth
     phase_improved: bool = False   # a new best of this phase's metric (early stopping)
     phase_done: bool = False
@@ -57,7 +58,7 @@ def score_training(run: Run, epoch: int) -> EpochEnd:
     meter.loss_sum = distributed.mean(meter.loss_sum)
     meter.meter.load_state_dict(distributed.sum_counts(meter.meter.state_dict()))
     end = EpochEnd(epoch=epoch, lr=run.optimizer.param_groups[0]["lr"], trained=progress.batch_in_epoch,
-                   train=meter.compute(batches_per_epoch(run, "train")))
+                   train=meter.compute(batches_per_epoch(run, "train")), perf=run.perf.last())
     progress.epoch, progress.batch_in_epoch, progress.train_metrics = epoch + 1, 0, end.train
     return end
 
@@ -99,7 +100,8 @@ def record_row(run: Run, end: EpochEnd) -> None:
     run.tracker.log_epoch({
         "epoch": end.epoch + 1, "phase": phase["name"], "lr": end.lr, "train_loss": train["loss"],
         **{f"train_{k}": v for k, v in train.items() if k != "loss"},
-        **{f"val_{k}": val.get(k, "") for k in scores}})  # same names; "" = not validated
+        **{f"val_{k}": val.get(k, "") for k in scores},  # same names; "" = not validated
+        **end.perf})  # last: the columns before keep their places
     if val and end.per_class:
         run.tracker.log_per_class({"epoch": end.epoch + 1, "phase": phase["name"], **end.per_class})
 

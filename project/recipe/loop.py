@@ -4,7 +4,6 @@ import contextlib
 import itertools
 import logging
 import signal
-import time
 
 import torch
 from tqdm import tqdm
@@ -54,8 +53,10 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     order = 0 if t.get("overfit_batches") else epoch
     bar = epoch_bar(run, epoch, order, start, n)
     run.model.train()
-    k, tic, seen = t.accumulate_grad_batches, time.perf_counter(), 0
+    k, perf = t.accumulate_grad_batches, run.perf
+    perf.start_epoch()
     for i, batch in enumerate(bar, start=start):
+        perf.arrived()  # the time since the last step's end went to waiting for this batch
         batch = tuple(b.to(run.device, non_blocking=True) for b in batch)
         if i % k == 0:
             run.guard.window_start(run.model)  # on_nonfinite=skip: a dropped window leaves the buffers as they were
@@ -63,11 +64,12 @@ def train_epoch(run: Run, epoch: int) -> str | None:
         loss, outputs = accumulate(run, batch, i, n, steps_now)
         meter.loss_sum += loss.detach()
         run.guard.observe(loss, progress.global_step + 1)
-        seen += len(batch[0])
         if not steps_now:
+            perf.done(len(batch[0]))
             continue  # inside a window: gradients accumulate, and a stop waits for the window's end
         skip, agreed = agree_step(run)
         optimizer_step(run, skip)
+        perf.done(len(batch[0]))
         progress.global_step += 1
         progress.batch_in_epoch = i + 1
         if run.profiler is not None:
@@ -76,12 +78,14 @@ def train_epoch(run: Run, epoch: int) -> str | None:
             check_finite(run)
             # train metrics are sampled on these steps only: scoring every batch costs ~3% of a step
             meter.meter.update(outputs, batch)
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - tic):.0f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{perf.images_per_s():.0f}")
+            perf.read()  # loss.item() has synchronised: the step's CUDA events are complete
         # several ranks act on the signal they agreed on: one caught since then waits for the next step's agreement
         if (agreed if distributed.current().enabled else run.stop.signum) and stop_here(run, epoch, n):
             bar.close()
             return run.stop.caught
     bar.close()
+    perf.end_epoch()  # the last step has synchronised (loss.item() above)
     if epoch + 1 < t.max_epochs:  # workers load the next epoch's first batches while this one validates and saves
         run.loaders["train"].prefetch(order if t.get("overfit_batches") else epoch + 1)
     return None
@@ -210,5 +214,6 @@ def summarize(run: Run, interrupted: str | None) -> dict:
         summary.update(start_score=start["score"], improvement=progress.best_score - start["score"])
     elif "parent_best" in summary and progress.best_score is not None:
         summary["improvement"] = progress.best_score - parent["score"]
+    summary.update(run.perf.summary())  # the mean images/s and data-wait share of this process's epochs
     run.tracker.log_summary(summary)
     return summary

@@ -6,7 +6,7 @@ import signal
 
 import torch
 
-from project import distributed, noise, phases
+from project import distributed, noise, phases, throughput
 from project.checkpoints import files as checkpoint
 from project.checkpoints import foreign
 from project.data import splits
@@ -72,10 +72,13 @@ def report_epoch(run: Run, end) -> None:
     """The epoch's line (train and val scores, a new best marked), what a trial really ran, early stopping.
     `end`: the epoch's epoch_end.EpochEnd."""
     t, phase, progress, train, val = run.cfg.trainer, run.phase, run.progress, end.train, end.val
-    log.info("epoch %d/%d  %s  lr %.2e  train loss %.4f %s | %s%s", end.epoch + 1, t.max_epochs, phase["name"],
+    log.info("epoch %d/%d  %s  lr %.2e  train loss %.4f %s | %s%s%s", end.epoch + 1, t.max_epochs, phase["name"],
              end.lr, train["loss"], format_metrics(train),
              f"val loss {val['loss']:.4f} {format_metrics(val)}" if val else "no validation this epoch",
-             "  *best*" if end.improved else "  *phase best*" if end.phase_improved and len(run.schedule) > 1 else "")
+             "  *best*" if end.improved else "  *phase best*" if end.phase_improved and len(run.schedule) > 1 else "",
+             f" | {throughput.describe(end.perf)}" if end.perf else "")
+    if run.perf.input_bound(end.perf):
+        log.warning("%s", input_bound_advice(run, end.perf))
     if limits(run.cfg):  # a trial: what it really ran
         log.info("  (limited run: %d training batches this epoch%s)", end.trained,
                  f", {end.validated} validation batches" if end.validated is not None else "")
@@ -83,6 +86,19 @@ def report_epoch(run: Run, end) -> None:
         best = progress.phase_best[phase["key"]]
         log.info("Early stopping in phase %r: no improvement of val %s for %d epochs (best %.4f at epoch %d).",
                  phase["name"], run.objective.monitor, phase["early_stopping"].patience, best["score"], best["epoch"])
+
+
+def input_bound_advice(run: Run, perf: dict) -> str:
+    """Said once per run: the epoch waited for its batches more than it trained, and what to try."""
+    d = run.cfg.data
+    tips = [f"more loader processes (data.num_workers={d.get('num_workers', 0)}, up to one per free core)"]
+    if "decoder" in d:
+        tips.append(f"a faster decoder (data.decoder={d.decoder}; torchvision decodes JPEGs with libjpeg-turbo)")
+    if "image_size" in d:
+        tips.append(f"smaller images (data.image_size={d.image_size})")
+    return (f"Input-bound: this epoch spent {perf['perf_data_wait']:.0%} of its time waiting for the next batch "
+            f"({perf['perf_images_per_s']:.0f} img/s), so a faster model or device would not train faster. "
+            f"Try {', '.join(tips[:-1]) + ' or ' + tips[-1] if len(tips) > 1 else tips[0]}.")
 
 
 def say_foreign_restored(plan, weights: dict, stripped: list, lr: float) -> None:
@@ -111,6 +127,9 @@ def report(run: Run, summary: dict) -> None:
     """The final lines: the best score next to the run's late level (noise.py), and for a continuation, the new
     best against its starting weights scored here (never against a number computed elsewhere)."""
     progress, parent, start = run.progress, run.progress.parent_best, run.progress.start_score
+    if "perf/mean_images_per_s" in summary:
+        log.info("Throughput: %.0f img/s on average, %.0f%% of each epoch waiting for data (metrics.csv: perf_*).",
+                 summary["perf/mean_images_per_s"], 100 * summary["perf/mean_data_wait"])
     if summary["status"].startswith("interrupted") or progress.best_score is None:
         return
     monitor = run.final.monitor

@@ -46,6 +46,7 @@ class Run:
     last_saved: tuple | None = None       # (path, epoch) of the newest checkpoint, for the divergence message
     provenance: dict = field(default_factory=dict)  # this start's code and versions: each checkpoint's summary key
     profiler: object = None               # trainer.profiler.enabled: project/profiling.StepProfiler
+    perf: object = None                   # the epochs' throughput (project/throughput.Throughput), never saved
 
     @property
     def ckpt_dir(self) -> Path:

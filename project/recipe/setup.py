@@ -20,6 +20,7 @@ from project.recipe.restore import restore
 from project.recipe.run import Run
 from project.runtime import pick_device
 from project.state import EMA, RNG, Progress, TrainMeter
+from project.throughput import Throughput
 
 log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
@@ -43,6 +44,7 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     restore(run, plan)
     runtime.use_deterministic(t)  # after the probe: from here on an op without a deterministic version is an error
     run.guard = NonFiniteGuard(t.on_nonfinite, device)
+    run.perf = Throughput(device, distributed.current().world)  # measured afresh at every start, never saved
     run.loaders = build_loaders(cfg, data, device, before_fork=run.writer.wait)
     return run
 
