@@ -21,7 +21,8 @@ from project.data.loader import batch_order
 
 def rows(run_dir):
     """metrics.csv's rows without the throughput columns (perf_*: how fast this machine was, not what trained)."""
-    return [{k: v for k, v in r.items() if not k.startswith("perf_")} for r in csv.DictReader(open(run_dir / "metrics.csv"))]
+    return [{k: v for k, v in row.items() if not k.startswith("perf_")}
+            for row in csv.DictReader(open(run_dir / "metrics.csv"))]
 
 
 def resume_from(ckpt, run_dir, *overrides, cwd):
