@@ -127,7 +127,7 @@ COVERED = {  # command -> ("tests/<file>::<function>", distinctive parts of that
          ['f"hydra.searchpath=[file://', '"resume=reset_optimizer"', "resume.checkpoint="]),
     # evaluate, predict, export
     "project-evaluate outputs/2026-11-27/12-00-00":
-        ("test_story.py::test_their_model_and_file_to_a_submission", ['tool("project.commands.evaluate", str(run))']),
+        ("test_evaluate.py::test_the_per_class_table_and_the_json", ['evaluate.main([str(run["dir"]), *NOW])']),
     "project-evaluate outputs/2026-11-27/12-00-00 --split test --tta flip":
         ("test_evaluate.py::test_flip_tta_and_image_f1_as_the_main_metric",
          ['evaluate.main([str(run["dir"]), "--split", "test", "--tta", "flip"']),
@@ -163,10 +163,11 @@ COVERED = {  # command -> ("tests/<file>::<function>", distinctive parts of that
     "project-analyze their_best_model.pth":
         ("test_story.py::test_their_model_and_file_to_a_submission",
          ['tool("project.commands.analyze", str(tmp_path / "their_best_model.pth"))']),
-    "project-evaluate outputs/continued":
-        ("test_story.py::test_their_model_and_file_to_a_submission", ['tool("project.commands.evaluate", str(run))']),
-    "project-predict outputs/continued --images faces/test/images --out predictions --tta flip --zip submission.zip "
-    "--solution --max-params 1821084":
+    "PYTHONPATH=examples project-evaluate outputs/continued model._target_=their_pkg.their_model.MicroSegFormer":
+        ("test_story.py::test_their_model_and_file_to_a_submission",
+         ['tool("project.commands.evaluate", str(run), typed)', '"model._target_=their_pkg.their_model.MicroSegFormer"']),
+    "PYTHONPATH=examples project-predict outputs/continued --images faces/test/images --out predictions --tta flip "
+    "--zip submission.zip --solution --max-params 1821084 model._target_=their_pkg.their_model.MicroSegFormer":
         ("test_story.py::test_their_model_and_file_to_a_submission",
          ['"project.commands.predict", str(run), "--images"', '"--solution"', '"--max-params", "1821084"']),
     # the run directory, tracking and comparing
