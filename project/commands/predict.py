@@ -290,11 +290,13 @@ def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tt
         if zip_path is not None:
             pack(result, made, work, paths, sizes, plan, model, saved, info, tta)
             result["zip"] = str(zip_path)
+        from project.atomic import publish
+
         if out.exists():
             out.rmdir()  # empty (check_out): replaced by the finished folder
-        os.replace(work, out)
+        publish(work, out)
         if zip_path is not None:
-            os.replace(made[1], zip_path)
+            publish(made[1], zip_path)
     finally:
         for p in made:
             remove(p)

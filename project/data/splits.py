@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from project.atomic import write_atomic
 from project.errors import UserError
 
 
@@ -90,7 +91,7 @@ def record(run_dir: Path, train: list[str], val: list[str]) -> None:
     folder = Path(run_dir) / "split"
     folder.mkdir(parents=True, exist_ok=True)
     for name, names in (("train", train), ("val", val)):
-        (folder / f"{name}.txt").write_text("".join(f"{n}\n" for n in names))
+        write_atomic(folder / f"{name}.txt", "".join(f"{n}\n" for n in names))
 
 
 def differs(saved: dict | None, now: dict | None) -> str | None:

@@ -233,15 +233,11 @@ def epoch_note(saved: dict) -> str | None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from project.atomic import write_atomic
+
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data, fsync=True)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"Could not write {path} ({os.strerror(e.errno) if e.errno else e}). Pass --out DIR, a "
                         "folder with space that you can write.") from None
 

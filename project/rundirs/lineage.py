@@ -7,7 +7,6 @@ the spread of its last 5 validations (project/noise.py), how many times it was s
 tags.
 """
 import json
-import os
 import statistics
 from datetime import datetime
 from pathlib import Path
@@ -84,15 +83,14 @@ def describe(ckpt: dict, run_dir: Path, origin_: dict, status: str, higher_is_be
 
 def write(run_dir: Path, data: dict) -> None:
     """lineage.json, atomically (temp file, rename): a kill leaves the previous one."""
+    from project.atomic import write_atomic
+
     path = Path(run_dir) / FILE
-    tmp = path.with_name(f".{FILE}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=1, default=str))  # no temp file is left holding space
     except OSError as e:  # a full disk or a read-only mount: said as for checkpoints (project/rundir.py)
         from project.rundirs.lock import disk_error
 
-        tmp.unlink(missing_ok=True)  # a partial temp file must not keep holding the space
         error = disk_error(e, path)
         if error is None:
             raise
