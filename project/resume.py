@@ -340,8 +340,8 @@ def check_weights_fit(model, state_dict: dict, path) -> None:
     report = match_keys(model.state_dict(), state_dict)
     if any(report[k] for k in ("missing", "unexpected", "mismatched")):
         raise UserError(
-            f"The weights in {path} do not fit the model built from the current config: {describe(report)}. Use "
-            "the model settings the checkpoint was trained with (see its config), or another checkpoint.")
+            f"The weights in {path} do not fit the model built from the current config: {mismatch_summary(report)}. "
+            "Use the model settings the checkpoint was trained with (see its config), or another checkpoint.")
 
 
 def match_keys(own: dict, theirs: dict, ignore=()) -> dict:
@@ -358,7 +358,7 @@ def match_keys(own: dict, theirs: dict, ignore=()) -> dict:
     }
 
 
-def describe(report: dict) -> str:
+def mismatch_summary(report: dict) -> str:
     def show(keys):
         return f"{len(keys)}" + (f" ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})" if keys else "")
     return (f"missing {show(report['missing'])}, unexpected {show(report['unexpected'])}, "
@@ -394,6 +394,6 @@ def load_matching_weights(model, saved: dict, path, ignore_keys, weights_key: st
     if missing or report["unexpected"] or report["mismatched"]:
         raise UserError(
             f"The weights in {path} do not fit the model built from the current config: "
-            f"{describe({**report, 'missing': missing})}. Use the checkpoint's model settings, or leave keys out "
-            "on purpose with resume.ignore_keys='[\"pattern.*\"]'.")
+            f"{mismatch_summary({**report, 'missing': missing})}. Use the checkpoint's model settings, or leave keys "
+            "out on purpose with resume.ignore_keys='[\"pattern.*\"]'.")
     model.load_state_dict({k: weights[k] for k in report["matched"]}, strict=False)

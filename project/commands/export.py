@@ -155,12 +155,12 @@ def model_config(model, cfg, saved: dict, path: Path, fmt: str) -> dict:
     import torch
 
     from project import tasks
-    from project.checkpoints.loading import describe
+    from project.checkpoints.loading import model_card
     from project.data.normalisation import recorded
 
     kwargs = tasks.model_kwargs(cfg, saved.get("model_args"))  # as the model was built
     spec, runtime = kwargs.plain(), kwargs.runtime
-    info = describe(cfg, saved)
+    info = model_card(cfg, saved)
     image_size = info["image_size"]
     if not image_size:
         raise UserError("The config has no data.image_size, so the input size of the export is unknown. Pass it "

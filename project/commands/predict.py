@@ -221,7 +221,7 @@ def checked_model(target, checkpoint: str, overrides, ema: str, zip_path: Path |
     from project.checkpoints import loading
 
     model, cfg, saved, ckpt_path = loading.load(target, checkpoint, list(overrides or []), ema=ema)
-    info = loading.describe(cfg, saved)
+    info = loading.model_card(cfg, saved)
     info["decoder"] = cfg.data.get("decoder", "pil")
     if info["task"] not in (None, "segmentation", "classification"):
         raise UserError(f"{ckpt_path} is a {info['task']} model; project-predict writes masks for segmentation "

@@ -276,7 +276,7 @@ def state_of(d: Path) -> str:
 
 def check_not_running(d: Path) -> None:
     if rundir.is_locked(d):
-        raise UserError(f"The job dir {d} is in use by {rundir.describe(rundir.holder(d))}: that job is still "
+        raise UserError(f"The job dir {d} is in use by {rundir.holder_summary(rundir.holder(d))}: that job is still "
                         "training, so the sweep is still running (or a job of it was started by hand). Stop it first "
                         "(SIGTERM or Ctrl-C to the sweep saves every running job's last.pth), then continue. "
                         "Nothing was started or changed.")
@@ -437,7 +437,7 @@ def check_composes(conf_dir: Path, hydra_overrides: list[str], jobs: list[Job]) 
     GlobalHydra.instance().clear()
 
 
-def describe(p: Plan) -> str:
+def continuation_summary(p: Plan) -> str:
     counts = {s: sum(j.state == s for j in p.jobs) for s in ("finished", "interrupted", "half-made", "new")}
     names = {"new": "not started"}
     lines = [f"Continuing the sweep {p.sweep_dir} with hydra/launcher={p.launcher}: {len(p.jobs)} jobs ("
@@ -474,7 +474,7 @@ def clear(p: Plan) -> None:
 
 def continue_sweep(args) -> int:
     p = plan(args.sweep_dir, args.overrides, args.launcher, args.trust_config)
-    print(describe(p), flush=True)
+    print(continuation_summary(p), flush=True)
     if args.dry_run:
         return 0
     clear(p)

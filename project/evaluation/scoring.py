@@ -190,7 +190,7 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
         raise UserError(f"The {split} split of {cfg.data.get('_target_')} has no image files to read at their "
                         "original size; project-evaluate scores folder data (seg_folder, celebamask, lapa, "
                         "image_folder).")
-    desc = loading.describe(cfg, saved)
+    desc = loading.model_card(cfg, saved)
     desc["classes"] = list(data.get("classes") or desc["classes"])
     device = pick_device(str(device or "auto"))  # the GPU when there is one (the one device choice)
     model.to(device)

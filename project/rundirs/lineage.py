@@ -52,7 +52,7 @@ def origin(lineage: list, *, parent: dict | None = None, foreign: bool | None = 
         "sweep": sweep, "overrides": list(overrides), "tags": list(tags)}
 
 
-def describe(ckpt: dict, run_dir: Path, origin_: dict, status: str, higher_is_better: bool | None = None) -> dict:
+def lineage_json(ckpt: dict, run_dir: Path, origin_: dict, status: str, higher_is_better: bool | None = None) -> dict:
     """lineage.json's content: `origin_` and what the checkpoint dict `ckpt` (as save() builds it) says now, with
     the spread of the last validations from the run dir's metrics.csv and the starts from its environment.json."""
     run_dir = Path(run_dir)
@@ -126,7 +126,7 @@ def saved(run, ckpt: dict, files: list[str]) -> None:
         status = "interrupted"
     else:
         status = "running"
-    write(run.run_dir, describe(ckpt, run.run_dir, run.family, status, run.final.higher_is_better))
+    write(run.run_dir, lineage_json(ckpt, run.run_dir, run.family, status, run.final.higher_is_better))
     run.state["tracker"].checkpoint_saved([run.ckpt_dir / f for f in files], {
         "epoch": ckpt.get("epoch"), "monitor": ckpt.get("monitor"), "best_score": ckpt.get("best_score"),
         "best_epoch": ckpt.get("best_epoch")})

@@ -50,7 +50,7 @@ def is_locked(run_dir: Path) -> bool:
         os.close(fd)
 
 
-def describe(info: dict) -> str:
+def holder_summary(info: dict) -> str:
     if not info:
         return "another process"
     slurm = f", SLURM job {info['slurm_job_id']}" if info.get("slurm_job_id") else ""
@@ -91,8 +91,8 @@ def acquire(run_dir: Path) -> None:
                 continue
             os.close(fd)
             raise RunDirUnavailable(
-                f"The run dir {run_dir} is in use by {describe(info)}: a run is training there, and two processes "
-                "writing one run dir would mix their checkpoints and logs. Wait for it to finish or stop it "
+                f"The run dir {run_dir} is in use by {holder_summary(info)}: a run is training there, and two "
+                "processes writing one run dir would mix their checkpoints and logs. Wait for it to finish or stop it "
                 f"(kill {info.get('pid', '<pid>')} saves and exits), then continue it with python run.py resume=full "
                 f"resume.checkpoint={run_dir}; or start a separate run without hydra.run.dir. Nothing was written."
             ) from None
