@@ -120,7 +120,7 @@ def changes_table(changes: dict, mode: str) -> str:
 
 
 @dataclass
-class Plan:
+class Continuation:
     """What this run continues from, decided once before anything is built (see decide())."""
 
     mode: str                  # "full" or "reset_optimizer"
@@ -215,7 +215,7 @@ def keep_saved_values(node: DictConfig, saved: dict, typed: set[str], prefix: st
             node[key] = value
 
 
-def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None) -> Plan | None:
+def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None) -> Continuation | None:
     """Pick, load and check the checkpoint this run continues from; None for resume=none.
 
     `typed`: the overrides typed now; with them a full resume recomposes the continued run's config (None: use
@@ -255,7 +255,7 @@ def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None)
         check_same_model(saved, config, path, cfg, search_dirs, is_own)
     finished = mode == "full" and check_can_continue(saved, changes, cfg.trainer.max_epochs, path, is_own)
     if mode == "full" and not foreign:
-        phases.check_compatible(phases.plan(OmegaConf.create(saved["config"])), phases.plan(cfg),
+        phases.check_compatible(phases.schedule_phases(OmegaConf.create(saved["config"])), phases.schedule_phases(cfg),
                                 saved["phase_index"], saved["epoch"])
     if finished:
         log.info("This run already finished (epoch %d); nothing to do.", saved["epoch"])
@@ -265,7 +265,7 @@ def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None)
         log.info("The checkpoint has no config of this framework to compare with: the current config applies.")
     else:
         log.info("Config identical to the checkpoint's.")
-    return Plan(mode=mode, path=path, checkpoint=saved, cfg=cfg, config=config, overrides=overrides,
+    return Continuation(mode=mode, path=path, checkpoint=saved, cfg=cfg, config=config, overrides=overrides,
                 changes=changes, is_own=is_own, finished=finished, restores=frozenset(RESTORES[mode]),
                 choices=choices)
 
@@ -277,7 +277,7 @@ def check_foreign(saved: dict, mode: str, cfg, path: Path) -> None:
             f"resume=full keeps the optimizer state, but {path} has none (no optimizer_state_dict or optimizer "
             "with state and param_groups). Start from its weights with a fresh optimizer: resume=reset_optimizer.")
     if mode == "full":
-        plan = phases.plan(cfg)
+        plan = phases.schedule_phases(cfg)
         phase = next((p for p in plan if p["end"] > saved["epoch"]), plan[-1])
         saved.update(phase_index=phase["index"], phase_start=phase["start"])
 

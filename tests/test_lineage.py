@@ -1,9 +1,10 @@
 """project-lineage (issue 19, part 3): the family of a run, drawn from the lineage.json files run dirs keep.
 
 The family is built without training: each run dir gets the metrics.csv and environment.json a run leaves, and
-the lineage.json that train.py's save() writes from its checkpoint dict (lineage.lineage_json, with lineage.origin from
-the checkpoint's lineage entries, shaped as resume.Plan.lineage_entry makes them). Real runs write the same file:
-tests/test_wandb.py reads it back from a sweep, a reset_optimizer child and grandchild, and a preempted run.
+the lineage.json that train.py's save() writes from its checkpoint dict (lineage.lineage_json, with lineage.origin
+from the checkpoint's lineage entries, shaped as resume.Continuation.lineage_entry makes them). Real runs write the
+same file: tests/test_wandb.py reads it back from a sweep, a reset_optimizer child and grandchild, and a preempted
+run.
 """
 import csv
 import json
@@ -50,7 +51,7 @@ def write_run(run_dir: Path, scores: list[float], *, starts: list[str], lineage_
 
 
 def entry(path: Path, mode: str, parent: dict, changed: dict, foreign: bool = False) -> dict:
-    """A lineage entry as resume.Plan.lineage_entry records the checkpoint a run continued."""
+    """A lineage entry as resume.Continuation.lineage_entry records the checkpoint a run continued."""
     return {"path": str(path), "sha256": "0" * 64, "mode": mode, "epoch": parent["epoch"], "global_step": 60,
             "monitor": None if foreign else "f_score", "best_score": parent["best_score"],
             "changed": {k: list(v) for k, v in changed.items()}}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from project.checkpoints import trust
 from project.errors import UserError
-from project.evaluation.solution import check_solution, solution_plan, write_solution
+from project.evaluation.solution import check_solution, solution_contents, write_solution
 
 COURSE_LIMIT = 1_821_085  # the course benchmark: fewer parameters than this
 MAX_MASK_CLASSES = 256  # one byte per pixel
@@ -267,7 +267,7 @@ def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tt
     sizes = image_sizes(paths)
     model, cfg, saved, ckpt_path, info = checked_model(target, checkpoint, overrides, ema, zip_path)
     n_params = check_size(model, max_params)
-    plan = solution_plan(model, cfg, saved) if solution else None
+    plan = solution_contents(model, cfg, saved) if solution else None
     from project.runtime import pick_device
 
     device = pick_device("auto")  # the GPU when there is one
