@@ -19,7 +19,7 @@ from project.checkpoints.opening import open_checkpoint, validated_weights
 from project.errors import UserError
 from project.rundirs.reading import flatten
 from project.state import RESTORES
-from project.validate import check_config
+from project.config_checks import check_config
 
 log = logging.getLogger(__name__)
 
