@@ -44,7 +44,7 @@ def build(size: int, overrides: list[str]):
     model = tasks.build_model(cfg, {"model_args": {"num_classes": len(classes), "in_channels": 3},
                                     "task": "segmentation"})
     model.eval()
-    info = loading.describe(cfg, {"classes": classes})
+    info = loading.model_card(cfg, {"classes": classes})
     return cfg, model, info
 
 

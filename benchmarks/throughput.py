@@ -86,7 +86,7 @@ def plain(cfg, overrides, tmp: Path) -> float:
     from project.tasks import build_data
     from project.rng import seed_everything
     from project.runtime import apply_switches, pick_device, to_channels_last
-    from project.validate import AUTOCAST_DTYPES
+    from project.config_checks import AUTOCAST_DTYPES
 
     t = cfg.trainer
     device = pick_device(t.device)

@@ -18,6 +18,8 @@ import string
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from project.atomic import replacing
+
 log = logging.getLogger(__name__)
 
 
@@ -323,12 +325,10 @@ def _append_rows(path: Path, rows: list[dict]) -> None:
         # a phase with another metric (f_score after pretraining's recon_loss): rewrite the file with the wider
         # header, old rows with empty cells, rather than drop the new columns
         rows = read_rows(path) + rows
-        tmp = path.with_name(f".{path.name}.widen.tmp")
-        with open(tmp, "w", newline="") as f:
+        with replacing(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=wider)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
         return
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=wider)

@@ -16,7 +16,7 @@ from torch import nn
 from project.errors import UserError
 
 
-def plan(cfg: DictConfig) -> list[dict]:
+def schedule_phases(cfg: DictConfig) -> list[dict]:
     """The phases with their planned epoch ranges [start, end)."""
     phases, start = [], 0
     items = list(cfg.schedule.phases.items())

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from project.atomic import replacing, write_atomic
+
 log = logging.getLogger(__name__)
 
 OPEN_HINT = ("open it at https://ui.perfetto.dev (Open trace file) or in Chrome at chrome://tracing (Load); "
@@ -59,13 +61,12 @@ class StepProfiler:
     def write(self, prof) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         trace = self.dir / "trace.json"
-        partial = trace.with_name(".trace.json.tmp")
-        prof.export_chrome_trace(str(partial))
-        os.replace(partial, trace)
+        with replacing(trace) as partial:
+            prof.export_chrome_trace(str(partial))
         on_gpu = self.device.type == "cuda"
         sort_by = "self_device_time_total" if on_gpu else "self_cpu_time_total"
         table = prof.key_averages().table(sort_by=sort_by, row_limit=self.row_limit)
-        (self.dir / "operators.txt").write_text(table + "\n")
+        write_atomic(self.dir / "operators.txt", table + "\n")
         self.written = True
         first = self.wait + self.warmup + 1
         log.info("Profile of optimizer steps %d-%d: the top %d operators by self %s time (also in %s):\n%s\n"

@@ -19,7 +19,7 @@ from project.checkpoints.opening import open_checkpoint, validated_weights
 from project.errors import UserError
 from project.rundirs.reading import flatten
 from project.state import RESTORES
-from project.validate import check_config
+from project.config_checks import check_config
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def changes_table(changes: dict, mode: str) -> str:
 
 
 @dataclass
-class Plan:
+class Continuation:
     """What this run continues from, decided once before anything is built (see decide())."""
 
     mode: str                  # "full" or "reset_optimizer"
@@ -215,7 +215,7 @@ def keep_saved_values(node: DictConfig, saved: dict, typed: set[str], prefix: st
             node[key] = value
 
 
-def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None) -> Plan | None:
+def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None) -> Continuation | None:
     """Pick, load and check the checkpoint this run continues from; None for resume=none.
 
     `typed`: the overrides typed now; with them a full resume recomposes the continued run's config (None: use
@@ -255,7 +255,7 @@ def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None)
         check_same_model(saved, config, path, cfg, search_dirs, is_own)
     finished = mode == "full" and check_can_continue(saved, changes, cfg.trainer.max_epochs, path, is_own)
     if mode == "full" and not foreign:
-        phases.check_compatible(phases.plan(OmegaConf.create(saved["config"])), phases.plan(cfg),
+        phases.check_compatible(phases.schedule_phases(OmegaConf.create(saved["config"])), phases.schedule_phases(cfg),
                                 saved["phase_index"], saved["epoch"])
     if finished:
         log.info("This run already finished (epoch %d); nothing to do.", saved["epoch"])
@@ -265,7 +265,7 @@ def decide(cfg, run_dir: Path, search_dirs: list[Path], typed: list[str] | None)
         log.info("The checkpoint has no config of this framework to compare with: the current config applies.")
     else:
         log.info("Config identical to the checkpoint's.")
-    return Plan(mode=mode, path=path, checkpoint=saved, cfg=cfg, config=config, overrides=overrides,
+    return Continuation(mode=mode, path=path, checkpoint=saved, cfg=cfg, config=config, overrides=overrides,
                 changes=changes, is_own=is_own, finished=finished, restores=frozenset(RESTORES[mode]),
                 choices=choices)
 
@@ -277,7 +277,7 @@ def check_foreign(saved: dict, mode: str, cfg, path: Path) -> None:
             f"resume=full keeps the optimizer state, but {path} has none (no optimizer_state_dict or optimizer "
             "with state and param_groups). Start from its weights with a fresh optimizer: resume=reset_optimizer.")
     if mode == "full":
-        plan = phases.plan(cfg)
+        plan = phases.schedule_phases(cfg)
         phase = next((p for p in plan if p["end"] > saved["epoch"]), plan[-1])
         saved.update(phase_index=phase["index"], phase_start=phase["start"])
 
@@ -340,8 +340,8 @@ def check_weights_fit(model, state_dict: dict, path) -> None:
     report = match_keys(model.state_dict(), state_dict)
     if any(report[k] for k in ("missing", "unexpected", "mismatched")):
         raise UserError(
-            f"The weights in {path} do not fit the model built from the current config: {describe(report)}. Use "
-            "the model settings the checkpoint was trained with (see its config), or another checkpoint.")
+            f"The weights in {path} do not fit the model built from the current config: {mismatch_summary(report)}. "
+            "Use the model settings the checkpoint was trained with (see its config), or another checkpoint.")
 
 
 def match_keys(own: dict, theirs: dict, ignore=()) -> dict:
@@ -358,7 +358,7 @@ def match_keys(own: dict, theirs: dict, ignore=()) -> dict:
     }
 
 
-def describe(report: dict) -> str:
+def mismatch_summary(report: dict) -> str:
     def show(keys):
         return f"{len(keys)}" + (f" ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})" if keys else "")
     return (f"missing {show(report['missing'])}, unexpected {show(report['unexpected'])}, "
@@ -394,6 +394,6 @@ def load_matching_weights(model, saved: dict, path, ignore_keys, weights_key: st
     if missing or report["unexpected"] or report["mismatched"]:
         raise UserError(
             f"The weights in {path} do not fit the model built from the current config: "
-            f"{describe({**report, 'missing': missing})}. Use the checkpoint's model settings, or leave keys out "
-            "on purpose with resume.ignore_keys='[\"pattern.*\"]'.")
+            f"{mismatch_summary({**report, 'missing': missing})}. Use the checkpoint's model settings, or leave keys "
+            "out on purpose with resume.ignore_keys='[\"pattern.*\"]'.")
     model.load_state_dict({k: weights[k] for k in report["matched"]}, strict=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from project.atomic import replacing, write_atomic
 from project.errors import UserError
 from project.loggers import append_rows, read_rows
 
@@ -60,11 +61,9 @@ class StopRequest:
 def restore_history(src: Path, dst: Path, upto_epoch: int) -> None:
     """metrics.csv of a continuation = the rows it continues (epochs <= the checkpoint's), nothing later."""
     rows = [r for r in read_rows(src) if int(r["epoch"]) <= upto_epoch]
-    tmp = dst.with_name(".metrics.csv.tmp")
-    tmp.unlink(missing_ok=True)
-    append_rows(tmp, rows)
-    if tmp.exists():
-        os.replace(tmp, dst)
+    if rows:  # none: the file is left as it is
+        with replacing(dst) as tmp:
+            append_rows(tmp, rows)
 
 
 def record_environment(run_dir: Path, device, world_size: int = 1, trainer=None, cwd: Path | None = None) -> dict:
@@ -83,7 +82,7 @@ def record_environment(run_dir: Path, device, world_size: int = 1, trainer=None,
                    "world_size": world_size,
                    **{k: os.environ.get(k) for k in keys}, "time": datetime.now().isoformat(timespec="milliseconds"),
                    "switches": switches_in_effect(trainer), **summary})
-    path.write_text(json.dumps(starts, indent=1))
+    write_atomic(path, json.dumps(starts, indent=1))
     return summary
 
 
@@ -254,7 +253,7 @@ def write_diff(run_dir: Path, diff: str, start: int) -> dict:
     first = run_dir / name
     if first.exists() and first.read_bytes() != data:
         name = f"code.start{start}.diff"
-    (run_dir / name).write_bytes(data)
+    write_atomic(run_dir / name, data)
     return {"file": name, "bytes": len(diff.encode()), "truncated": truncated}
 
 

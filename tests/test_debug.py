@@ -34,7 +34,7 @@ def val_loss_on(run_dir, pick):
     from project.checkpoints.loading import load_model
 
     model, cfg = load_model(run_dir, "final")
-    objective = phases.build_objective(cfg, phases.plan(cfg)[-1])
+    objective = phases.build_objective(cfg, phases.schedule_phases(cfg)[-1])
     batches = pick(tasks.build_data(cfg, augment=False))
     with torch.no_grad():
         return sum(objective(model, batch)[0].item() for batch in batches) / len(batches)

@@ -1,9 +1,10 @@
 """project-lineage (issue 19, part 3): the family of a run, drawn from the lineage.json files run dirs keep.
 
 The family is built without training: each run dir gets the metrics.csv and environment.json a run leaves, and
-the lineage.json that train.py's save() writes from its checkpoint dict (lineage.describe, with lineage.origin from
-the checkpoint's lineage entries, shaped as resume.Plan.lineage_entry makes them). Real runs write the same file:
-tests/test_wandb.py reads it back from a sweep, a reset_optimizer child and grandchild, and a preempted run.
+the lineage.json that train.py's save() writes from its checkpoint dict (lineage.lineage_json, with lineage.origin
+from the checkpoint's lineage entries, shaped as resume.Continuation.lineage_entry makes them). Real runs write the
+same file: tests/test_wandb.py reads it back from a sweep, a reset_optimizer child and grandchild, and a preempted
+run.
 """
 import csv
 import json
@@ -25,7 +26,7 @@ def write_run(run_dir: Path, scores: list[float], *, starts: list[str], lineage_
               foreign=None, sweep=None, overrides=(), tags=(), start_score=None, status="done", config=None) -> dict:
     """A run dir as training leaves it: .hydra/config.yaml (what marks a run dir), metrics.csv (one validated row
     per epoch, a 'start' row first for a continuation that scored its starting weights), environment.json (one
-    entry per start) and lineage.json written by lineage.describe from the checkpoint dict save() would build."""
+    entry per start) and lineage.json written by lineage.lineage_json from the checkpoint dict save() would build."""
     config = config or CONFIG
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
@@ -44,13 +45,13 @@ def write_run(run_dir: Path, scores: list[float], *, starts: list[str], lineage_
             "lineage": list(lineage_entries), "run_dir": str(run_dir)}
     origin = record.origin(ckpt["lineage"], parent=parent, foreign=foreign, sweep=sweep, overrides=overrides,
                            tags=tags)
-    data = record.describe(ckpt, run_dir, origin, status, higher_is_better=True)
+    data = record.lineage_json(ckpt, run_dir, origin, status, higher_is_better=True)
     record.write(run_dir, data)
     return {**ckpt, "path": run_dir}
 
 
 def entry(path: Path, mode: str, parent: dict, changed: dict, foreign: bool = False) -> dict:
-    """A lineage entry as resume.Plan.lineage_entry records the checkpoint a run continued."""
+    """A lineage entry as resume.Continuation.lineage_entry records the checkpoint a run continued."""
     return {"path": str(path), "sha256": "0" * 64, "mode": mode, "epoch": parent["epoch"], "global_step": 60,
             "monitor": None if foreign else "f_score", "best_score": parent["best_score"],
             "changed": {k: list(v) for k, v in changed.items()}}
@@ -247,7 +248,7 @@ def test_describe_reads_the_run_dirs_own_files(tmp_path):
             "config": {"trainer": {"max_epochs": 3}, "logger": {"_target_": "project.loggers.WandbLogger",
                                                                   "log_checkpoints": True}},
             "start_score": {"score": 0.9, "epoch": 0}}
-    data = record.describe(ckpt, run, record.origin([]), "done")
+    data = record.lineage_json(ckpt, run, record.origin([]), "done")
     assert data["best"] == 0.9 and data["spread"] == pytest.approx(statistics.stdev([0.5, 0.6]))
     assert data["last_mean"] == pytest.approx(0.55) and data["last_n"] == 2 and data["starts"] == 2
     assert data["started"] == "2026-11-27T10:00:00" and data["mode"] == "new" and data["parent"] is None
@@ -257,4 +258,4 @@ def test_describe_reads_the_run_dirs_own_files(tmp_path):
     assert record.parent_artifact({**ckpt, "config": {"logger": {"_target_": "project.loggers.CSVLogger"}}},
                                    run / "x.pth") is None
     # a run without a validated best yet (NaN in the checkpoint's summary keys) has none in lineage.json
-    assert record.describe({**ckpt, "best_score": float("nan")}, run, record.origin([]), "running")["best"] is None
+    assert record.lineage_json({**ckpt, "best_score": float("nan")}, run, record.origin([]), "running")["best"] is None

@@ -150,7 +150,7 @@ def test_predict_and_the_solution_in_a_fresh_process_use_it(continued):
 
 
 def test_export_config_and_load_model_use_it(continued):
-    from project.checkpoints.loading import describe, load as load_file, load_model
+    from project.checkpoints.loading import load as load_file, load_model, model_card
     from project.commands.export import export
 
     written = export(continued["run"], "safetensors", continued["tmp"] / "exported", overrides=THEIRS)
@@ -159,7 +159,7 @@ def test_export_config_and_load_model_use_it(continued):
 
     model, cfg = load_model(continued["run"], overrides=THEIRS)
     _, _, saved, _ = load_file(continued["run"], overrides=THEIRS)
-    assert {k: describe(cfg, saved)[k] for k in ("mean", "std")} == SLASH_255
+    assert {k: model_card(cfg, saved)[k] for k in ("mean", "std")} == SLASH_255
     image = continued["faces"] / "test" / "images" / "0000.jpg"
     x = torch.from_numpy(np.asarray(Image.open(image).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
     want = predicted(model, [image], SLASH_255["mean"], SLASH_255["std"])
@@ -168,16 +168,16 @@ def test_export_config_and_load_model_use_it(continued):
 
 
 def test_a_file_that_records_none_keeps_the_old_normalisation(continued):
-    """Runs saved before data.mean/data.std were recorded used 0.5/0.25: describe (load_model, evaluate, predict,
+    """Runs saved before data.mean/data.std were recorded used 0.5/0.25: model_card (load_model, evaluate, predict,
     export) says so for them."""
-    from project.checkpoints.loading import describe
+    from project.checkpoints.loading import model_card
     from omegaconf import OmegaConf
 
     saved = load(continued["run"] / "checkpoints" / "best_model.pth")
     del saved["normalisation"]
     for key in ("mean", "std"):
         del saved["config"]["data"][key]
-    info = describe(OmegaConf.create(saved["config"]), saved)
+    info = model_card(OmegaConf.create(saved["config"]), saved)
     assert (info["mean"], info["std"]) == ([0.5] * 3, [0.25] * 3)
 
 

@@ -343,7 +343,7 @@ def test_every_run_py_command_composes_and_passes_the_config_checks():
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    from project.validate import check_config
+    from project.config_checks import check_config
 
     # a searchpath names the user's own folder (COVERED by test_own_code.py instead)
     commands = [c for c in documented_commands() if RUN_PY.match(c) and "hydra.searchpath=" not in c]

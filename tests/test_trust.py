@@ -174,14 +174,14 @@ def test_sweep_continue_refuses_recorded_overrides_that_pick_code(tmp_path):
         "runtime": {"cwd": str(tmp_path), "choices": {"hydra/launcher": "basic"}}}}))
     before = sorted(tmp_path.rglob("*"))
     with pytest.raises(UserError) as refused:
-        sweep.plan(folder)
+        sweep.plan_continuation(folder)
     message = one_paragraph(str(refused.value))
     assert f"{folder / 'multirun.yaml'} records overrides that pick the code to run: model._target_=numpy.load" in \
         message and "--trust-config" in message, message
     assert sweep.main(["continue", str(folder), "--dry-run"]) == 2 and sorted(tmp_path.rglob("*")) == before
     # typed again now (as the user who made it would), or accepted: the plan is made
-    assert len(sweep.plan(folder, ["model._target_=numpy.load"]).jobs) == 2
-    assert len(sweep.plan(folder, trust_config=True).jobs) == 2
+    assert len(sweep.plan_continuation(folder, ["model._target_=numpy.load"]).jobs) == 2
+    assert len(sweep.plan_continuation(folder, trust_config=True).jobs) == 2
 
 
 def test_an_exports_config_json_names_its_class_from_this_installation(parent_run, tmp_path):

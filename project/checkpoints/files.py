@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from project import atomic
 from project.rundirs import lock as rundir
 from project.errors import UserError
 
@@ -99,44 +100,35 @@ def save_atomic(state: dict, paths: list[Path]) -> None:
     are only ever replaced, never rewritten in place, so names sharing one file never see each other's writes.
     """
     paths = [Path(p) for p in paths]
-    temps = [_temp_name(p) for p in paths]
     try:
-        _publish(state, paths, temps)
-    except Exception as e:  # no temp file of a failed save may keep holding space
-        for tmp in temps:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass  # a read-only mount: there is nothing to remove then
+        _publish(state, paths)
+    except Exception as e:
         # a full disk, a quota, a read-only mount, wherever in the save it struck: the OSError itself, or torch's
         # zip writer's RuntimeError ("unexpected pos ...") with the OSError in its chain or the room too small
+        # (the temp files are gone already: atomic.replacing removes them)
         error = rundir.disk_error(e, paths[0], serialized_size(state))
         if error is None:
             raise
         raise error from None
 
 
-def _publish(state: dict, paths: list[Path], temps: list[Path]) -> None:
-    tmp = temps[0]
-    # a temp name left by a save that failed half-way may be a hard link to a published file: never write through it
-    tmp.unlink(missing_ok=True)
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    for path, link in zip(paths[1:], temps[1:]):
-        link.unlink(missing_ok=True)
-        try:
-            os.link(tmp, link)
-        except OSError as e:  # no hard links here (some network or FAT file systems): a full copy
-            if e.errno in rundir.DISK_ERRNOS:
-                raise
-            shutil.copyfile(tmp, link)
-            _fsync(link, os.O_RDONLY)
-        os.replace(link, path)
-    os.replace(tmp, paths[0])
+def _publish(state: dict, paths: list[Path]) -> None:
+    with atomic.replacing(paths[0]) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # before any name is given to it
+        for path in paths[1:]:
+            with atomic.replacing(path) as link:
+                try:
+                    os.link(tmp, link)
+                except OSError as e:  # no hard links here (some network or FAT file systems): a full copy
+                    if e.errno in rundir.DISK_ERRNOS:
+                        raise
+                    shutil.copyfile(tmp, link)
+                    atomic.fsync_path(link)
     for folder in {p.parent for p in paths}:
-        _fsync(folder, os.O_RDONLY)
+        atomic.fsync_path(folder)
 
 
 class _Counter:
@@ -162,18 +154,6 @@ def serialized_size(state: dict) -> int | None:
     except Exception:  # noqa: BLE001 - the save's own error is the one to report
         return None
     return counter.size
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _fsync(path: Path, flags: int) -> None:
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256(path: Path) -> str:

@@ -5,7 +5,7 @@
     model, cfg = load_model("their_best_model.pth", overrides=["model=custom", "model._target_=pkg.Net",
                                                                "data=celebamask"])   # a file another script wrote
 
-`describe()` gives what prediction and export need besides the weights: class names, colours, flip pairs, the
+`model_card()` gives what prediction and export need besides the weights: class names, colours, flip pairs, the
 input size and the normalisation, the task.
 """
 
@@ -27,7 +27,7 @@ def load(target, checkpoint: str = "best", overrides: list[str] | None = None, w
         trust.check_targets(cfg, trust.recorded_choices(saved), overrides, str(path),
                             "trust_config=True" if trust_config else trust.FLAG, "warn" if trust_config else None)
     model_args = saved.get("model_args")
-    if not model_args:  # a file without them (another script's): the data says, and names the classes for describe()
+    if not model_args:  # a file without them (another script's): the data says, and names the classes for model_card()
         data = tasks.build_data(cfg, augment=False)
         model_args = data["model_args"]
         saved.setdefault("classes", list(data.get("classes") or []))
@@ -44,7 +44,7 @@ def load(target, checkpoint: str = "best", overrides: list[str] | None = None, w
     return model, cfg, saved, path
 
 
-def describe(cfg, saved: dict) -> dict:
+def model_card(cfg, saved: dict) -> dict:
     """What using the model needs besides its weights."""
     from project.data.folder import palette
     from project.data.normalisation import recorded

@@ -3,7 +3,7 @@ or bare state dict another script wrote, a .safetensors (normalised by foreign.p
 
     opened = open_checkpoint(path, cfg=cfg)                         # resume: the run's config
     opened = open_checkpoint(path, overrides=["loss.metric=image_f1"])  # load_model, evaluate, inspect, ...
-    opened.state        # the dict in our layout (resume.Plan.checkpoint, load()'s `saved`)
+    opened.state        # the dict in our layout (resume.Continuation.checkpoint, load()'s `saved`)
     opened.ours         # written by this framework
     opened.cfg          # the config its model and objective come from
     opened.best         # the stored best: {"name": ..., "score": ...}
@@ -84,7 +84,7 @@ def own_config(state: dict, overrides=()):
 
 def best_key(cfg) -> str:
     """The checkpoint key under which the objective of `cfg` (its last phase's) stores its best."""
-    return phases.build_objective(cfg, phases.plan(cfg)[-1]).keys["best"]
+    return phases.build_objective(cfg, phases.schedule_phases(cfg)[-1]).keys["best"]
 
 
 def stored_best(state: dict) -> dict:

@@ -144,4 +144,4 @@ def limited_run(path: Path) -> dict | None:
 
 
 def still_training(run_dir: Path) -> str:
-    return f"it is still training ({rundir.describe(rundir.holder(run_dir))})."
+    return f"it is still training ({rundir.holder_summary(rundir.holder(run_dir))})."

@@ -232,7 +232,10 @@ def plot(rows: list[dict], v: dict, title: str, out: Path) -> None:
             ax.legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    from project.atomic import replacing
+
+    with replacing(out) as tmp:  # the format from the real name: the temp one ends in .tmp
+        fig.savefig(tmp, format=Path(out).suffix[1:] or "png", dpi=100)
     plt.close(fig)
 
 

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from project import noise
+from project.atomic import replacing, write_atomic
 from project.commands import grid as sweeps
 from project.commands.text import fail, fmt, fmt_value, plain
 from project.errors import UserError
@@ -249,7 +250,7 @@ def configuration_csv(configs: list[dict], keys: list[str], path: Path) -> None:
             mean, spread, n = c["evals"].get(column, (math.nan, None, 0))
             row += [number(mean), number(spread), n]
         rows.append(row + [c["status"]])
-    with open(path, "w", newline="") as f:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(rows)
 
 
@@ -297,7 +298,8 @@ def plot(runs: list[dict], keys: list[str], title: str, out: Path, configs: list
     ax.legend(fontsize=8, loc="lower right" if runs[0]["higher"] else "upper right")
     ax.set_title(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with replacing(out) as tmp:  # the format from the real name: the temp one ends in .tmp
+        fig.savefig(tmp, format=Path(out).suffix[1:] or "png", dpi=100)
     plt.close(fig)
 
 
@@ -431,8 +433,8 @@ def compare(paths: list[str], out=None, evals: dict | None = None) -> dict:
     text = tables_text(runs, rows, configs, config_keys, seeds, files)
     text += grid_text(sweep_dir, runs, where, files)
     text += search_text(search, m, where, files)
-    files["markdown"].write_text(text)
-    with open(files["csv"], "w", newline="") as f:
+    write_atomic(files["markdown"], text)
+    with replacing(files["csv"]) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(rows)
     best = f"\nbest configuration: {configs[0]['name']}" if seeds else f" (best run: {runs[0]['name']})"
     plot(runs, keys, f"Val {m}: {where}{best}", files["png"], configs if seeds else None)

@@ -75,7 +75,7 @@ def output_dir(path: Path, out, job: str | None) -> Path:
     run_dir = run_dir_of(path)
     where = run_dir or path.parent
     if run_dir is not None and rundir.is_locked(run_dir):
-        raise UserError(f"{run_dir} is still training ({rundir.describe(rundir.holder(run_dir))} holds it), and "
+        raise UserError(f"{run_dir} is still training ({rundir.holder_summary(rundir.holder(run_dir))} holds it), and "
                         "nothing else writes into a live run's dir. Pass --out DIR for the results (or wait until "
                         "it has finished).")
     if not os.access(where, os.W_OK):

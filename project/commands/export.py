@@ -136,8 +136,10 @@ def export(target, fmt: str, out, checkpoint: str = "best", ema: str = "auto", o
         os.umask(umask)
         for name in names:
             os.chmod(tmp / name, 0o666 & ~umask)  # as any file the user writes (mkdtemp's files may be private)
+        from project.atomic import publish
+
         for name in sorted(names, key=lambda n: n == "config.json"):  # config.json last: it describes the rest
-            os.replace(tmp / name, out / name)
+            publish(tmp / name, out / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created:
@@ -153,12 +155,12 @@ def model_config(model, cfg, saved: dict, path: Path, fmt: str) -> dict:
     import torch
 
     from project import tasks
-    from project.checkpoints.loading import describe
+    from project.checkpoints.loading import model_card
     from project.data.normalisation import recorded
 
     kwargs = tasks.model_kwargs(cfg, saved.get("model_args"))  # as the model was built
     spec, runtime = kwargs.plain(), kwargs.runtime
-    info = describe(cfg, saved)
+    info = model_card(cfg, saved)
     image_size = info["image_size"]
     if not image_size:
         raise UserError("The config has no data.image_size, so the input size of the export is unknown. Pass it "
@@ -406,9 +408,9 @@ def compare(want, got, rtol: float, atol: float) -> dict:
 
 
 def atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    from project.atomic import write_atomic
+
+    write_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
 def size(path: Path) -> str:

@@ -137,7 +137,9 @@ def grid_rows(g: dict) -> list[list[str]]:
 
 
 def write_grid_csv(g: dict, path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    from project.atomic import replacing
+
+    with replacing(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(grid_rows(g))
 
 
@@ -172,7 +174,10 @@ def heatmap(g: dict, monitor: str, higher: bool, title: str, out: Path, label: s
     ax.set_ylabel(g["y"])
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    from project.atomic import replacing
+
+    with replacing(out) as tmp:  # the format from the real name: the temp one ends in .tmp
+        fig.savefig(tmp, format=Path(out).suffix[1:] or "png", dpi=100)
     plt.close(fig)
 
 
@@ -224,5 +229,8 @@ def trial_plot(t: dict, monitor: str, title: str, out: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    from project.atomic import replacing
+
+    with replacing(out) as tmp:  # the format from the real name: the temp one ends in .tmp
+        fig.savefig(tmp, format=Path(out).suffix[1:] or "png", dpi=100)
     plt.close(fig)

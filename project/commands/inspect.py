@@ -46,7 +46,7 @@ def tensors_per_module(state: dict) -> dict:
     return counts
 
 
-def describe(path: Path, state: dict) -> dict:
+def checkpoint_report(path: Path, state: dict) -> dict:
     """Everything a person asks about a checkpoint, as plain data (what --json prints)."""
     config = state["config"]
     phases = list((config.get("schedule") or {}).get("phases") or {})
@@ -289,7 +289,7 @@ def checkpoint_info(target, overrides=(), diff=None) -> dict:
         if diff:
             raise UserError(f"{opened.path} was not written by this framework and has no config to --diff.")
         return describe_foreign(opened)
-    info = describe(opened.path, opened.state)
+    info = checkpoint_report(opened.path, opened.state)
     if diff:
         name, theirs = other_config(diff)
         changes = config_diff(opened.state["config"], theirs)

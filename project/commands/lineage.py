@@ -318,7 +318,10 @@ def draw(fams: list[list[Node]], out: Path) -> None:
                  fontsize=8)
     legend(fig)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(out, dpi=110)
+    from project.atomic import replacing
+
+    with replacing(out) as tmp:  # the format from the real name: the temp one ends in .tmp
+        fig.savefig(tmp, format=Path(out).suffix[1:] or "png", dpi=110)
     plt.close(fig)
 
 

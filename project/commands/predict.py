@@ -24,7 +24,7 @@ from pathlib import Path
 
 from project.checkpoints import trust
 from project.errors import UserError
-from project.evaluation.solution import check_solution, solution_plan, write_solution
+from project.evaluation.solution import check_solution, solution_contents, write_solution
 
 COURSE_LIMIT = 1_821_085  # the course benchmark: fewer parameters than this
 MAX_MASK_CLASSES = 256  # one byte per pixel
@@ -221,7 +221,7 @@ def checked_model(target, checkpoint: str, overrides, ema: str, zip_path: Path |
     from project.checkpoints import loading
 
     model, cfg, saved, ckpt_path = loading.load(target, checkpoint, list(overrides or []), ema=ema)
-    info = loading.describe(cfg, saved)
+    info = loading.model_card(cfg, saved)
     info["decoder"] = cfg.data.get("decoder", "pil")
     if info["task"] not in (None, "segmentation", "classification"):
         raise UserError(f"{ckpt_path} is a {info['task']} model; project-predict writes masks for segmentation "
@@ -267,7 +267,7 @@ def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tt
     sizes = image_sizes(paths)
     model, cfg, saved, ckpt_path, info = checked_model(target, checkpoint, overrides, ema, zip_path)
     n_params = check_size(model, max_params)
-    plan = solution_plan(model, cfg, saved) if solution else None
+    plan = solution_contents(model, cfg, saved) if solution else None
     from project.runtime import pick_device
 
     device = pick_device("auto")  # the GPU when there is one
@@ -290,11 +290,13 @@ def predict(target, images, out, checkpoint: str = "best", ema: str = "auto", tt
         if zip_path is not None:
             pack(result, made, work, paths, sizes, plan, model, saved, info, tta)
             result["zip"] = str(zip_path)
+        from project.atomic import publish
+
         if out.exists():
             out.rmdir()  # empty (check_out): replaced by the finished folder
-        os.replace(work, out)
+        publish(work, out)
         if zip_path is not None:
-            os.replace(made[1], zip_path)
+            publish(made[1], zip_path)
     finally:
         for p in made:
             remove(p)

@@ -82,7 +82,10 @@ def draw(data: dict, shown: list[tuple], out: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 0.97))
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    from project.atomic import replacing
+
+    with replacing(out) as tmp:  # the format from the real name: the temp one ends in .tmp
+        fig.savefig(tmp, format=Path(out).suffix[1:] or "png", dpi=90)
     plt.close(fig)
     return out
 

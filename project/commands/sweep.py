@@ -113,7 +113,7 @@ class Job:
 
 
 @dataclass
-class Plan:
+class SweepContinuation:
     sweep_dir: Path
     jobs: list[Job]
     command: list[str]
@@ -276,7 +276,7 @@ def state_of(d: Path) -> str:
 
 def check_not_running(d: Path) -> None:
     if rundir.is_locked(d):
-        raise UserError(f"The job dir {d} is in use by {rundir.describe(rundir.holder(d))}: that job is still "
+        raise UserError(f"The job dir {d} is in use by {rundir.holder_summary(rundir.holder(d))}: that job is still "
                         "training, so the sweep is still running (or a job of it was started by hand). Stop it first "
                         "(SIGTERM or Ctrl-C to the sweep saves every running job's last.pth), then continue. "
                         "Nothing was started or changed.")
@@ -392,7 +392,8 @@ def launch_command(run_py: Path, sweep_dir: Path, recorded: dict, task: list[str
             *launcher_typed]
 
 
-def plan(sweep_dir, typed: list[str] = (), launcher: str | None = None, trust_config: bool = False) -> Plan:
+def plan_continuation(sweep_dir, typed: list[str] = (), launcher: str | None = None,
+                      trust_config: bool = False) -> SweepContinuation:
     """Every check, and the launch command; changes nothing on disk."""
     sweep_dir = Path(sweep_dir).absolute()
     check_launcher(launcher)
@@ -415,7 +416,7 @@ def plan(sweep_dir, typed: list[str] = (), launcher: str | None = None, trust_co
         check_composes(run_py.parent / "conf", recorded["hydra"], [j for j in jobs if j.state == "new"])
     command = launch_command(run_py, sweep_dir, recorded, task, jobs, launcher, launcher_typed)
     cwd = Path(recorded["cwd"]) if recorded["cwd"] and Path(recorded["cwd"]).is_dir() else Path.cwd()
-    return Plan(sweep_dir, jobs, command, cwd, chosen, debris, extended, swept, run_py_source)
+    return SweepContinuation(sweep_dir, jobs, command, cwd, chosen, debris, extended, swept, run_py_source)
 
 
 def check_composes(conf_dir: Path, hydra_overrides: list[str], jobs: list[Job]) -> None:
@@ -437,7 +438,7 @@ def check_composes(conf_dir: Path, hydra_overrides: list[str], jobs: list[Job]) 
     GlobalHydra.instance().clear()
 
 
-def describe(p: Plan) -> str:
+def continuation_summary(p: SweepContinuation) -> str:
     counts = {s: sum(j.state == s for j in p.jobs) for s in ("finished", "interrupted", "half-made", "new")}
     names = {"new": "not started"}
     lines = [f"Continuing the sweep {p.sweep_dir} with hydra/launcher={p.launcher}: {len(p.jobs)} jobs ("
@@ -461,7 +462,7 @@ def describe(p: Plan) -> str:
     return "\n".join(lines)
 
 
-def clear(p: Plan) -> None:
+def clear(p: SweepContinuation) -> None:
     """Half-made dirs of jobs that start fresh, and job-less debris: removed, so no stale row survives."""
     for j in p.jobs:
         d = p.sweep_dir / j.dir_name
@@ -473,8 +474,8 @@ def clear(p: Plan) -> None:
 
 
 def continue_sweep(args) -> int:
-    p = plan(args.sweep_dir, args.overrides, args.launcher, args.trust_config)
-    print(describe(p), flush=True)
+    p = plan_continuation(args.sweep_dir, args.overrides, args.launcher, args.trust_config)
+    print(continuation_summary(p), flush=True)
     if args.dry_run:
         return 0
     clear(p)

@@ -2,7 +2,7 @@
 summary key `normalisation`) and applied by one function, `to_input`, wherever an image becomes a model input:
 training and validation (folder.Pipeline, the generated data), project-evaluate and project-predict
 (evaluation.inference), the solution's run.py (a verbatim copy, evaluation.solution.render), export's config.json
-and load_model (checkpoints.loading.describe).
+and load_model (checkpoints.loading.model_card).
 
 mean and std are per channel on the 0-1 pixel scale, as torchvision's Normalize after ToDtype(scale=True):
 x = (pixel / 255 - mean) / std. Runs and files saved before they were recorded used LEGACY.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from project.atomic import write_atomic
 from project.errors import UserError
 
 
@@ -55,7 +56,7 @@ def choose(root, train: dict, val: dict | None, val_fraction=None, val_list=None
     """A folder's (train, val, record): its val/ folder (`val`, None when it has none) or a part of train/ by
     fraction or list; `record` holds the split's summary and names for the run dir and checkpoints."""
     if val is not None and (val_fraction is not None or val_list is not None):
-        raise UserError(f"data.root={str(root)!r} has a val/ folder and {describe(val_fraction, val_list)} also "
+        raise UserError(f"data.root={str(root)!r} has a val/ folder and {how_split(val_fraction, val_list)} also "
                         "chooses validation images: use one (data.val_fraction=null data.val_list=null for val/, or "
                         "move val/ away).")
     if val is None and val_fraction is None and val_list is None:
@@ -66,12 +67,12 @@ def choose(root, train: dict, val: dict | None, val_fraction=None, val_list=None
     if val is None:
         train_names, val_names = split(list(train), val_fraction, val_list, split_seed)
         train, val = {n: train[n] for n in train_names}, {n: train[n] for n in val_names}
-        how = describe(val_fraction, val_list, split_seed)
+        how = how_split(val_fraction, val_list, split_seed)
     names = {"train": list(train), "val": list(val)}
     return train, val, {"split": summary(how, names["train"], names["val"]), "split_names": names}
 
 
-def describe(val_fraction=None, val_list=None, split_seed: int = 0) -> str:
+def how_split(val_fraction=None, val_list=None, split_seed: int = 0) -> str:
     if val_list is not None:
         return f"data.val_list={val_list}"
     if val_fraction is not None:
@@ -90,7 +91,7 @@ def record(run_dir: Path, train: list[str], val: list[str]) -> None:
     folder = Path(run_dir) / "split"
     folder.mkdir(parents=True, exist_ok=True)
     for name, names in (("train", train), ("val", val)):
-        (folder / f"{name}.txt").write_text("".join(f"{n}\n" for n in names))
+        write_atomic(folder / f"{name}.txt", "".join(f"{n}\n" for n in names))
 
 
 def differs(saved: dict | None, now: dict | None) -> str | None:

@@ -25,7 +25,7 @@ def read(path: Path, in_channels: int = 3, decoder: str = "pil") -> torch.Tensor
 
 def prepare(images: list[torch.Tensor], desc: dict) -> torch.Tensor:
     """uint8 images of any sizes -> one batch of model inputs at the training size, normalised as in training
-    (desc: checkpoints.loading.describe's image_size, mean, std)."""
+    (desc: checkpoints.loading.model_card's image_size, mean, std)."""
     return torch.stack([to_input(im, desc["image_size"], desc["mean"], desc["std"]) for im in images])
 
 

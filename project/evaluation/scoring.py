@@ -190,7 +190,7 @@ def score(path: Path, split: str = "val", data_root=None, ema: str = "auto", ove
         raise UserError(f"The {split} split of {cfg.data.get('_target_')} has no image files to read at their "
                         "original size; project-evaluate scores folder data (seg_folder, celebamask, lapa, "
                         "image_folder).")
-    desc = loading.describe(cfg, saved)
+    desc = loading.model_card(cfg, saved)
     desc["classes"] = list(data.get("classes") or desc["classes"])
     device = pick_device(str(device or "auto"))  # the GPU when there is one (the one device choice)
     model.to(device)
@@ -233,15 +233,11 @@ def epoch_note(saved: dict) -> str | None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from project.atomic import write_atomic
+
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data, fsync=True)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"Could not write {path} ({os.strerror(e.errno) if e.errno else e}). Pass --out DIR, a "
                         "folder with space that you can write.") from None
 

@@ -109,7 +109,7 @@ def with_function(text: str, function) -> str:
     return "".join(lines[:start]) + inspect.getsource(function) + "".join(lines[found[0].end_lineno:])
 
 
-def solution_plan(model, cfg, saved: dict) -> dict:
+def solution_contents(model, cfg, saved: dict) -> dict:
     """What solution/ will hold, checked before anything is predicted: the model's source module (standing alone)
     and its constructor arguments (plain values)."""
     from project import tasks

@@ -15,7 +15,7 @@ from project.loggers import NullTracker
 from project.nonfinite import NonFiniteGuard
 from project.runtime import StopRequest
 from project.state import EMA, Progress, TrainMeter
-from project.validate import AUTOCAST_DTYPES
+from project.config_checks import AUTOCAST_DTYPES
 
 
 @dataclass

@@ -29,7 +29,7 @@ def setup(cfg, config, overrides, plan, run_dir: Path, job: dict) -> Run:
     """Build every component from the config, in the phase the run continues in, then restore what the plan says."""
     t = cfg.trainer
     device = prepare_process(t)
-    schedule = phases.plan(cfg)
+    schedule = phases.schedule_phases(cfg)
     rng.seed_everything(cfg.seed)
     final = phases.build_objective(cfg, schedule[-1])
     data = build_data(cfg)

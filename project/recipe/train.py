@@ -27,7 +27,7 @@ from project.recipe.run import Run
 from project.recipe.setup import close_loaders, setup
 from project.recipe.validation import validation_pass
 from project.runtime import StopRequest
-from project.validate import check_added_keys, check_config
+from project.config_checks import check_added_keys, check_config
 
 log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
@@ -60,7 +60,7 @@ def typed_overrides(job: dict) -> list[str]:
 
 def plan_run(cfg: DictConfig, run_dir: Path, search_dirs: list[Path], job: dict):
     """What to continue from and what to restore, decided before anything is built (project/resume.py); None: a
-    fresh run. A key typed with + that nothing takes is refused first (validate.check_added_keys)."""
+    fresh run. A key typed with + that nothing takes is refused first (config_checks.check_added_keys)."""
     check_added_keys(cfg, typed_overrides(job))
     return resume.decide(cfg, run_dir, search_dirs, typed_overrides(job) if job else None)
 

@@ -7,7 +7,6 @@ the spread of its last 5 validations (project/noise.py), how many times it was s
 tags.
 """
 import json
-import os
 import statistics
 from datetime import datetime
 from pathlib import Path
@@ -53,7 +52,7 @@ def origin(lineage: list, *, parent: dict | None = None, foreign: bool | None = 
         "sweep": sweep, "overrides": list(overrides), "tags": list(tags)}
 
 
-def describe(ckpt: dict, run_dir: Path, origin_: dict, status: str, higher_is_better: bool | None = None) -> dict:
+def lineage_json(ckpt: dict, run_dir: Path, origin_: dict, status: str, higher_is_better: bool | None = None) -> dict:
     """lineage.json's content: `origin_` and what the checkpoint dict `ckpt` (as save() builds it) says now, with
     the spread of the last validations from the run dir's metrics.csv and the starts from its environment.json."""
     run_dir = Path(run_dir)
@@ -84,15 +83,14 @@ def describe(ckpt: dict, run_dir: Path, origin_: dict, status: str, higher_is_be
 
 def write(run_dir: Path, data: dict) -> None:
     """lineage.json, atomically (temp file, rename): a kill leaves the previous one."""
+    from project.atomic import write_atomic
+
     path = Path(run_dir) / FILE
-    tmp = path.with_name(f".{FILE}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=1, default=str))  # no temp file is left holding space
     except OSError as e:  # a full disk or a read-only mount: said as for checkpoints (project/rundir.py)
         from project.rundirs.lock import disk_error
 
-        tmp.unlink(missing_ok=True)  # a partial temp file must not keep holding the space
         error = disk_error(e, path)
         if error is None:
             raise
@@ -128,7 +126,7 @@ def saved(run, ckpt: dict, files: list[str]) -> None:
         status = "interrupted"
     else:
         status = "running"
-    write(run.run_dir, describe(ckpt, run.run_dir, run.family, status, run.final.higher_is_better))
+    write(run.run_dir, lineage_json(ckpt, run.run_dir, run.family, status, run.final.higher_is_better))
     run.state["tracker"].checkpoint_saved([run.ckpt_dir / f for f in files], {
         "epoch": ckpt.get("epoch"), "monitor": ckpt.get("monitor"), "best_score": ckpt.get("best_score"),
         "best_epoch": ckpt.get("best_epoch")})

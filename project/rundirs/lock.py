@@ -50,7 +50,7 @@ def is_locked(run_dir: Path) -> bool:
         os.close(fd)
 
 
-def describe(info: dict) -> str:
+def holder_summary(info: dict) -> str:
     if not info:
         return "another process"
     slurm = f", SLURM job {info['slurm_job_id']}" if info.get("slurm_job_id") else ""
@@ -91,8 +91,8 @@ def acquire(run_dir: Path) -> None:
                 continue
             os.close(fd)
             raise RunDirUnavailable(
-                f"The run dir {run_dir} is in use by {describe(info)}: a run is training there, and two processes "
-                "writing one run dir would mix their checkpoints and logs. Wait for it to finish or stop it "
+                f"The run dir {run_dir} is in use by {holder_summary(info)}: a run is training there, and two "
+                "processes writing one run dir would mix their checkpoints and logs. Wait for it to finish or stop it "
                 f"(kill {info.get('pid', '<pid>')} saves and exits), then continue it with python run.py resume=full "
                 f"resume.checkpoint={run_dir}; or start a separate run without hydra.run.dir. Nothing was written."
             ) from None
@@ -176,16 +176,19 @@ LAUNCH_RECORD = "launch.yaml"
 
 
 def write_records(run_dir: Path, cfg, hydra_cfg, overrides: list[str], run_py: Path) -> None:
-    """.hydra/{config,hydra,overrides}.yaml as Hydra writes them, and launch.yaml naming `run_py`, once this
-    process holds the dir."""
+    """.hydra/{config,hydra,overrides}.yaml as Hydra writes them (OmegaConf.save's text), and launch.yaml naming
+    `run_py`, once this process holds the dir."""
     from omegaconf import OmegaConf
+
+    from project.atomic import write_atomic
 
     records = Path(run_dir) / ".hydra"
     records.mkdir(exist_ok=True)
-    OmegaConf.save(cfg, records / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), records / "hydra.yaml")
-    OmegaConf.save(OmegaConf.create(list(overrides)), records / "overrides.yaml")
-    OmegaConf.save(OmegaConf.create({"run_py": str(Path(run_py).resolve())}), records / LAUNCH_RECORD)
+    write_atomic(records / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_atomic(records / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    write_atomic(records / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    launch = OmegaConf.create({"run_py": str(Path(run_py).resolve())})
+    write_atomic(records / LAUNCH_RECORD, OmegaConf.to_yaml(launch))
 
 
 def launched_by(run_dir: Path) -> Path | None:
