@@ -113,7 +113,7 @@ def elapsed(start, end) -> float:
     return start.elapsed_time(end) / 1000.0
 
 
-def describe(figures: dict) -> str:
+def epoch_text(figures: dict) -> str:
     """The epoch line's part: `1234 img/s, data wait 12%, step 45.6 ms, peak 1.20/1.50 GiB`."""
     if not figures:
         return ""

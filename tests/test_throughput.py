@@ -179,7 +179,7 @@ def test_gpu_marks_are_read_only_after_a_synchronisation(monkeypatch):
     assert perf.pending == [] and perf.step == perf.wait == pytest.approx(0.003)  # 1 ms a gap in the fake stream
     figures = perf.end_epoch()
     assert figures["perf_peak_allocated_gib"] == 1.0 and figures["perf_peak_reserved_gib"] == 2.0
-    assert throughput.describe(figures).endswith(", peak 1.00/2.00 GiB")
+    assert throughput.epoch_text(figures).endswith(", peak 1.00/2.00 GiB")
 
 
 def test_compare_shows_images_per_s_beside_the_scores(tmp_path, capsys):

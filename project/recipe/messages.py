@@ -76,7 +76,7 @@ def report_epoch(run: Run, end) -> None:
              end.lr, train["loss"], format_metrics(train),
              f"val loss {val['loss']:.4f} {format_metrics(val)}" if val else "no validation this epoch",
              "  *best*" if end.improved else "  *phase best*" if end.phase_improved and len(run.schedule) > 1 else "",
-             f" | {throughput.describe(end.perf)}" if end.perf else "")
+             f" | {throughput.epoch_text(end.perf)}" if end.perf else "")
     if run.perf.input_bound(end.perf):
         log.warning("%s", input_bound_advice(run, end.perf))
     if limits(run.cfg):  # a trial: what it really ran
