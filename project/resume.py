@@ -187,6 +187,9 @@ def recompose(saved: dict, typed: list[str]) -> tuple[DictConfig, list[str], dic
                         f"{pinned + overrides}: {e}. Pass the values you want explicitly, or use "
                         "resume=reset_optimizer.") from None
     keep_saved_values(cfg, config, {override_key(o) for o in typed} | {"resume"})
+    # the groups its overrides chose (a file saved before choices were recorded: logger=csv) are choices too
+    choices.update({override_key(o): o.split("=", 1)[1] for o in overrides
+                    if "=" in o and "." not in override_key(o) and not o.startswith(("~", "hydra"))})
     return cfg, overrides, choices
 
 

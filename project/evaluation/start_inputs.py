@@ -4,9 +4,9 @@ A file that records no normalisation (another script's) scored under the configu
 scored on inputs its weights never saw: a `/255` script's weights under 0.5/0.25 score far below what they are
 worth, and every gain reported against that start is false. So before training, its starting weights are scored
 on the first validation batches under the configured normalisation and the common conventions
-(normalisation.CONVENTIONS). If one scores better beyond noise (project/noise.py) and the user did not state
-data.mean/data.std, the run stops (UserError: exit 2, nothing trained or written) with the scores and the values
-to set; stated, it goes on with the table in the log.
+(normalisation.CONVENTIONS). If one scores better beyond noise (project/noise.py), by at least MIN_GAIN, and the
+user did not state data.mean/data.std, the run stops (UserError: exit 2, nothing trained or written) with the
+scores and the values to set; stated, it goes on with the table in the log.
 
 The validation batches are normalised once, as configured; each convention's inputs are those batches turned back
 into 0-1 pixels and normalised its way, so every candidate sees the same images.
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 BATCHES = 4  # the first validation batches scored under each candidate
 CHUNKS = 5   # scored in this many parts (noise.WINDOW): their spread is the noise a difference must beat
+MIN_GAIN = 0.05  # and by at least this much: weights that barely segment (a few hundredths) prove nothing either way
 
 
 class Batches:
@@ -90,7 +91,7 @@ def better_beyond_noise(table: dict, higher_is_better: bool) -> str | None:
     best = None
     for label, (score, spread, _) in others:
         gain = sign * (score - base)
-        if gain > 0 and noise.within_noise(gain, base_spread, spread) is False:
+        if gain >= MIN_GAIN and noise.within_noise(gain, base_spread, spread) is False:
             if best is None or sign * (score - table[best][0]) > 0:
                 best = label
     return best
