@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from project import noise
-from project.commands.text import fail, fmt, plain
+from project.commands.text import READS, fail, fmt, plain, trust_flag, trusting
 from project.errors import UserError
 from project.rundirs.reading import check_run_dir, final_checkpoint, guess_monitor, higher_is_better, metric_rows
 
@@ -310,14 +310,10 @@ def main(argv=None) -> int:
                         help="validations without improvement before a new best counts as a recovery, and below the "
                              "best before it counts as overfitting (default 3)")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    parser.add_argument("--trust-config", action="store_true",
-                        help="analyze a run whose checkpoint names code this installation would not run "
-                             "(docs/trust.md); nothing is built either way")
+    trust_flag(parser, READS)
     args = parser.parse_args(argv)
     try:
-        from project.checkpoints import trust
-
-        with trust.accepting("warn" if args.trust_config else None):
+        with trusting(args):
             result = analyze(args.run_dir, args.out, args.streak)
     except UserError as e:
         return fail(e)

@@ -33,9 +33,8 @@ import os
 import sys
 from pathlib import Path
 
-from project.checkpoints import trust
 from project.errors import UserError
-from project.commands.text import fail, fmt, plain
+from project.commands.text import fail, fmt, plain, trust_flag, trusting
 from project.evaluation.scoring import atomic_write, run_dir_of, score
 
 SPLITS = ("val", "test")
@@ -241,12 +240,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="folder for the results (default: <run dir>/eval/)")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the run's)")
     parser.add_argument("--tta", help="flip: average with the mirrored image's prediction")
-    parser.add_argument("--trust-config", action="store_true",
-                        help="build the file's model with the classes its config names, even where this "
-                             "installation would use others (docs/trust.md); the log names them")
+    trust_flag(parser)
     args = parser.parse_intermixed_args(argv)
     try:
-        with trust.accepting("warn" if args.trust_config else None):
+        with trusting(args):
             evaluate(args.target, args.split, args.data_root, args.checkpoint, args.ema, args.out, args.batch_size,
                      args.tta, args.overrides)
     except UserError as e:

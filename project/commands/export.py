@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from project.commands.text import fail
+from project.commands.text import fail, trust_flag, trusting
 from project.checkpoints import trust
 from project.errors import UserError
 
@@ -61,12 +61,10 @@ def main(argv=None) -> int:
     parser.add_argument("--ema", default="auto", metavar="auto|on|off",
                         help="auto: the weights the run validated with (the EMA copy under trainer.ema.validate); "
                              "on / off: the EMA copy or the raw training weights")
-    parser.add_argument("--trust-config", action="store_true",
-                        help="build the file's model with the classes its config names, even where this "
-                             "installation would use others (docs/trust.md); the log names them")
+    trust_flag(parser)
     args = parser.parse_intermixed_args(argv)  # key=value may come before or after the options
     try:
-        with trust.accepting("warn" if args.trust_config else None):
+        with trusting(args):
             written = export(args.target, args.format, args.out, checkpoint=args.checkpoint, ema=args.ema,
                              overrides=args.overrides)
     except UserError as e:

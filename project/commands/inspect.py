@@ -17,7 +17,7 @@ from pathlib import Path
 
 from project.errors import UserError
 from project.rundirs.reading import flatten
-from project.commands.text import fail, fmt, plain
+from project.commands.text import READS, fail, fmt, plain, trust_flag, trusting
 
 
 def resolve(path) -> Path:
@@ -302,17 +302,13 @@ def main(argv=None) -> int:
     parser.add_argument("checkpoint", help="a .pth file written by run.py, or a run directory (its last.pth)")
     parser.add_argument("--diff", metavar="OTHER", help="another checkpoint, run directory or config YAML")
     parser.add_argument("--json", action="store_true", help="print plain JSON instead of text")
-    parser.add_argument("--trust-config", action="store_true",
-                        help="show a file whose config names code this installation would not run (docs/trust.md); "
-                             "nothing is built either way")
+    trust_flag(parser, READS)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="for a file another script wrote: the config whose metric names its stored best "
                              "(loss.metric=image_f1: best_image_f_score; default: the configured loss.metric)")
     args = parser.parse_args(argv)
-    from project.checkpoints import trust
-
     try:
-        with trust.accepting("warn" if args.trust_config else None):
+        with trusting(args):
             info = checkpoint_info(args.checkpoint, args.overrides, args.diff)
     except UserError as e:
         return fail(e)

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from project.checkpoints import trust
+from project.commands.text import trust_flag, trusting
 from project.errors import UserError
 from project.evaluation.solution import check_solution, solution_contents, write_solution
 
@@ -345,12 +345,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-params", type=int, metavar="N", help="refuse a model with more than N parameters "
                         f"(the course: fewer than {COURSE_LIMIT:,}, so 1821084)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default 8)")
-    parser.add_argument("--trust-config", action="store_true",
-                        help="build the file's model with the classes its config names, even where this "
-                             "installation would use others (docs/trust.md); the log names them")
+    trust_flag(parser)
     args = parser.parse_intermixed_args(argv)
     try:
-        with trust.accepting("warn" if args.trust_config else None):
+        with trusting(args):
             result = predict(args.target, args.images, args.out, args.checkpoint, args.ema, args.tta, args.palette,
                              args.zip_path, args.solution, args.max_params, args.batch_size, args.overrides)
     except UserError as e:

@@ -25,3 +25,20 @@ def fmt(value, digits=4) -> str:
 def fmt_value(value) -> str:
     """Config values as typed (0.2, 0.0003, 1e-05), not rounded."""
     return f"{value:g}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
+BUILDS = ("build the file's model with the classes its config names, even where this installation would use others "
+          "(docs/trust.md); the log names them")
+READS = "show a file whose config names code this installation would not run (docs/trust.md); nothing is built"
+
+
+def trust_flag(parser, help_text: str = BUILDS) -> None:
+    """--trust-config, the one opt-in of every command that opens a file (project/checkpoints/trust.py)."""
+    parser.add_argument("--trust-config", action="store_true", help=help_text)
+
+
+def trusting(args):
+    """The block in which a command opens files: their own targets accepted (logged) with --trust-config."""
+    from project.checkpoints import trust
+
+    return trust.accepting("warn" if args.trust_config else None)
