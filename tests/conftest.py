@@ -1,4 +1,5 @@
 """Shared helpers: tests drive the real command line (python run.py ...) in a temporary working directory."""
+import csv
 import os
 import re
 import signal
@@ -66,6 +67,14 @@ def mount(*args: str) -> None:
 
 def train_tiny(run_dir: Path, *overrides, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
     return run_cli(*TINY, f"hydra.run.dir={run_dir}", *overrides, cwd=cwd, **kwargs)
+
+
+def training_rows(path) -> list[dict]:
+    """metrics.csv's rows (a run dir or the file) without the throughput columns (perf_*): how fast the machine
+    trained an epoch differs between two runs of the same training; nothing else in a row may."""
+    path = Path(path)
+    with open(path / "metrics.csv" if path.is_dir() else path, newline="") as f:
+        return [{k: v for k, v in row.items() if not k.startswith("perf_")} for row in csv.DictReader(f)]
 
 
 def load(path):

@@ -3,22 +3,20 @@ overfit_batches, the debug presets (fast, overfit, profile), and limited runs ma
 resume.checkpoint=latest and labelled by project-compare. Every run is a real `python run.py`; the counts are those
 the run really trained (optimizer steps in the checkpoint) and validated (the log; the validation loss recomputed
 here on exactly the batches it should have used)."""
-import csv
 import json
 import math
 import re
 
 import torch
 
-from conftest import TINY_DATA, load, run_cli, train_tiny
+from conftest import load, run_cli, TINY_DATA, train_tiny, training_rows
 
 # TINY_DATA: 48 training samples (6 batches of 8) and 16 validation samples (2 batches), 32x32 images, seed 42
 UNET_TINY = [*TINY_DATA, "model=unet", "model.base_channels=8"]
 
 
 def rows(run_dir):
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return training_rows(run_dir)
 
 
 def only_run_dir(root):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from conftest import (ROOT, TINY, assert_continued_from, assert_resumed, assert_same, assert_same_state, load,
-                      run_cli)
+                      run_cli, training_rows)
 from project.loggers import read_rows
 
 # the math is the same on 1 and 2 processes: no dropout, no Dice (a per-batch ratio), no BatchNorm (tests/tiny_nets.py;
@@ -156,7 +156,7 @@ def test_two_ranks_stopped_by_sigterm_resume_bit_exact_and_on_one_rank(tmp_path)
                    epoch=saved["epoch"], batch=saved["batch_in_epoch"], own=True)
     assert_same_state(two, ref)
     # every row of metrics.csv, the stopped epoch's too: its train loss and metric counts were those of both ranks
-    assert_same_rows(read_rows(run_dir / "metrics.csv"), read_rows(tmp_path / "reference" / "metrics.csv"))
+    assert_same_rows(training_rows(run_dir), training_rows(tmp_path / "reference"))
     # resumed on one process from the stopped state: it completes the same global batches, none twice
     one = tmp_path / "one"
     # (at a small LR: one process's batch statistics and gradient sums differ from two ranks' in the last bits, so

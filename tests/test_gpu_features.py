@@ -1,13 +1,12 @@
 """What GPU users turn on (mixed precision, accumulation, clipping, EMA, compile, the NaN guard), each resumed
 bit for bit, in real processes (signals, exit codes), on the CPU."""
-import csv
 import hashlib
 import shutil
 
 import torch
 
 from conftest import (ROOT, TINY, assert_continued_from, assert_resumed, assert_same, assert_same_state, load, run_cli,
-                      stop_with_sigterm, tensors, train_tiny)
+                      stop_with_sigterm, tensors, train_tiny, training_rows)
 
 FEATURES = ["trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=3", "trainer.gradient_clip_val=1.0",
             "trainer.ema.decay=0.9"]
@@ -15,7 +14,7 @@ BATCHES = 25  # data.train_size=200 / batch 8: eight windows of 3 and a short la
 
 
 def rows(run_dir):
-    return list(csv.DictReader(open(run_dir / "metrics.csv")))
+    return training_rows(run_dir)
 
 
 def test_sigterm_inside_an_accumulation_window_resumes_bit_exact(tmp_path):

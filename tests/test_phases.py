@@ -1,16 +1,15 @@
 """Phase schedules: each phase's settings apply, resume continues the right phase bit for bit, and a resume
 that would reinterpret finished epochs is refused."""
-import csv
 
 import pytest
 
-from conftest import assert_resumed, assert_same_state, load, run_cli, train_tiny
+from conftest import assert_resumed, assert_same_state, load, run_cli, train_tiny, training_rows
 
 TWO_STAGE = ["schedule=two_stage_lr", "schedule.explore_epochs=2", "trainer.max_epochs=4", "scheduler=none"]
 
 
 def rows(run_dir):
-    return list(csv.DictReader(open(run_dir / "metrics.csv")))
+    return training_rows(run_dir)
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,14 @@
 """Scores that say what they measure: both F-scores and per-class numbers at every validation, a continuation's
 starting weights scored here and kept when nothing beats them, another metric restarting the best."""
-import csv
 import math
 
 import torch
 
-from conftest import assert_continued_from, assert_resumed, load, train_tiny
+from conftest import assert_continued_from, assert_resumed, load, train_tiny, training_rows
 
 
 def rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return training_rows(path)
 
 
 def test_reset_optimizer_scores_its_starting_weights_first(parent_run, tmp_path):

@@ -13,16 +13,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, TINY, assert_resumed, assert_same_state, load, same_weights, train_tiny
+from conftest import assert_resumed, assert_same_state, load, ROOT, same_weights, TINY, train_tiny, training_rows
 from project.commands import analyze, preview
 from project.data import fake_faces
 from project.data.loader import batch_order
 
 
 def rows(run_dir):
-    """metrics.csv's rows without the throughput columns (perf_*: how fast this machine was, not what trained)."""
-    return [{k: v for k, v in row.items() if not k.startswith("perf_")}
-            for row in csv.DictReader(open(run_dir / "metrics.csv"))]
+    return training_rows(run_dir)
 
 
 def resume_from(ckpt, run_dir, *overrides, cwd):
