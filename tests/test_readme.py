@@ -217,6 +217,7 @@ MANUAL = {  # command -> why no test runs it
         BENCHMARK + "; it also needs a small tmpfs that the user mounts at the path they name",
     "python benchmarks/input_pipeline.py --images 128 --rounds 5": BENCHMARK,
     "python benchmarks/scaling.py": BENCHMARK,
+    "python benchmarks/loss.py --rounds 9": BENCHMARK,
     "python benchmarks/predict_throughput.py": BENCHMARK,
     "python benchmarks/predict_throughput.py --tta flip": BENCHMARK,
     "python benchmarks/predict_throughput.py --device cuda": BENCHMARK + " on a GPU",
