@@ -99,7 +99,7 @@ def apply_switches(t) -> None:
     themselves are turned on by use_deterministic() once the run is built."""
     torch.set_float32_matmul_precision(t.get("float32_matmul_precision") or "highest")
     torch.backends.cudnn.benchmark = bool(t.get("benchmark"))
-    torch.use_deterministic_algorithms(False)
+    set_deterministic_algorithms(False)
     if t.get("deterministic") and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in CUBLAS_DETERMINISTIC:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     if t.get("deterministic") and t.get("benchmark"):
@@ -111,7 +111,15 @@ def use_deterministic(t) -> None:
     """trainer.deterministic: true = torch.use_deterministic_algorithms(True), an op without a deterministic
     implementation raises (see nondeterministic_error); warn = it warns and runs; false/null = off."""
     mode = t.get("deterministic")
-    torch.use_deterministic_algorithms(bool(mode), warn_only=mode == "warn")
+    set_deterministic_algorithms(bool(mode), warn_only=mode == "warn")
+
+
+def set_deterministic_algorithms(on: bool, warn_only: bool = False) -> None:
+    """torch.use_deterministic_algorithms, called only when it changes the setting: the call imports
+    torch._inductor (most of a second at every process start) only to mirror the flag in inductor's config."""
+    if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
+            != (on, warn_only):
+        torch.use_deterministic_algorithms(on, warn_only=warn_only)
 
 
 def switches_in_effect(t) -> dict:

@@ -9,11 +9,6 @@ x = (pixel / 255 - mean) / std. Runs and files saved before they were recorded u
 """
 import torch
 
-try:
-    from torchvision.transforms.v2.functional import resize
-except ImportError:  # torchvision before 0.15 (the solution's run.py carries the same fallback)
-    from torchvision.transforms.functional import resize
-
 from project.errors import UserError
 
 LEGACY = {"mean": [0.5], "std": [0.25]}  # what every run before data.mean/data.std was made for (and the default)
@@ -22,6 +17,16 @@ CONVENTIONS = {  # what other scripts feed their models; the names the checks an
     "[-1, 1]": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
     "ImageNet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
 }
+
+
+def resize(image, size, antialias=True):
+    """torchvision's resize, imported on first use: importing torchvision costs every process start over a second
+    (it loads torch._dynamo), and data generated at the model's size never resizes."""
+    try:
+        from torchvision.transforms.v2.functional import resize as torchvision_resize
+    except ImportError:  # torchvision before 0.15 (the solution's run.py carries the same fallback)
+        from torchvision.transforms.functional import resize as torchvision_resize
+    return torchvision_resize(image, size, antialias=antialias)
 
 
 def to_input(image, size, mean, std):
