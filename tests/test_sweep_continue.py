@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT, TINY, assert_resumed, assert_same_state, load
@@ -346,3 +347,21 @@ def test_a_sweep_started_from_the_repository_is_continued_by_an_installed_projec
     for job in ("0", "1"):
         assert epochs(sweep / job) == [1, 2, 3], text  # job 0: no epoch twice
         assert load(sweep / job / "checkpoints" / "final_model.pth")["epoch"] == 3
+
+    # Another script's file opened by the installed package: its config is composed from the conf/ of the
+    # repository the command is typed in; typed anywhere else, a paragraph says where conf/ must come from.
+    foreign = tmp_path / "their_best_model.pth"
+    weights = load(sweep / "0" / "checkpoints" / "final_model.pth")["model_state_dict"]
+    torch.save({"model_state_dict": weights, "best_f_score": 0.5}, foreign)
+    code = ("import sys\nfrom project.checkpoints.loading import load_model\nfrom project.errors import UserError\n"
+            f"try:\n    model, cfg = load_model({str(foreign)!r}, overrides={SMALL!r})\n"
+            "except UserError as e:\n    sys.exit(f'REFUSED {e}')\n"
+            "print('loaded', type(model).__name__, cfg.data.image_size)")
+    python = tmp_path / "install" / "venv" / "bin" / "python"
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    here = subprocess.run([str(python), "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert here.returncode == 0 and "loaded MicroSegFormer 32" in here.stdout, here.stdout + here.stderr
+    away = subprocess.run([str(python), "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert away.returncode == 1 and "REFUSED" in away.stderr, away.stdout + away.stderr
+    assert f"nor in the working directory ({elsewhere})" in away.stderr and "run.py and conf/" in away.stderr

@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 from project import phases
+from project.config_dir import compose
 from project.checkpoints import files
 from project.checkpoints import foreign
 from project.checkpoints.foreign import FORMAT as FOREIGN
@@ -92,18 +93,6 @@ def stored_best(state: dict) -> dict:
     the key it was found under (see open_checkpoint). The score is None when the file stores none."""
     name = state.get("best_name") if state.get("format") == FOREIGN else state.get("monitor")
     return {"name": name, "score": state.get("best_score")}
-
-
-def compose(overrides: list[str]):
-    """The config run.py would compose from these overrides (for files without a config of ours)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    try:
-        with initialize_config_dir(str(conf), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides))
-    except Exception as e:  # a bad override: Hydra's own message names it
-        raise UserError(f"Could not compose the config from {list(overrides)}: {e}") from None
 
 
 def validated_weights(saved: dict, weights_key: str | None = None) -> tuple[str, dict]:

@@ -13,13 +13,12 @@ and the opt-in. The opt-in (`--trust-config` on the commands, `load_model(..., t
 import logging
 from contextlib import contextmanager
 from contextvars import ContextVar
-from pathlib import Path
 
+from project.config_dir import config_dir
 from project.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 MISSING = "???"  # a target the config leaves to the user (conf/model/custom.yaml)
 SHOWN = 3  # mismatches named in full in a refusal; the rest are counted
 FLAG = "--trust-config (load_model: trust_config=True)"
@@ -114,7 +113,7 @@ def pins(choices: dict) -> list[str]:
     import yaml
 
     listed = set()
-    for entry in (yaml.safe_load((CONF / "config.yaml").read_text()) or {}).get("defaults", []):
+    for entry in (yaml.safe_load((config_dir() / "config.yaml").read_text()) or {}).get("defaults", []):
         if isinstance(entry, dict):
             listed.update(str(k).split("@")[0].removeprefix("override ") for k in entry)
     return [f"{'' if group in listed else '+'}{group}={option}" for group, option in choices.items()
@@ -133,7 +132,7 @@ def compose_choices(choices: dict, typed=()) -> dict:
         if GlobalHydra.instance().is_initialized():
             config = plain(compose(config_name="config", overrides=overrides))
         else:
-            with initialize_config_dir(str(CONF), version_base="1.3"):
+            with initialize_config_dir(str(config_dir()), version_base="1.3"):
                 config = plain(compose(config_name="config", overrides=overrides))
     except Exception as e:  # an option this installation has no file for
         raise CannotCompose(" ".join(str(e).split())) from None

@@ -11,20 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from project.config_dir import compose
 from project.errors import UserError
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    try:
-        with initialize_config_dir(str(CONF), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
-    except Exception as e:  # a bad override: Hydra's own message names it
-        raise UserError(f"Could not compose the config from {overrides}: {e}") from None
-
 
 def samples(cfg, n: int, epoch: int) -> tuple[dict, list[tuple]]:
     """The data and the first n training samples of `epoch`, in training order, as training draws them."""
