@@ -157,6 +157,7 @@ class Outcome:
     code: int         # pytest's exit code
     failed: list      # node ids of the failing tests
     errors: list      # node ids with errors (setup, collection)
+    why: str          # the first line pytest marks "E" (the failed assertion), so the table says what broke
     seconds: float
     output: str
 
@@ -171,8 +172,9 @@ def run_tests(tree: Path, tests, *, stop_early: bool = True) -> Outcome:
     except subprocess.TimeoutExpired as e:
         raise MutantError(f"pytest ran over {TIMEOUT} s: {' '.join(tests)}") from e
     output = proc.stdout + proc.stderr
+    why = next(iter(re.findall(r"^E\s+(.+)$", output, re.M)), "")
     return Outcome(proc.returncode, re.findall(r"^FAILED (\S+)", output, re.M),
-                   re.findall(r"^ERROR (\S+)", output, re.M), time.monotonic() - start, output)
+                   re.findall(r"^ERROR (\S+)", output, re.M), why.strip(), time.monotonic() - start, output)
 
 
 def judge(mutant: Mutant, outcome: Outcome) -> str:
@@ -224,10 +226,14 @@ def print_list(mutants) -> None:
 
 
 def print_table(rows) -> None:
-    print("| mutant | result | killed by | seconds |")
-    print("|---|---|---|---|")
-    for name, result, killers, seconds in rows:
-        print(f"| {name} | {result} | {', '.join(f'`{short(k)}`' for k in killers) or '-'} | {seconds:.0f} |")
+    """Markdown, as docs/mutants.md keeps it; `why` is the failed assertion's first line, cut short."""
+    print("| mutant | result | killed by | what failed | seconds |")
+    print("|---|---|---|---|---|")
+    for name, result, outcome in rows:
+        killers = ", ".join(f"`{short(k)}`" for k in outcome.failed) or "-"
+        why = outcome.why if len(outcome.why) <= 90 else outcome.why[:87] + "..."
+        why = f"`{why}`".replace("|", "\\|") if why else "-"
+        print(f"| {name} | {result} | {killers} | {why} | {outcome.seconds:.0f} |")
 
 
 def select(only: str | None) -> list[Mutant]:
@@ -260,7 +266,7 @@ def main(argv=None) -> int:
         for m in mutants:
             result, outcome = run_mutant(m)
             print(f"{m.name}: {result} ({outcome.seconds:.0f} s)", flush=True)
-            rows.append((m.name, result, outcome.failed, outcome.seconds))
+            rows.append((m.name, result, outcome))
     except MutantError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
