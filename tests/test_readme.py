@@ -201,6 +201,7 @@ COVERED = {  # command -> ("tests/<file>::<function>", distinctive parts of that
     "project-sweep continue multirun/2026-11-24/10-00-00 --dry-run":
         ("test_sweep_continue.py::test_a_local_gpus_sweep_stopped_by_sigterm_is_continued",
          ['project_sweep("continue", sweep, "--dry-run"']),
+    "python scripts/mutants.py --list": ("test_mutants.py::test_list_and_only", ['mutants.main(["--list"])']),
 }
 
 BENCHMARK = "a benchmark, measured by hand for minutes to hours (tests/test_benchmarks.py runs each one's --help; " \
@@ -219,6 +220,9 @@ MANUAL = {  # command -> why no test runs it
     "python benchmarks/scaling.py": BENCHMARK,
     "python benchmarks/loss.py --rounds 9": BENCHMARK,
     "python benchmarks/predict_throughput.py": BENCHMARK,
+    "python scripts/mutants.py": "every mutant against its tests: tens of minutes of training runs, too long for every "
+                                 "CI run (tests/test_mutants.py checks each mutant's patch and --list)",
+    "python scripts/mutants.py --only restore-nothing": "a few minutes of training runs, by hand (see above)",
     "python benchmarks/predict_throughput.py --tta flip": BENCHMARK,
     "python benchmarks/predict_throughput.py --device cuda": BENCHMARK + " on a GPU",
     "python benchmarks/throughput.py --device cuda --models microsegformer --modes 32 --image-size 256 "

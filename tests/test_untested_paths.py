@@ -115,6 +115,23 @@ def test_early_stop_after_a_resume_at_the_uninterrupted_epoch(sparse, tmp_path):
     assert got["best_f_score"] == ref["best_f_score"] and rows(tmp_path / "resumed") == rows(sparse)
 
 
+def test_a_resume_keeps_the_stored_best_until_a_validation_beats_it(sparse, tmp_path):
+    """Resumed after epoch 4 (its best): epoch 5 is not validated, so its file carries epoch 4's best on, as the
+    uninterrupted run's checkpoint_epoch_5.pth does; a restore that dropped the stored best would hold none there."""
+    ckpt = sparse / "checkpoints" / "checkpoint_epoch_4.pth"
+    stopped = load(ckpt)
+    assert stopped["best_epoch"] == 4 and stopped["best_f_score"] > 0
+    out, got = resume_from(ckpt, tmp_path / "resumed", *SPARSE, "trainer.save_interval=1", "trainer.keep_last=10",
+                           cwd=tmp_path)
+    assert_resumed(out, ckpt, stopped["global_step"], got)
+    fifth, ref = (load(d / "checkpoints" / "checkpoint_epoch_5.pth") for d in (tmp_path / "resumed", sparse))
+    assert not rows(sparse)[4]["val_f_score"]  # epoch 5: no validation
+    assert_same_state(fifth, ref)  # best_epoch included
+    assert (fifth["best_epoch"], fifth["best_f_score"]) == (ref["best_epoch"], ref["best_f_score"]) == (
+        4, stopped["best_f_score"])
+    assert_same_state(got, load(sparse / "checkpoints" / "final_model.pth"))
+
+
 # --- trainer.ema.validate=false ------------------------------------------------------------------------------------
 
 def test_ema_not_validated_uses_the_raw_weights_and_still_saves_the_ema(parent_run, tmp_path):
