@@ -38,15 +38,15 @@ def saving_before(run: Run, batches, epoch: int, start: int, n: int):
             yield batch
             i += 1  # the loop asks for the next batch once this one's step is done
     except UnreadableFile as e:
-        raise Explained(f"{e.text} It is in batch {i + 1}/{n} of epoch {epoch + 1}. {saved_before(run, epoch, i)} "
-                        f"{FIX} {continue_with(run)}", e.path) from None
+        where = f"{e.text} It is in batch {i + 1}/{n} of epoch {epoch + 1}."
+        raise Explained(f"{where} {saved_before(run, epoch, i) or intact(run)} {FIX} {go_on(run)}", e.path) from None
 
 
-def saved_before(run: Run, epoch: int, i: int) -> str:
+def saved_before(run: Run, epoch: int, i: int) -> str | None:
     """Save last.pth at the step boundary before batch i, as a stop signal does, where the state is at one."""
     progress = run.progress
     if distributed.current().enabled or progress.batch_in_epoch != i or i == 0:
-        return intact(run)
+        return None
     save(run, ["last.pth"])
     run.writer.wait()
     last = run.ckpt_dir / "last.pth"
@@ -55,20 +55,27 @@ def saved_before(run: Run, epoch: int, i: int) -> str:
             f"batch {i} (optimizer step {progress.global_step}).")
 
 
-def intact(run: Run) -> str:
+def last_saved(run: Run) -> dict | None:
     last = run.ckpt_dir / "last.pth"
     try:
-        saved = checkpoint.load(last) if last.is_file() else None
+        return checkpoint.load(last) if last.is_file() else None
     except UserError:
-        saved = None
+        return None
+
+
+def intact(run: Run) -> str:
+    """Which checkpoint of this run holds what, where nothing was saved now."""
+    saved = last_saved(run)
     if saved is None:
-        return "No checkpoint of this run was written yet: run the same command again once the file is fixed."
+        return "No checkpoint of this run was written yet."
     at = (f"epoch {saved['epoch'] + 1} up to batch {saved['batch_in_epoch']}" if saved.get("batch_in_epoch") else
           f"the end of epoch {saved['epoch']}")
-    return f"The last checkpoint of this run is {last} ({at}, optimizer step {saved['global_step']})."
+    return f"The last checkpoint of this run is {run.ckpt_dir / 'last.pth'} ({at}, optimizer step {saved['global_step']})."
 
 
-def continue_with(run: Run) -> str:
+def go_on(run: Run) -> str:
+    if last_saved(run) is None:
+        return "Then run the same command again."
     return f"Then continue with: python run.py resume=full resume.checkpoint={run.run_dir}"
 
 
@@ -77,4 +84,4 @@ def explained(run: Run, error: UnreadableFile) -> Explained:
     complete (`saving_before`)."""
     if isinstance(error, Explained):
         return error
-    return Explained(f"{error.text} {intact(run)} {FIX} {continue_with(run)}", error.path)
+    return Explained(f"{error.text} {intact(run)} {FIX} {go_on(run)}", error.path)
