@@ -3,7 +3,7 @@
 data.on_bad_file=error (the default): one paragraph naming the file and the decoder's reason, exit 2, and last.pth
 saved at the step before the bad batch, as a stop signal saves it; once the file is replaced, resume=full ends bit
 for bit where a run that never met it ends. data.on_bad_file=skip: the run finishes, the log names the file, and the
-batches are the same whichever number of workers forms them. project-preview --check-files lists the file first.
+batches are the same whichever number of workers forms them, and a resume mid-epoch reads the same ones. project-preview --check-files lists the file first.
 """
 import shutil
 
@@ -83,12 +83,17 @@ def test_skip_finishes_naming_the_file_and_batches_do_not_depend_on_workers(fold
 
     train = tasks.build_data(composed(*DATA, f"data.root={copy}", "data.on_bad_file=skip"))["train"]
     read = []
-    for workers in (0, 2):
+    for workers in (0, 2):  # epochs 1 and 2, then epoch 2 from its batch 3 on, as a resume reads it
         loader = RunLoader(train, 4, seed=0, num_workers=workers)
-        read.append([batch for epoch in (0, 1) for batch in loader.epoch(epoch)])
+        read.append([batch for epoch, start in ((0, 0), (1, 0), (1, BATCH)) for batch in loader.epoch(epoch, start)])
         loader.close()
+    n = len(batch_order(len(train), 4, 0, 0))
     assert [len(b[0]) for b in read[0]][BATCH] == 3  # the bad sample left out of its batch, the others kept
-    assert len(read[0]) == len(read[1]) and all(torch.equal(x, y) for a, b in zip(*read) for x, y in zip(a, b))
+    assert len(read[0]) == len(read[1]) == 3 * n - BATCH
+
+    def same(a, b):
+        return len(a) == len(b) and all(torch.equal(x, y) for p, q in zip(a, b) for x, y in zip(p, q))
+    assert same(*read) and same(read[0][2 * n:], read[0][n + BATCH:2 * n])
 
     proc = run_cli(*DATA, f"data.root={copy}", "data.on_bad_file=skip", *TRAIN, f"hydra.run.dir={tmp / 'skip'}",
                    cwd=tmp)
