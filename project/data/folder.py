@@ -30,6 +30,9 @@ def split_key(key) -> tuple[int, int, int]:
 # ValueError (broken headers, tiles); torchvision.io RuntimeError
 DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, RuntimeError)
 ON_BAD_FILE = ("error", "skip")
+FIX = ("Replace the file with a readable copy (or remove it), or set data.on_bad_file=skip to leave unreadable files "
+       "out of their batches with a warning naming each; `project-preview --check-files` with the run's data "
+       "overrides lists every unreadable file before a long run.")
 
 
 def unreadable(kind: str, path: Path, error: Exception) -> UnreadableFile:

@@ -14,15 +14,13 @@ import logging
 
 from project import distributed
 from project.checkpoints import files as checkpoint
+from project.data.folder import FIX
 from project.errors import UnreadableFile, UserError
 from project.recipe.epoch_end import save
 from project.recipe.run import Run
 
 log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
-FIX = ("Replace the file with a readable copy (or remove it), or set data.on_bad_file=skip to leave unreadable files "
-       "out of their batches with a warning naming each; `project-preview --check-files` with the run's data "
-       "overrides lists every unreadable file before a long run.")
 
 
 class Explained(UnreadableFile):
@@ -84,4 +82,4 @@ def explained(run: Run, error: UnreadableFile) -> Explained:
     complete (`saving_before`)."""
     if isinstance(error, Explained):
         return error
-    return Explained(f"{error.text} {intact(run)} {FIX} {go_on(run)}", error.path)
+    return Explained(f"{error.text} It is a validation sample. {intact(run)} {FIX} {go_on(run)}", error.path)
