@@ -100,3 +100,19 @@ def test_skip_finishes_naming_the_file_and_batches_do_not_depend_on_workers(fold
     log = (tmp / "skip" / "training.log").read_text()
     assert f"Skipped a sample (data.on_bad_file=skip): Image {bad} cannot be read" in log, proc.stderr
     assert (tmp / "skip" / "checkpoints" / "final_model.pth").is_file()
+
+
+def test_a_mask_that_is_no_image_among_the_first_validation_samples_is_a_refusal(folder):
+    """The model's fit is probed on the first validation samples before anything is written: a file there that
+    cannot be read is a refusal (exit 2, the fix named, no run dir left)."""
+    tmp, root, _ = folder
+    copy = tmp / "probe_data"
+    shutil.copytree(root, copy)
+    mask = tasks.build_data(composed(*DATA, f"data.root={copy}"))["val"].pairs[0][1]
+    mask.write_bytes(b"not an image")
+    proc = run_cli(*DATA, f"data.root={copy}", *TRAIN, f"hydra.run.dir={tmp / 'probe'}", cwd=tmp, check=False)
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"Mask {mask} cannot be read: cannot identify image file" in said, said
+    assert "data.on_bad_file=skip" in said and "Nothing was trained or written." in said, said
+    assert not (tmp / "probe").exists()
