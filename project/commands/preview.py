@@ -9,7 +9,8 @@ draws): images with their masks overlaid in the data's colours and a legend of t
 class name above each image for classification data.
 
 With --check-files it draws nothing: it opens every image and mask of every split with the decoder training uses
-and lists each file that cannot be read, with the decoder's reason (exit 1 if any, 0 if none).
+and lists each file that cannot be read, with the decoder's reason, and each mask that is not single-channel
+(exit 1 if any, 0 if none).
 """
 import argparse
 import sys
@@ -33,9 +34,7 @@ def compose(overrides: list[str]):
 def samples(cfg, n: int, epoch: int) -> tuple[dict, list[tuple]]:
     """The data and the first n training samples of `epoch`, in training order, as training draws them."""
     from project import tasks
-    from project.data.loader import batch_order
-
-    from project.data.loader import Skipped
+    from project.data.loader import Skipped, batch_order
 
     data = tasks.build_data(cfg)
     dataset = data["train"]
@@ -58,8 +57,8 @@ def check_files(cfg) -> int:
     files = list(dict.fromkeys(f for s in splits for f in data[s].files()))  # each once, in the splits' order
     dataset = data[splits[0]]
     bad = unreadable_files(files, dataset.channels, dataset.decoder, threads=cfg.data.get("num_workers") or 1)
-    for error in bad:
-        print(error.text)
+    for problem in bad:
+        print(problem)
     kinds = {k: sum(kind == k for kind, _ in files) for k in ("image", "mask")}
     what = f"{kinds['image']} images" + (f" and {kinds['mask']} masks" if kinds["mask"] else "")
     print(f"Checked {what} of {', '.join(splits)} with decoder {dataset.decoder}: "

@@ -68,21 +68,22 @@ def read_mask(path: Path) -> torch.Tensor:
         raise unreadable("Mask", path, e) from None
 
 
-def unreadable_files(files, channels: int, decoder: str, threads: int = 1):
-    """The UnreadableFile of each of `files` ((kind, path): "image" or "mask") that cannot be read, opened as
-    training opens them (the same decoder), in their order; Pillow decodes outside the GIL, so threads help."""
+def unreadable_files(files, channels: int, decoder: str, threads: int = 1) -> list[str]:
+    """What is wrong with each of `files` ((kind, path): "image" or "mask") that training cannot read (opened as
+    training opens them, with the same decoder; also a mask that is not single-channel), in their order. Pillow
+    decodes outside the GIL, so threads help."""
     from concurrent.futures import ThreadPoolExecutor
 
     def check(file):
         kind, path = file
         try:
             decode(path, channels, decoder) if kind == "image" else read_mask(path)
-        except UnreadableFile as e:
-            return e
+        except UserError as e:  # UnreadableFile, or a mask of another mode
+            return str(e)
         return None
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        return [e for e in pool.map(check, files) if e is not None]
+        return [problem for problem in pool.map(check, files) if problem is not None]
 
 
 def read_or_skip(read, key, on_bad_file: str):
