@@ -176,10 +176,14 @@ def probe_samples(val) -> list:
     from project.data.loader import Skipped
 
     try:
-        return list(itertools.islice((s for s in map(val.__getitem__, range(len(val))) if not isinstance(s, Skipped)),
-                                     2))
+        samples = list(itertools.islice((s for s in map(val.__getitem__, range(len(val)))
+                                         if not isinstance(s, Skipped)), 2))
     except UnreadableFile as e:  # met before training: a refusal, nothing written
         raise UserError(f"{e.text} {FIX} Nothing was trained or written.") from None
+    if not samples:
+        raise UserError("No validation sample can be read (data.on_bad_file=skip skipped them all); "
+                        "`project-preview --check-files` lists the files. Nothing was trained or written.")
+    return samples
 
 
 def probe_model(cfg, model: torch.nn.Module, data: dict, device: torch.device) -> None:

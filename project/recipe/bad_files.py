@@ -22,7 +22,6 @@ from project.recipe.run import Run
 log = logging.getLogger("project.recipe")  # one name for every recipe module: uniform log lines
 
 
-
 class Explained(UnreadableFile):
     """The paragraph is complete: where the run was saved and how to continue."""
 
