@@ -52,6 +52,9 @@ RANGES = (
      "warm up for N >= 0 epochs (0 = none), e.g. scheduler.warmup_epochs=1"),
     ("loss.dice_weight", "number", lambda v: v >= 0, "the Dice weight must be >= 0"),
     ("data.image_size", "int", lambda v: v >= 16, "images must be at least 16 pixels, e.g. data.image_size=64"),
+    ("data.on_bad_file", "any", lambda v: v in ("error", "skip"),
+     "choose error (stop naming an unreadable image or mask, after saving the run) or skip (leave such files out, "
+     "with a warning naming each)"),
     ("data.num_workers", "int", lambda v: v >= 0,
      "the number of DataLoader worker processes is >= 0 (0 reads in the training process), e.g. data.num_workers=2"),
 )

@@ -30,3 +30,21 @@ class WorkerDied(Exception):
     """A DataLoader worker process died (the out-of-memory killer, a kill -9): not a stop signal, which workers
     ignore. run.py prints the message (where the run was, the last intact checkpoint, the command to continue) and
     exits with status 5."""
+
+
+class UnreadableFile(UserError):
+    """An image or mask file that its decoder cannot read (truncated, not an image, no permission). Raised in a
+    DataLoader worker, it reaches the main process as this type again: torch rebuilds it from one string (the
+    worker's traceback ending in this message), which `text` takes back out. The recipe saves the run at its
+    last step boundary before reporting it (project/recipe/bad_files.py); data.on_bad_file=skip skips such files."""
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.path = path  # None once rebuilt from a worker's traceback: the message names it
+
+    @property
+    def text(self) -> str:
+        text = str(self)
+        if "\nOriginal Traceback" in text:  # torch's "Caught UnreadableFile in DataLoader worker process N. ..."
+            text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        return text

@@ -7,6 +7,7 @@ both choices and the fix: the objective is checked against the declared task, th
 two validation samples (eval mode, no gradients, nothing random drawn).
 """
 import inspect
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import default_collate
 
 from project.checkpoints.trust import hydra_refusal
-from project.errors import UserError
+from project.errors import UnreadableFile, UserError
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +170,25 @@ def check_objective(cfg, objective, data: dict) -> None:
             f"{sorted(data.get('tasks') or ['label'])}). Weigh only the data's tasks. Nothing was trained or written.")
 
 
+def probe_samples(val) -> list:
+    """The first two validation samples that can be read (data.on_bad_file=skip leaves the others out)."""
+    from project.data.folder import FIX
+    from project.data.loader import Skipped
+
+    try:
+        samples = list(itertools.islice((s for s in map(val.__getitem__, range(len(val)))
+                                         if not isinstance(s, Skipped)), 2))
+    except UnreadableFile as e:  # met before training: a refusal, nothing written
+        raise UserError(f"{e.text} {FIX} Nothing was trained or written.") from None
+    if not samples:
+        raise UserError("No validation sample can be read (data.on_bad_file=skip skipped them all); "
+                        "`project-preview --check-files` lists the files. Nothing was trained or written.")
+    return samples
+
+
 def probe_model(cfg, model: torch.nn.Module, data: dict, device: torch.device) -> None:
     """One forward pass on two validation samples: the output must be what the data's task scores."""
-    batch = tuple(b.to(device) for b in default_collate([data["val"][i] for i in range(min(2, len(data["val"])))]))
+    batch = tuple(b.to(device) for b in default_collate(probe_samples(data["val"])))
     task = data.get("task") or infer_task(batch)
     names = f"{choice(cfg, 'model')} and {choice(cfg, 'data')} ({task} data)"
     fix = f"For {task} data use {FITS.get(task, 'a model made for it')}, or make the model fit the data."

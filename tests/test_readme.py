@@ -153,6 +153,9 @@ COVERED = {  # command -> ("tests/<file>::<function>", distinctive parts of that
         ("test_export.py::test_a_file_another_script_wrote_and_a_model_that_cannot_be_traced",
          ['"their.pth", "--format", "safetensors"', '"model=custom", "model._target_=']),
     # your own model and data, the story
+    "project-preview --check-files data=celebamask data.root=$HOME/faces data.val_fraction=0.1":
+        ("test_bad_files.py::test_a_truncated_jpeg_stops_after_saving_and_resume_ends_as_if_never_met",
+         ['preview.main(["--check-files", *DATA, f"data.root={root}"])']),
     "project-preview data=celebamask data.root=$HOME/faces data.val_fraction=0.1 augment=face_parsing --n 8":
         ("test_folder_data.py::test_preview_draws_the_samples_training_sees",
          ["preview.main(", '"augment=face_parsing"', '"--n"']),

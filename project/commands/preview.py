@@ -1,4 +1,5 @@
-"""project-preview [--out preview.png] [--epoch E] [--n N] [key=value ...]: look at training samples before a long run.
+"""project-preview [--out preview.png] [--epoch E] [--n N] [--check-files] [key=value ...]: look at training samples
+before a long run.
 
     project-preview data=celebamask data.root=~/faces data.val_fraction=0.1 augment=face_parsing
 
@@ -6,6 +7,10 @@ Composes the config as run.py would (the same overrides), builds the training sp
 of epoch E's first batches exactly as training will see them (after augmentation, resized, the same random
 draws): images with their masks overlaid in the data's colours and a legend of the class names present, or the
 class name above each image for classification data.
+
+With --check-files it draws nothing: it opens every image and mask of every split with the decoder training uses
+and lists each file that cannot be read, with the decoder's reason, and each mask that is not single-channel
+(exit 1 if any, 0 if none).
 """
 import argparse
 import sys
@@ -17,13 +22,36 @@ from project.errors import UserError
 def samples(cfg, n: int, epoch: int) -> tuple[dict, list[tuple]]:
     """The data and the first n training samples of `epoch`, in training order, as training draws them."""
     from project import tasks
-    from project.data.loader import batch_order
+    from project.data.loader import Skipped, batch_order
 
     data = tasks.build_data(cfg)
     dataset = data["train"]
     order = [i for batch in batch_order(len(dataset), cfg.trainer.batch_size, cfg.seed, epoch) for i in batch.tolist()]
     keyed = getattr(dataset, "takes_keys", False)
-    return data, [dataset[(cfg.seed, epoch, i)] if keyed else dataset[i] for i in order[:n]]
+    shown = (dataset[(cfg.seed, epoch, i)] if keyed else dataset[i] for i in order[:n])
+    return data, [s for s in shown if not isinstance(s, Skipped)]  # data.on_bad_file=skip: as training skips
+
+
+def check_files(cfg) -> int:
+    """Open every image and mask of every split as training does; print each that cannot be read. 1 if any."""
+    from project import tasks
+    from project.data.folder import unreadable_files
+
+    data = tasks.build_data(cfg)
+    splits = [s for s in ("train", "val", "test") if hasattr(data.get(s), "files")]
+    if not splits:
+        raise UserError("--check-files reads image folders (data=seg_folder, image_folder, celebamask, lapa); "
+                        f"{cfg.data.get('_target_')} reads no files.")
+    files = list(dict.fromkeys(f for s in splits for f in data[s].files()))  # each once, in the splits' order
+    dataset = data[splits[0]]
+    bad = unreadable_files(files, dataset.channels, dataset.decoder, threads=cfg.data.get("num_workers") or 1)
+    for problem in bad:
+        print(problem)
+    kinds = {k: sum(kind == k for kind, _ in files) for k in ("image", "mask")}
+    what = f"{kinds['image']} images" + (f" and {kinds['mask']} masks" if kinds["mask"] else "")
+    print(f"Checked {what} of {', '.join(splits)} with decoder {dataset.decoder}: "
+          + (f"{len(bad)} cannot be read (listed above)." if bad else "every file can be read."))
+    return 1 if bad else 0
 
 
 def draw(data: dict, shown: list[tuple], out: Path, title: str) -> Path:
@@ -84,9 +112,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="preview.png", help="the PNG to write (default: preview.png)")
     parser.add_argument("--epoch", type=int, default=1, help="which epoch's samples, as the log counts (default 1)")
     parser.add_argument("--n", type=int, default=16, help="how many samples (default 16)")
+    parser.add_argument("--check-files", action="store_true",
+                        help="draw nothing: list every image and mask that cannot be read (exit 1 if any)")
     args = parser.parse_args(argv)
     try:
         cfg = compose(args.overrides)
+        if args.check_files:
+            return check_files(cfg)
         if args.epoch < 1 or args.n < 1:
             raise UserError(f"--epoch {args.epoch} --n {args.n}: both count from 1.")
         data, shown = samples(cfg, args.n, args.epoch - 1)

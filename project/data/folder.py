@@ -15,7 +15,8 @@ from torchvision.transforms import v2
 
 from project.data.augment import sample_rng
 from project.data.normalisation import to_input
-from project.errors import UserError
+from project.data.loader import Skipped
+from project.errors import UnreadableFile, UserError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DECODERS = ("pil", "torchvision")  # they differ numerically on JPEGs (another IDCT), so the run records which
@@ -25,24 +26,75 @@ def split_key(key) -> tuple[int, int, int]:
     return tuple(key) if isinstance(key, (tuple, list)) else (0, 0, int(key))
 
 
-def decode(path: Path, channels: int, decoder: str) -> torch.Tensor:
-    """An image file as a uint8 tensor (channels, H, W): grayscale or RGB, whatever the file holds."""
-    if decoder == "torchvision":
-        from torchvision.io import ImageReadMode, decode_image
+# what decoders raise for a file they cannot read: Pillow OSError (truncated, not an image), SyntaxError, EOFError or
+# ValueError (broken headers, tiles); torchvision.io RuntimeError
+DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, RuntimeError)
+ON_BAD_FILE = ("error", "skip")
+FIX = ("Replace the file with a readable copy (or remove it), or set data.on_bad_file=skip to leave unreadable files "
+       "out of their batches with a warning naming each; `project-preview --check-files` with the run's data "
+       "overrides lists every unreadable file before a long run.")
 
-        return decode_image(str(path), mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
-    with Image.open(path) as image:
-        return v2.functional.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
+
+def unreadable(kind: str, path: Path, error: Exception) -> UnreadableFile:
+    """The error for a file its decoder cannot read, in one line (it travels back from a worker as one)."""
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return UnreadableFile(f"{kind} {path} cannot be read: {reason}.", path)
+
+
+def decode(path: Path, channels: int, decoder: str) -> torch.Tensor:
+    """An image file as a uint8 tensor (channels, H, W): grayscale or RGB, whatever the file holds. A file the
+    decoder cannot read raises UnreadableFile naming it."""
+    try:
+        if decoder == "torchvision":
+            from torchvision.io import ImageReadMode, decode_image
+
+            return decode_image(str(path), mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+        with Image.open(path) as image:
+            return v2.functional.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
+    except DECODE_ERRORS as e:
+        raise unreadable("Image", path, e) from None
 
 
 def read_mask(path: Path) -> torch.Tensor:
     """A class-index PNG as an int64 (H, W) tensor: the pixel values themselves, also for palette ('P') PNGs,
-    whichever image decoder the run uses."""
-    with Image.open(path) as mask:
-        if mask.mode not in ("L", "P", "I", "I;16", "1"):
-            raise UserError(f"Mask {path} is a {mask.mode} image; masks are single-channel PNGs whose pixel values "
-                            "are class indices (mode L or P).")
-        return torch.from_numpy(np.array(mask, dtype=np.int64))
+    whichever image decoder the run uses. A file Pillow cannot read raises UnreadableFile naming it."""
+    try:
+        with Image.open(path) as mask:
+            if mask.mode not in ("L", "P", "I", "I;16", "1"):
+                raise UserError(f"Mask {path} is a {mask.mode} image; masks are single-channel PNGs whose pixel "
+                                "values are class indices (mode L or P).")
+            return torch.from_numpy(np.array(mask, dtype=np.int64))
+    except DECODE_ERRORS as e:
+        raise unreadable("Mask", path, e) from None
+
+
+def unreadable_files(files, channels: int, decoder: str, threads: int = 1) -> list[str]:
+    """What is wrong with each of `files` ((kind, path): "image" or "mask") that training cannot read (opened as
+    training opens them, with the same decoder; also a mask that is not single-channel), in their order. Pillow
+    decodes outside the GIL, so threads help."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(file):
+        kind, path = file
+        try:
+            decode(path, channels, decoder) if kind == "image" else read_mask(path)
+        except UserError as e:  # UnreadableFile, or a mask of another mode
+            return str(e)
+        return None
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return [problem for problem in pool.map(check, files) if problem is not None]
+
+
+def read_or_skip(read, key, on_bad_file: str):
+    """A dataset's sample `read(key)`; with data.on_bad_file=skip, a sample whose file cannot be read is a Skipped
+    marker, which the loader's collate leaves out of its batch (the same samples whichever worker reads them)."""
+    try:
+        return read(key)
+    except UnreadableFile as e:
+        if on_bad_file != "skip":
+            raise
+        return Skipped(str(e))
 
 
 def check_mask(mask: torch.Tensor, path: Path, num_classes: int, ignore_index: int) -> None:
@@ -108,6 +160,13 @@ def describe_classes(num_classes: int, classes=None, colors=None, flip_pairs=Non
         raise UserError(f"data.flip_pairs={pairs}: each pair holds two class indices (0..{num_classes - 1}) that "
                         "swap under a horizontal flip, e.g. [[4, 5], [6, 7]]; no index may appear twice.")
     return {"classes": classes, "colors": colors, "flip_pairs": pairs}
+
+
+def check_on_bad_file(value: str) -> str:
+    if value not in ON_BAD_FILE:
+        raise UserError(f"data.on_bad_file={value!r} is unknown: use error (stop at an unreadable image or mask, "
+                        "naming it, after saving the run) or skip (leave such files out, with a warning naming each).")
+    return value
 
 
 def check_decoder(decoder: str) -> str:

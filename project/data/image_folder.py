@@ -23,15 +23,22 @@ class ClassFolder(Dataset):
     takes_keys = True  # indexed by (seed, epoch, index): see project/data/folder.py
 
     def __init__(self, samples: list[tuple[Path, int | None]], image_size: int, in_channels: int, norm: dict,
-                 decoder="pil", mean=LEGACY["mean"], std=LEGACY["std"], augment=None):
-        self.samples, self.channels, self.decoder = samples, in_channels, decoder
+                 decoder="pil", mean=LEGACY["mean"], std=LEGACY["std"], augment=None, on_bad_file="error"):
+        self.samples, self.channels, self.decoder, self.on_bad_file = samples, in_channels, decoder, on_bad_file
         self.pipeline = folder.Pipeline(image_size, norm, augment)
         self.has_targets = all(label is not None for _, label in samples)
 
     def __len__(self):
         return len(self.samples)
 
+    def files(self) -> list[tuple[str, Path]]:
+        """("image", path) of every file a sample reads."""
+        return [("image", path) for path, _ in self.samples]
+
     def __getitem__(self, key):
+        return folder.read_or_skip(self.sample, key, self.on_bad_file)
+
+    def sample(self, key):
         path, label = self.samples[folder.split_key(key)[2]]
         (image,) = self.pipeline(key, folder.decode(path, self.channels, self.decoder))
         return (image,) if label is None else (image, label)
@@ -57,9 +64,10 @@ def validation(root: Path, classes: list[str]) -> dict:
 
 
 def build(root, image_size=64, in_channels=3, num_workers=2, val_fraction=None, val_list=None, split_seed=0,
-          decoder="pil", mean=LEGACY["mean"], std=LEGACY["std"], augment=None):
+          decoder="pil", mean=LEGACY["mean"], std=LEGACY["std"], augment=None, on_bad_file="error"):
     root = Path(root).expanduser()
     folder.check_decoder(decoder)
+    folder.check_on_bad_file(on_bad_file)
     try:
         classes, _ = find_classes(root / "train")
     except (FileNotFoundError, NotADirectoryError):
@@ -74,7 +82,7 @@ def build(root, image_size=64, in_channels=3, num_workers=2, val_fraction=None, 
     train, val, split = splits.choose(root, train, validation(root, classes) if (root / "val").is_dir() else None,
                                       val_fraction, val_list, split_seed, "ROOT/val/CLASS/")
     norm = checked(mean, std, in_channels)
-    args = dict(image_size=image_size, in_channels=in_channels, decoder=decoder, norm=norm)
+    args = dict(image_size=image_size, in_channels=in_channels, decoder=decoder, norm=norm, on_bad_file=on_bad_file)
     data = {"train": ClassFolder(list(train.values()), augment=compose(augment), **args),
             "val": ClassFolder(list(val.values()), **args), "classes": classes, "num_workers": num_workers,
             "normalisation": norm,

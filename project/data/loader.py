@@ -19,14 +19,39 @@ As workers ignore SIGTERM, which is how Python ends daemon processes at exit, a 
 """
 import atexit
 import contextlib
+import logging
 import signal
 import threading
 import weakref
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from project.errors import UnreadableFile
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+log = logging.getLogger("project.data")
+
+
+class Skipped:
+    """What a dataset returns for a sample it skips (data.on_bad_file=skip: its file cannot be read), with the
+    reason. `collate` leaves it out of the batch; the main process warns once per file (`RunLoader`)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def collate(samples: list) -> tuple:
+    """(the batch of the samples read, the reasons of those skipped). A sample is skipped or not by its file
+    alone, so a batch is the same whichever worker forms it: a resume skips the same samples at the same steps.
+    A batch whose every sample was skipped stops the run as an unreadable file would."""
+    kept = [s for s in samples if not isinstance(s, Skipped)]
+    skipped = [s.reason for s in samples if isinstance(s, Skipped)]
+    if not kept:
+        reasons = "; ".join(skipped)
+        raise UnreadableFile(f"Every sample of a batch was skipped, as none of its files can be read ({reasons}); "
+                             "a step needs at least one.")
+    return default_collate(kept), skipped
 
 
 class TensorSamples(Dataset):
@@ -143,10 +168,11 @@ class RunLoader:
         self.loader = None
         self.died = []  # (pid, exit code) of workers found dead when closing: -N = killed by signal N
         self.ahead = None  # (epoch, iterator) started by prefetch()
+        self.skipped = set()  # the reasons of the samples skipped so far, each warned about once
         if not isinstance(dataset, TensorSamples):  # the in-memory fast path: whole-batch indexing, no DataLoader
             self.loader = DataLoader(
                 dataset, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=pin_memory,
-                worker_init_fn=ignore_stop_signals if num_workers else None,
+                worker_init_fn=ignore_stop_signals if num_workers else None, collate_fn=collate,
                 persistent_workers=persistent and num_workers > 0,
                 generator=torch.Generator().manual_seed(seed))  # worker seeds: never drawn from the global RNG
 
@@ -169,12 +195,25 @@ class RunLoader:
         if self.loader is None:
             return (self.dataset[b] for b in order)
         if not self.forks:
-            return iter(self.loader)  # the persistent workers get this epoch's keys
+            return self.read(iter(self.loader))  # the persistent workers get this epoch's keys
         if self.before_fork is not None:
             self.before_fork()
         _open.add(self)
         with forking():
-            return iter(self.loader)
+            return self.read(iter(self.loader))
+
+    def read(self, batches):
+        """The batches of a DataLoader iterator, warning once about each sample skipped; a file that cannot be read
+        is raised in this process as UnreadableFile with its own message (no worker traceback)."""
+        try:
+            for batch, skipped in batches:
+                for reason in skipped:
+                    if reason not in self.skipped:
+                        self.skipped.add(reason)
+                        log.warning("Skipped a sample (data.on_bad_file=skip): %s", reason)
+                yield batch
+        except UnreadableFile as e:
+            raise UnreadableFile(e.text, e.path) from None
 
     def prefetch(self, epoch: int) -> None:
         """Start epoch `epoch` from its first batch now, so that the workers load its first batches while the

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from project import distributed, runtime
 from project.errors import UserError
+from project.recipe.bad_files import saving_before
 from project.recipe.divergence import check_finite, skip_nonfinite
 from project.recipe.epoch_end import end_epoch, save
 from project.recipe.limits import batch_limit, batches_per_epoch
@@ -95,6 +96,7 @@ def epoch_bar(run: Run, epoch: int, order: int, start: int, n: int) -> tqdm:
     """The epoch's batches in the loader's order `order`, from batch `start` (a limit ends the epoch after its
     first n), behind a progress bar."""
     batches = run.loaders["train"].epoch(order, start)  # the first epoch forks the workers (after the writer)
+    batches = saving_before(run, batches, epoch, start, n)  # an unreadable file: saved at the step before, then stop
     if batch_limit(run, "train") is not None:
         batches = itertools.islice(batches, max(n - start, 0))
     return tqdm(batches, total=n, initial=start, desc=f"epoch {epoch + 1}/{run.cfg.trainer.max_epochs}", leave=False,

@@ -19,7 +19,8 @@ from project import distributed, resume, runtime
 from project.evaluation import start_inputs
 from project.rundirs import lineage
 from project.data.loader import is_worker_death
-from project.errors import DiskError, WorkerDied
+from project.errors import DiskError, UnreadableFile, WorkerDied
+from project.recipe import bad_files
 from project.recipe.loop import train_loop
 from project.recipe.messages import announce, overfit_verdict, report, what_is_intact, worker_died_message
 from project.recipe.restore import score_start
@@ -96,6 +97,8 @@ def fit(run: Run, plan) -> tuple[dict, str | None]:
         return loop_and_close(run, plan)
     except DiskError as e:
         raise DiskError(f"{e} {what_is_intact(run)}") from None
+    except UnreadableFile as e:  # training's batches saved the run before it (bad_files.saving_before)
+        raise bad_files.explained(run, e) from None
     except RuntimeError as e:  # torch's SIGCHLD handler raises it anywhere in this thread when a worker dies
         if not is_worker_death(e):
             explained = runtime.nondeterministic_error(e, run.device)  # trainer.deterministic=true met such an op
