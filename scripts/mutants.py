@@ -83,6 +83,8 @@ WEIGHTS_DROPPED = (
     "tests/test_sweeps.py::test_ctrl_c_stops_a_sweep_each_job_saves_and_one_continues",
     "tests/test_distributed.py::test_two_ranks_stopped_by_sigterm_resume_bit_exact_and_on_one_rank",
 )
+# the end-to-end stop and resume through 2 DataLoader workers on PNG folder data (the group gets the signal)
+WORKERS_RESUME = "tests/test_workers.py::test_signal_to_the_process_group_stops_mid_epoch_and_resumes_bit_exact[SIGTERM]"
 OWN_CODE = "tests/test_own_code.py::test_their_classes_as_they_are_train_and_continue_from_their_own_best_model"
 
 
@@ -110,13 +112,14 @@ MUTANTS = [
     Mutant("loader-from-batch-0", "the run's loader starts every resumed epoch at its first batch",
            "project/data/loader.py", "order = self.sampler.set_epoch(epoch, start)",
            "order = self.sampler.set_epoch(epoch, 0)",
-           (RUN_LOADER, MID_EPOCH)),
+           (RUN_LOADER, MID_EPOCH, WORKERS_RESUME)),
     Mutant("augment-ignores-epoch", "each sample's augmentation seed ignores the epoch: every epoch draws the same",
            "project/data/augment.py", 'f"{seed}/{epoch}/{index}"', 'f"{seed}/0/{index}"',
-           ("tests/test_folder_data.py::test_augmented_samples_are_the_same_in_any_process_and_differ_between_epochs",)),
+           ("tests/test_folder_data.py::test_augmented_samples_are_the_same_in_any_process_and_differ_between_epochs",
+            "tests/test_untested_paths.py::test_preview_epoch_shows_that_epochs_augmentation")),
     Mutant("workers-take-stop-signals", "DataLoader workers die of SIGINT/SIGTERM sent to the job's process group",
            "project/data/loader.py", "signal.signal(s, signal.SIG_IGN)", "signal.signal(s, signal.SIG_DFL)",
-           (RUN_LOADER,)),
+           (RUN_LOADER, WORKERS_RESUME)),
     Mutant("direct-write", "the atomic write writes the target itself (no temp file, no rename)",
            "project/atomic.py", "    discard(tmp)\n    try:\n        yield tmp\n",
            "    discard(tmp)\n    tmp = path\n    try:\n        yield tmp\n",
