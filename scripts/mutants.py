@@ -1,7 +1,7 @@
 """Named mutants, run by the project on itself (issue 26): each mutant breaks one promise of the core on purpose,
 and the tests that claim that promise must fail against it.
 
-    python scripts/mutants.py                       # every mutant (tens of minutes on a 2-core CPU VM)
+    python scripts/mutants.py                       # every mutant (about 24 minutes on a 2-core CPU VM)
     python scripts/mutants.py --only restore-nothing
     python scripts/mutants.py --list                # each mutant, what it breaks and the tests it runs
 
