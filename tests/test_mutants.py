@@ -58,3 +58,49 @@ def test_list_and_only(capsys):
         "restore-nothing", "rng-not-restored"]
     assert mutants.main(["--only", "no-such-mutant"]) == 2
     assert "no mutant named no-such-mutant" in capsys.readouterr().err
+
+
+DEMO = '''
+import pytest
+
+def test_fails():
+    assert 1 == 2, "the promise broke"
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_passes(n):
+    pass
+
+def test_skips():
+    pytest.skip("no reason")
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("setup broke")
+
+def test_errors(broken):
+    pass
+'''
+
+
+def test_each_listed_test_must_fail_and_a_passing_one_is_named(tmp_path):
+    """A real pytest run and its JUnit report: killed only when every listed test failed; a listed test that passed
+    makes the mutant survive, named; a skip, a setup error or a test not run is no verdict (an error)."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_demo.py").write_text(DEMO)
+    nodes = {name: f"tests/test_demo.py::{name}" for name in ("test_fails", "test_passes[2]", "test_skips",
+                                                               "test_errors", "test_absent")}
+    outcome = mutants.run_tests(tmp_path, ["tests/test_demo.py"])
+    assert {n: outcome.results.get(n) for n in nodes.values()} == {
+        nodes["test_fails"]: "failed", nodes["test_passes[2]"]: "passed", nodes["test_skips"]: "skipped",
+        nodes["test_errors"]: "error", nodes["test_absent"]: None}
+    assert "the promise broke" in outcome.why[nodes["test_fails"]]
+
+    def mutant(*names):
+        return mutants.Mutant("demo", "", "x.py", "a", "b", tuple(nodes[n] for n in names))
+
+    assert mutants.judge(mutant("test_fails"), outcome) == "killed"
+    assert mutants.judge(mutant("test_fails", "test_passes[2]"), outcome) == "survived"
+    assert outcome.listed(mutant("test_fails", "test_passes[2]").tests, "passed") == [nodes["test_passes[2]"]]
+    for unclear in ("test_skips", "test_errors", "test_absent"):
+        with pytest.raises(mutants.MutantError, match=re.escape(nodes[unclear])):
+            mutants.judge(mutant("test_fails", unclear), outcome)
