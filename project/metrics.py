@@ -18,7 +18,10 @@ class ConfusionMatrix:
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        pred = logits.argmax(dim=1)
+        self.add(logits.argmax(dim=1), target)
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Count a batch of predicted class maps (B, H, W) against the targets."""
         keep = target != self.ignore_index
         idx = target[keep] * self.n + pred[keep]
         self.matrix += torch.bincount(idx, minlength=self.n * self.n).view(self.n, self.n)
@@ -70,7 +73,11 @@ class ImageF1:
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Add a batch; returns its images' scores (B,), for a caller that reports each image."""
-        scores = image_f1(logits.argmax(dim=1), target, self.n, self.ignore_index)
+        return self.add(logits.argmax(dim=1), target)
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Add a batch of predicted class maps (B, H, W); returns its images' scores (B,)."""
+        scores = image_f1(pred, target, self.n, self.ignore_index)
         self.sum += scores.sum()
         self.count += len(target)
         return scores

@@ -273,12 +273,25 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    cudnn = cudnn_version()
     # plain str and int only: a checkpoint must load with weights_only=True (torch.__version__ is a str subclass)
     return {"python": platform.python_version(), "torch": str(torch.__version__),
             "torchvision": installed("torchvision"), "cuda": None if torch.version.cuda is None else str(torch.version.cuda),
             "cudnn": None if cudnn is None else int(cudnn), "hydra-core": installed("hydra-core"),
             "omegaconf": installed("omegaconf"), "wandb": installed("wandb"), "project": installed("project")}
+
+
+def cudnn_version() -> int | None:
+    """cuDNN's version as torch.backends.cudnn.version() says it (9.24.0 is 92400); None in a build without cuDNN.
+    Without a GPU the version torch was built against is read instead: asking the library loads it, which a CPU
+    run that never uses it pays with ~50 MB of resident memory. It is the library torch loads on a GPU, unless
+    another cuDNN was installed beside it."""
+    if not torch.backends.cudnn.is_available():
+        return None
+    if torch.cuda.is_available():
+        return torch.backends.cudnn.version()
+    major, minor, patch = torch._C._cudnn.getCompileVersion()
+    return major * 10000 + minor * 100 + patch  # cuDNN 9's encoding (torch's own builds need cuDNN >= 9)
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:

@@ -82,6 +82,34 @@ def test_a_temp_name_left_by_a_failed_save_never_writes_through_to_a_published_f
     assert torch.load(tmp_path / "last.pth") == {"epoch": 2} and not stale.exists()
 
 
+def test_each_background_save_holds_the_state_of_its_moment(tmp_path):
+    """The writer refills the previous save's copy of the state: each file still holds exactly what the state was
+    when it was saved (the steps that follow never reach it, nor an earlier file), also when an entry appears or
+    changes shape between saves (a phase's new optimizer)."""
+    w = torch.arange(6, dtype=torch.float32)
+    state = {"epoch": 1, "model_state_dict": {"w": w}, "optimizer_state_dict": {"state": {}}}
+    writer = checkpoint.BackgroundWriter()
+    writer.snapshot_and_submit(state, [tmp_path / "a.pth"])
+    w += 100  # the next training step, while the file is written
+    writer.wait()
+    moment = torch.zeros(6)
+    state = {"epoch": 2, "model_state_dict": {"w": w}, "optimizer_state_dict": {"state": {0: {"exp_avg": moment}}}}
+    writer.snapshot_and_submit(state, [tmp_path / "b.pth", tmp_path / "best_model.pth"])
+    w += 100
+    moment += 1
+    writer.wait()
+    state = {"epoch": 3, "model_state_dict": {"w": w[:3]}, "optimizer_state_dict": {"state": {0: {"exp_avg": moment}}}}
+    writer.snapshot_and_submit(state, [tmp_path / "c.pth"])
+    writer.wait()
+
+    a, b, c = (torch.load(tmp_path / name, weights_only=True) for name in ("a.pth", "b.pth", "c.pth"))
+    assert a["epoch"] == 1 and torch.equal(a["model_state_dict"]["w"], torch.arange(6.0))
+    assert b["epoch"] == 2 and torch.equal(b["model_state_dict"]["w"], torch.arange(6.0) + 100)
+    assert torch.equal(b["optimizer_state_dict"]["state"][0]["exp_avg"], torch.zeros(6))
+    assert torch.equal(torch.load(tmp_path / "best_model.pth")["model_state_dict"]["w"], torch.arange(6.0) + 100)
+    assert c["epoch"] == 3 and torch.equal(c["model_state_dict"]["w"], torch.arange(3.0) + 200)
+    assert torch.equal(c["optimizer_state_dict"]["state"][0]["exp_avg"], torch.ones(6))
+
 # --- a full disk (issue 16): real small tmpfs mounts, filled to leave room up to a chosen point of the save ------
 
 @pytest.fixture

@@ -24,16 +24,25 @@ REQUIRED_KEYS = ("format", "epoch", "global_step", "phase", "model_state_dict", 
                  "scheduler_state_dict", "best_epoch", "config", "rng", "early_stopping", "lineage")
 
 
-def snapshot(value):
+def snapshot(value, into=None):
     """A copy of a state tree on the CPU that later training steps cannot change (tensors copied, containers
     rebuilt, plain values shared: they are immutable). Tensors are saved in the standard (contiguous) layout, so a
-    channels-last run's weights and optimizer moments load anywhere as plain tensors."""
+    channels-last run's weights and optimizer moments load anywhere as plain tensors.
+
+    `into`: an earlier snapshot of the same tree that nothing reads any more (its write is done). Its tensors are
+    refilled where shape and dtype match: for a large model, faulting in freshly allocated pages costs the training
+    thread about twice the copy itself (a 335 MB state: 150 ms instead of 55 ms on the 2-core CPU VM)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+        value = value.detach()
+        if isinstance(into, torch.Tensor) and into.shape == value.shape and into.dtype == value.dtype:
+            return into.copy_(value)  # `into` is one of ours: on the CPU, contiguous, shared with nothing
+        return value.to("cpu", copy=True, memory_format=torch.contiguous_format)
     if isinstance(value, dict):
-        return {k: snapshot(v) for k, v in value.items()}
+        into = into if isinstance(into, dict) else {}
+        return {k: snapshot(v, into.get(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(snapshot(v) for v in value)
+        into = into if isinstance(into, (list, tuple)) and len(into) == len(value) else (None,) * len(value)
+        return type(value)(snapshot(v, old) for v, old in zip(value, into))
     return value
 
 
@@ -47,11 +56,18 @@ class BackgroundWriter:
 
     def __init__(self):
         self._thread, self._error = None, None
+        self._copy = None  # the last snapshot written: the next one refills its tensors (snapshot's `into`)
 
     def submit(self, state: dict, paths: list[Path], then=None) -> None:
         self.wait()
         self._thread = threading.Thread(target=self._write, args=(state, paths, then), name="checkpoint-writer")
         self._thread.start()
+
+    def snapshot_and_submit(self, state: dict, paths: list[Path], then=None) -> None:
+        """snapshot() the live `state` now, into the buffers of the previous write (done by then), and write it."""
+        self.wait()
+        self._copy = snapshot(state, into=self._copy)
+        self.submit(self._copy, paths, then)
 
     def _write(self, state: dict, paths: list[Path], then) -> None:
         try:

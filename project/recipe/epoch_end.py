@@ -168,7 +168,7 @@ def save(run: Run, files: list[str]) -> None:
     lineage.saved(run, ckpt, files)  # lineage.json; the tracker logs the checkpoints written before
     prune = functools.partial(checkpoint.prune_periodic, run.ckpt_dir, run.cfg.trainer.keep_last,
                               protect=set(progress.phase_ends))
-    run.writer.submit(checkpoint.snapshot(ckpt), [run.ckpt_dir / name for name in files], then=prune)
+    run.writer.snapshot_and_submit(ckpt, [run.ckpt_dir / name for name in files], then=prune)
     run.last_saved = (run.ckpt_dir / files[0], progress.epoch)
 
 
