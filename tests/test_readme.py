@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, assert_continued_from, assert_resumed
 
 
 def readme_commands():
@@ -62,11 +62,16 @@ def test_default_job_then_continuations_on_a_clean_checkout(tmp_path):
 
     out = python("resume=reset_optimizer", "model.dropout=0.25")
     assert str(first.parent / "best_model.pth") in out and "model.dropout" in out
+    (second,) = set((clone / "outputs").glob("*/*/checkpoints/final_model.pth")) - {first}
+    latest = torch.load(second.parent / "last.pth")
     out = python("resume=full", f"trainer.max_epochs={parent['config']['trainer']['max_epochs'] + 2}")
     finals = sorted((clone / "outputs").glob("*/*/checkpoints/final_model.pth"))
     assert len(finals) == 3
     continued = torch.load(finals[-1])
     assert continued["epoch"] == parent["config"]["trainer"]["max_epochs"] + 2
+    # it restored the latest run's last.pth (its position, weights and Adam state), not a retrain from scratch
+    assert_resumed(out, second.parent / "last.pth", latest["global_step"], continued)
+    assert_continued_from(continued, latest, lr=latest["config"]["optimizer"]["lr"])
     # resume=full continued the latest run (the dropout 0.25 one) as it was configured, not with the defaults
     assert continued["config"]["model"]["dropout"] == 0.25 and "model.dropout" not in out
     assert list((clone / "outputs").glob("*/*/wandb/offline-run-*")), "the default logger (W&B, offline) wrote nothing"
