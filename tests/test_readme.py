@@ -214,6 +214,8 @@ COVERED = {  # command -> ("tests/<file>::<function>", distinctive parts of that
 
 BENCHMARK = "a benchmark, measured by hand for minutes to hours (tests/test_benchmarks.py runs each one's --help; " \
             "its options are checked here against the script)"
+REAL_DATA = ("the course's real images, which the user clones (research use: never shipped or downloaded here, and no "
+             "test may depend on them); tests/test_story.py runs the same commands on generated faces")
 MANUAL = {  # command -> why no test runs it
     "python benchmarks/overhead.py --rounds 3 --epochs 4": BENCHMARK,
     "python benchmarks/overhead.py --rounds 3 --epochs 4 --setup gpu_features": BENCHMARK,
@@ -227,6 +229,10 @@ MANUAL = {  # command -> why no test runs it
     "python benchmarks/input_pipeline.py --images 128 --rounds 5": BENCHMARK,
     "python benchmarks/scaling.py": BENCHMARK,
     "python benchmarks/loss.py --rounds 9": BENCHMARK,
+    "python benchmarks/folder_epoch.py --root ce7454-project1/data --limit 200 --image-size 128 --epochs 3 --rounds 3":
+        BENCHMARK + " on an image folder the user names",
+    "python benchmarks/folder_epoch.py --root ce7454-project1/data --limit 200 --image-size 128 --epochs 1 --rounds 3":
+        BENCHMARK + " on an image folder the user names",
     "python benchmarks/predict_throughput.py": BENCHMARK,
     "python scripts/mutants.py": "every mutant against its tests: tens of minutes of training runs, too long for every "
                                  "CI run (tests/test_mutants.py checks each mutant's patch and --list)",
@@ -239,6 +245,12 @@ MANUAL = {  # command -> why no test runs it
     "--train-size 512 --batch-size 32 --epochs 3 --float32-matmul-precision high": BENCHMARK + " on a GPU",
     "python benchmarks/throughput.py --device cuda --models microsegformer --modes 32 --image-size 256 "
     "--train-size 512 --batch-size 32 --epochs 3 --channels-last": BENCHMARK + " on a GPU",
+    "git clone https://github.com/EasonAI-5589/ce7454-project1": REAL_DATA,
+    "PYTHONPATH=examples python examples/their_pkg/train_their_way.py ce7454-project1/data --out their_best_model.pth "
+    "--epochs 3 --size 128": REAL_DATA,
+    "PYTHONPATH=examples project-predict outputs/continued --images ce7454-project1/data/test_public/images --out "
+    "predictions --tta flip --zip submission.zip --solution --max-params 1821084 "
+    "model._target_=their_pkg.their_model.MicroSegFormer": REAL_DATA,
     "wandb sync outputs/<date>/<time>/wandb/offline-run-*":
         "W&B's own command: it needs a W&B account and the network (tests/test_wandb.py checks the offline runs)",
     "torchrun --standalone --nproc_per_node=8 run.py model=swin_mmoe_story data.image_size=256":
