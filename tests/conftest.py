@@ -97,13 +97,6 @@ def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def pytest_collection_modifyitems(items):
-    """Files holding a test marked slow first: with the suite split over workers by file (setup.cfg), the longest
-    files start at once instead of leaving one worker busy with them at the end while the others idle."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: file and test order kept otherwise
-
-
 @pytest.fixture(scope="session")
 def parent_run(tmp_path_factory):
     """One finished tiny run (2 epochs) that continuation tests start from; treat it as read-only."""

@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from conftest import ROOT, TINY, assert_resumed, assert_same_state, load, start_lines, train_tiny
 
 CFG = [*TINY, "trainer.max_epochs=6", "data.train_size=384"]  # ~1.5 s epochs, each ending with a last.pth write
@@ -52,7 +50,6 @@ def kill_when(proc, run_dir: Path, aim_at_write: bool, rng: random.Random, start
     return {"in_write": in_write, "after_checkpoint": had_checkpoint, "position": position}
 
 
-@pytest.mark.slow
 def test_sigkill_at_random_moments_and_inside_writes_then_matches_uninterrupted(tmp_path):
     """Kills timed by the run's progress (not by wall-clock from launch, which mostly hits the ~6 s import of
     torch): half aimed at checkpoint writes, half at random moments of training. After every kill every checkpoint

@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from conftest import ROOT, TINY, assert_resumed, assert_same_state, load, train_tiny
@@ -102,7 +101,6 @@ def test_preempted_job_is_requeued_resumes_and_matches(slurm_cluster, tmp_path):
     assert_same_state(got, ref)
 
 
-@pytest.mark.slow
 def test_two_task_job_preempted_is_requeued_and_resumes_on_both_ranks(slurm_cluster, tmp_path):
     """tasks_per_node=2: one job of two gloo ranks from SLURM's tasks (submitit's TorchDistributedEnvironment).
     USR2 reaches both tasks; submitit acts on rank 0 only; the ranks stop at the same step, rank 0 saves, the job

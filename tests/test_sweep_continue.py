@@ -56,7 +56,6 @@ def dirs_by_job(sweep: Path) -> dict:
     return found
 
 
-@pytest.mark.slow
 def test_a_local_gpus_sweep_stopped_by_sigterm_is_continued(tmp_path):
     """4 jobs on 2 CPU slots: jobs 0 and 1 (1 epoch) finish, jobs 2 and 3 (6 epochs) are stopped by SIGTERM to the
     sweep once both have saved an epoch. project-sweep continue: the finished jobs return "already finished" with
