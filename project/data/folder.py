@@ -10,10 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
-from project.data.augment import sample_rng
 from project.data.normalisation import to_input
 from project.data.loader import Skipped
 from project.errors import UnreadableFile, UserError
@@ -49,8 +46,10 @@ def decode(path: Path, channels: int, decoder: str) -> torch.Tensor:
             from torchvision.io import ImageReadMode, decode_image
 
             return decode_image(str(path), mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
         with Image.open(path) as image:
-            return v2.functional.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
+            return pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
     except DECODE_ERRORS as e:
         raise unreadable("Image", path, e) from None
 
@@ -114,6 +113,13 @@ class Pipeline:
         self.size, self.norm, self.augment = [int(image_size), int(image_size)], norm, augment
 
     def __call__(self, key, image: torch.Tensor, mask: torch.Tensor | None = None):
+        # torchvision is imported here, not at the top: its package imports torch._dynamo (about 1.2 s), which a
+        # run on generated data or a command that reads no image folder should not pay at start-up
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+
+        from project.data.augment import sample_rng
+
         seed, epoch, index = split_key(key)
         sample = (tv_tensors.Image(image),) if mask is None else (tv_tensors.Image(image), tv_tensors.Mask(mask))
         if self.augment is not None:
