@@ -124,7 +124,7 @@ COVERED = {  # command -> ("tests/<file>::<function>", distinctive parts of that
         ("test_readme.py::test_default_job_then_continuations_on_a_clean_checkout", ["python()"]),
     "python run.py resume=reset_optimizer model.dropout=0.25":
         ("test_readme.py::test_default_job_then_continuations_on_a_clean_checkout",
-         ['python("resume=reset_optimizer", "model.dropout=0.25")']),
+         ['python("resume=reset_optimizer", "model.dropout=0.25", ']),
     "python run.py resume=full trainer.max_epochs=20":
         ("test_readme.py::test_default_job_then_continuations_on_a_clean_checkout",
          ['python("resume=full", f"trainer.max_epochs=']),
