@@ -89,6 +89,7 @@ def main(cfg: DictConfig) -> float | None:
         print("\n" + textwrap.fill(f"Error: {error}", width=110, break_long_words=False, break_on_hyphens=False),
               file=sys.stderr)
         sys.exit(exit_code(error))
+    distributed.close()
     if summary["status"].startswith("interrupted"):
         signum = summary["signal"]  # stopped by a signal after saving last.pth: not a finished run
         if multirun:

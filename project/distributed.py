@@ -69,6 +69,14 @@ def init(timeout_s: float) -> Dist:
     return dist
 
 
+def close() -> None:
+    """Leave the process group once training has returned, as torch asks: left to the interpreter's exit, gloo's
+    threads are torn down by static destructors, and a rank aborted now and then after finishing ("terminate called
+    without an active exception", exit -6), failing a run that had saved everything."""
+    if _current.enabled and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
 def broadcast(obj):
     """Rank 0's value on every rank."""
     if not _current.enabled:
