@@ -110,6 +110,23 @@ def test_each_background_save_holds_the_state_of_its_moment(tmp_path):
     assert c["epoch"] == 3 and torch.equal(c["model_state_dict"]["w"], torch.arange(3.0) + 200)
     assert torch.equal(c["optimizer_state_dict"]["state"][0]["exp_avg"], torch.ones(6))
 
+def test_the_writer_yields_the_cpu_to_training_and_leaves_torch_save_as_it_found_it(tmp_path):
+    """The background write runs at a lower priority than the training thread (where the training threads fill
+    the cores, it takes the gaps instead of slowing the steps), and serialises without torch's zip CRC-32 (which
+    torch.load never checks) without turning it off for anyone else's torch.save."""
+    seen = {}
+    state = {"epoch": 1, "model_state_dict": {"w": torch.randn(64)}}
+    writer = checkpoint.BackgroundWriter()
+    writer.snapshot_and_submit(state, [tmp_path / "last.pth"], then=lambda: seen.update(
+        writer=os.getpriority(os.PRIO_PROCESS, 0), crc32=torch.serialization.get_crc32_options()))
+    writer.wait()
+    assert seen["writer"] >= max(10, os.getpriority(os.PRIO_PROCESS, 0)), seen  # Linux: per thread
+    assert seen["crc32"] is True  # restored once the file was serialised
+    assert torch.equal(torch.load(tmp_path / "last.pth")["model_state_dict"]["w"], state["model_state_dict"]["w"])
+    with zipfile.ZipFile(tmp_path / "last.pth") as z:  # no CRC recorded: the cost the writer skipped
+        assert all(info.CRC == 0 for info in z.infolist()), [(i.filename, i.CRC) for i in z.infolist()]
+
+
 # --- a full disk (issue 16): real small tmpfs mounts, filled to leave room up to a chosen point of the save ------
 
 @pytest.fixture
