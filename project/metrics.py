@@ -49,13 +49,25 @@ def per_class_f1(m: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.nan)
 
 
+def image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """(B, n, n) counts of (true, predicted) class per image of a batch of (B, H, W) class maps, in one bincount;
+    summed over the batch it is the dataset's confusion matrix, so both F-scores count each pixel once. Ignored
+    pixels go to one extra bin that is dropped: no boolean indexing, which copies the kept pixels and, on a GPU,
+    waits for the device to learn how many there are."""
+    b, n = len(target), num_classes
+    image = torch.arange(b, device=target.device).view(b, 1, 1)
+    idx = torch.where(target == ignore_index, b * n * n, (image * n + target) * n + pred)
+    return torch.bincount(idx.flatten(), minlength=b * n * n + 1)[:-1].view(b, n, n)
+
+
 def image_f1(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
     """The benchmark's score of each image of a batch: (B,) float64. pred and target are (B, H, W) class maps."""
-    b, n = len(target), num_classes
-    keep = target != ignore_index
-    image = torch.arange(b, device=target.device).view(b, 1, 1).expand_as(target)
-    idx = (image[keep] * n + target[keep]) * n + pred[keep]
-    m = torch.bincount(idx, minlength=b * n * n).view(b, n, n).double()
+    return f1_per_image(image_confusion(pred, target, num_classes, ignore_index))
+
+
+def f1_per_image(counts: torch.Tensor) -> torch.Tensor:
+    """Each image's F1 from its (n, n) counts (image_confusion): (B,) float64."""
+    m = counts.double()
     tp = m.diagonal(dim1=1, dim2=2)
     gt, predicted = m.sum(2), m.sum(1)
     precision, recall = tp / (predicted + EPS), tp / (gt + EPS)
@@ -77,9 +89,13 @@ class ImageF1:
 
     def add(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Add a batch of predicted class maps (B, H, W); returns its images' scores (B,)."""
-        scores = image_f1(pred, target, self.n, self.ignore_index)
+        return self.add_counts(image_confusion(pred, target, self.n, self.ignore_index))
+
+    def add_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """Add a batch's per-image counts (image_confusion); returns its images' scores (B,)."""
+        scores = f1_per_image(counts)
         self.sum += scores.sum()
-        self.count += len(target)
+        self.count += len(counts)
         return scores
 
     def compute(self) -> float:

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from project.metrics import ConfusionMatrix, ImageF1
+from project.metrics import ConfusionMatrix, ImageF1, image_confusion
 
 
 class SegmentationScorer:
@@ -23,9 +23,11 @@ class SegmentationScorer:
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Count a batch of (B, K, H, W) logits or probabilities against (B, H, W) masks; returns each image's F1
         (B,), on the device."""
-        pred = logits.argmax(dim=1)  # once for both (an argmax over the classes costs more than both counts)
-        self.confusion.add(pred, target)
-        return self.image_f1.add(pred, target)
+        # one argmax and one count for both F-scores: each image's confusion counts, whose sum over the batch is
+        # the dataset's (the argmax over the classes costs more than the counts)
+        counts = image_confusion(logits.argmax(dim=1), target, self.confusion.n, self.confusion.ignore_index)
+        self.confusion.matrix += counts.sum(0)
+        return self.image_f1.add_counts(counts)
 
     def compute(self) -> dict:
         """Training's names (metrics.csv): f_score (dataset F1), pixel_acc, image_f_score (image F1)."""
