@@ -1,7 +1,7 @@
 """Training throughput (images/s): the trainer vs a plain PyTorch loop, at 32, bf16-mixed and compiled.
 
-    python benchmarks/throughput.py [--epochs 3] [--models microsegformer swin_mmoe_story] [--modes 32 bf16 compile]
-                                    [--device auto] [--image-size 64] [--train-size 256]
+    python benchmarks/throughput.py [--rounds 3] [--epochs 3] [--models microsegformer swin_mmoe_story]
+                                    [--modes 32 bf16 compile] [--device auto] [--image-size 64] [--train-size 256]
                                     [--float32-matmul-precision high] [--channels-last] [--cudnn-benchmark]
 
 For each model and mode, the run is built as run.py builds it; the trainer runs its own epoch (train_epoch and
@@ -9,6 +9,9 @@ end_epoch: validation with its metrics, metrics.csv, last.pth and best_model.pth
 configured by default), the plain loop forward/backward/step over the same batches plus a validation pass
 (loss only) and no checkpoint: the lower bound. Epoch 1 is a warm-up (torch.compile compiles there) and is not timed; images/s
 is (epochs - 1) * train images / time. `compile` is trainer.compile=true with the inductor backend, in fp32.
+Each configuration is measured --rounds times, the trainer and the plain loop interleaved (which goes first
+alternates by round, so a drift in the machine's speed hits both alike); the table gives each one's median and
+spread (min-max over the rounds) and the ratio of the medians. A difference smaller than the spreads is noise.
 model=swin_mmoe_story is the story's network (fine-tuning, schedule=single) at --image-size.
 --without-saves replaces project.recipe.epoch_end.save by a no-op in the trainer (a diagnostic: how much of the gap to the
 plain loop is the checkpoint writing).
@@ -18,6 +21,7 @@ memory format), --cudnn-benchmark (trainer.benchmark: cuDNN autotuning). Compare
 and without it, on the same machine.
 """
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -138,6 +142,7 @@ def describe_device(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each loop, interleaved")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
@@ -154,16 +159,35 @@ def main() -> None:
     print(f"device: {describe_device(args.device)}; {args.train_size} train images of {args.image_size} px, "
           f"batch {args.batch_size}, epochs 2-{args.epochs} timed{', trainer WITHOUT checkpoint writes' if args.without_saves else ''}; "
           f"switches: {describe_switches(args)}")
-    print("| model | mode | trainer img/s | plain img/s | ratio |")
-    print("|---|---|---|---|---|")
+    print(f"{args.rounds} rounds, trainer and plain loop interleaved; img/s as median (min-max)")
+    print("| model | mode | trainer img/s | plain img/s | ratio of medians | rounds' ratios |")
+    print("|---|---|---|---|---|---|")
     for model in args.models:
         for mode in args.modes:
-            cfg, overrides = compose(model, mode, args)
-            images = (args.epochs - 1) * args.train_size
-            with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-                ours = images / trainer(cfg, overrides, Path(a), saves=not args.without_saves)
-                theirs = images / plain(cfg, overrides, Path(b))
-            print(f"| {model} | {mode} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.3f} |", flush=True)
+            ours, theirs = measure(model, mode, args)
+            ratios = " ".join(f"{a / b:.3f}" for a, b in zip(ours, theirs))
+            print(f"| {model} | {mode} | {spread(ours)} | {spread(theirs)} | "
+                  f"{statistics.median(ours) / statistics.median(theirs):.3f} | {ratios} |", flush=True)
+
+
+def measure(model: str, mode: str, args) -> tuple[list[float], list[float]]:
+    """img/s of the trainer and of the plain loop, one per round, interleaved."""
+    cfg, overrides = compose(model, mode, args)
+    images = (args.epochs - 1) * args.train_size
+    ours, theirs = [], []
+    for round_ in range(args.rounds):
+        order = ["trainer", "plain"] if round_ % 2 == 0 else ["plain", "trainer"]
+        for which in order:
+            with tempfile.TemporaryDirectory() as work:
+                if which == "trainer":
+                    ours.append(images / trainer(cfg, overrides, Path(work), saves=not args.without_saves))
+                else:
+                    theirs.append(images / plain(cfg, overrides, Path(work)))
+    return ours, theirs
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
 if __name__ == "__main__":
