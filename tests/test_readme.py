@@ -219,10 +219,10 @@ BENCHMARK = "a benchmark, measured by hand for minutes to hours (tests/test_benc
 REAL_DATA = ("the course's real images, which the user clones (research use: never shipped or downloaded here, and no "
              "test may depend on them); tests/test_story.py runs the same commands on generated faces")
 MANUAL = {  # command -> why no test runs it
-    "python benchmarks/overhead.py --rounds 3 --epochs 4": BENCHMARK,
+    "python benchmarks/overhead.py --rounds 5 --epochs 4": BENCHMARK,
     "python benchmarks/overhead.py --rounds 3 --epochs 4 --setup gpu_features": BENCHMARK,
     "python benchmarks/checkpoint_stall.py --rounds 5": BENCHMARK,
-    "python benchmarks/throughput.py": BENCHMARK,
+    "python benchmarks/throughput.py --modes 32 --rounds 5": BENCHMARK,
     "python benchmarks/parallel_sweep.py --jobs 2 --epochs 1 --rounds 3 --unlimited": BENCHMARK,
     "python benchmarks/parallel_sweep.py --jobs 2 --epochs 3 --rounds 2": BENCHMARK,
     "python benchmarks/chaos.py --kills 100": BENCHMARK,
