@@ -24,7 +24,11 @@ class ConfusionMatrix:
         """Count a batch of predicted class maps (B, H, W) against the targets."""
         keep = target != self.ignore_index
         idx = target[keep] * self.n + pred[keep]
-        self.matrix += torch.bincount(idx, minlength=self.n * self.n).view(self.n, self.n)
+        self.add_counts(torch.bincount(idx, minlength=self.n * self.n).view(self.n, self.n))
+
+    def add_counts(self, counts: torch.Tensor) -> None:
+        """Add (n, n) counts of (true, predicted) pixels, e.g. a batch's image_confusion summed over its images."""
+        self.matrix += counts
 
     def compute(self) -> dict:
         """Mean F-score (F1 = Dice) over the foreground classes seen in target or prediction, and pixel accuracy."""

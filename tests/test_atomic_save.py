@@ -110,6 +110,7 @@ def test_each_background_save_holds_the_state_of_its_moment(tmp_path):
     assert c["epoch"] == 3 and torch.equal(c["model_state_dict"]["w"], torch.arange(3.0) + 200)
     assert torch.equal(c["optimizer_state_dict"]["state"][0]["exp_avg"], torch.ones(6))
 
+
 def test_the_writer_yields_the_cpu_to_training_and_leaves_torch_save_as_it_found_it(tmp_path):
     """The background write runs at a lower priority than the training thread (where the training threads fill
     the cores, it takes the gaps instead of slowing the steps), and serialises without torch's zip CRC-32 (which

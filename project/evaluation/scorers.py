@@ -26,7 +26,7 @@ class SegmentationScorer:
         # one argmax and one count for both F-scores: each image's confusion counts, whose sum over the batch is
         # the dataset's (the argmax over the classes costs more than the counts)
         counts = image_confusion(logits.argmax(dim=1), target, self.confusion.n, self.confusion.ignore_index)
-        self.confusion.matrix += counts.sum(0)
+        self.confusion.add_counts(counts.sum(0))
         return self.image_f1.add_counts(counts)
 
     def compute(self) -> dict:
