@@ -119,11 +119,14 @@ def run_plain(cfg, work: Path) -> int:
 def child(kind: str, epochs: int, threads: int | None, setup: str) -> None:
     cfg = compose(epochs, threads, setup)
     with tempfile.TemporaryDirectory() as tmp:
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start, cpu = time.perf_counter(), time.process_time()
         done = (run_trainer if kind == "trainer" else run_plain)(cfg, Path(tmp))
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"kind": kind, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_mb, "epochs": done}))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"kind": kind, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": after.ru_maxrss / 1024,
+                      "system_seconds": after.ru_stime - before.ru_stime,
+                      "page_faults": after.ru_minflt - before.ru_minflt, "epochs": done}))
 
 
 def main() -> None:
@@ -146,7 +149,8 @@ def main() -> None:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
             result = json.loads(out.strip().splitlines()[-1])
             results[kind].append(result)
-            print(f"round {r + 1} {kind:7s} {result['seconds']:7.2f} s  CPU {result['cpu_seconds']:7.2f} s  "
+            print(f"round {r + 1} {kind:7s} {result['seconds']:7.2f} s  CPU {result['cpu_seconds']:7.2f} s "
+                  f"(system {result['system_seconds']:5.2f} s, {result['page_faults']:7d} page faults)  "
                   f"peak RSS {result['peak_rss_mb']:7.1f} MB", flush=True)
     t = {k: statistics.median(x["seconds"] for x in v) for k, v in results.items()}
     c = {k: statistics.median(x["cpu_seconds"] for x in v) for k, v in results.items()}
