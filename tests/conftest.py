@@ -1,4 +1,6 @@
-"""Shared helpers: tests drive the real command line (python run.py ...) in a temporary working directory."""
+"""Shared helpers: tests drive the real command line (python run.py ...) in a temporary working directory, each run
+its own process (run_cli forks it from a warm one: tests/forked_runs.py; docs/architecture.md, "The tests")."""
+import atexit
 import csv
 import os
 import re
@@ -9,12 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+
+# setup.cfg runs the suite in two workers (-n 2): each shares the cores with the other and with the processes tests
+# start. OpenMP threads that wait by spinning burn the core another process needs (two runs at once with torch's
+# default threads: 7-10x slower, docs/performance.md); waiting passively costs a run alone little. Set before torch
+# is imported, and inherited by every process a test starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 # in CI, a skip not on tests/allowed_skips.txt fails the session (its hooks, run as this file's)
 from skip_guard import (pytest_collectreport, pytest_runtest_logreport, pytest_sessionfinish,  # noqa: F401
                         pytest_terminal_summary)
 from skip_guard import unavailable
+import forked_runs  # noqa: E402
 from slurm_cluster import slurm_cluster  # noqa: F401  (the one SLURM fixture: a cluster that does not start fails)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,14 +35,26 @@ TINY = TINY_DATA + ["model=microsegformer", "model.embed_dims=[8,16,32]", "model
                     "model.dropout=0.1"]
 
 
+# python run.py as a process forked from a warm one (tests/forked_runs.py); TESTS_FORKED_RUNS=0: every run a fresh
+# interpreter, as before
+FORKED = forked_runs.Server(ROOT) if os.environ.get("TESTS_FORKED_RUNS", "1") != "0" else None
+if FORKED is not None:
+    atexit.register(FORKED.close)
+
+
 def run_cli(*overrides, cwd: Path, env_extra=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+    """run.py with `overrides` in `cwd`, its output captured. Forked from a warm process unless `env_extra` asks
+    for something an interpreter reads when it starts (tests/forked_runs.py)."""
     wandb_home = cwd / "wandb_home"  # never online, never the developer's own W&B settings
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline",
            "WANDB_DIR": str(wandb_home), "WANDB_CACHE_DIR": str(wandb_home / "cache"),
            "WANDB_CONFIG_DIR": str(wandb_home / "config"), "WANDB_DATA_DIR": str(wandb_home / "data"),
            **(env_extra or {})}
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    argv = [str(ROOT / "run.py"), *overrides]
+    proc = FORKED.run(argv, cwd, env, timeout) if FORKED is not None and not env_extra else None
+    if proc is None:
+        proc = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"run.py {' '.join(overrides)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
