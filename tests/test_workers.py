@@ -306,3 +306,19 @@ def test_workers_nobody_closed_do_not_hang_the_exit():
     done = subprocess.run([sys.executable, "-c", script], env={**ENV, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "3", done.stdout + done.stderr
+
+
+def test_a_connection_broken_while_a_worker_ended_is_a_worker_death():
+    """A worker killed while it hands a batch's shared memory over breaks the connection the main process reads
+    it from (ConnectionResetError, not torch's "DataLoader worker (pid ...) exited" error): a worker death when a
+    loader's worker has ended, and not otherwise."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    ended = multiprocessing.get_context("fork").Process(target=os._exit, args=(0,))
+    ended.start()
+    ended.join()
+    broken = ConnectionResetError(104, "Connection reset by peer")
+    assert is_worker_death(broken, [SimpleNamespace(workers=[ended])])
+    assert not is_worker_death(broken, [SimpleNamespace(workers=[])])
+    assert not is_worker_death(ValueError("something else"), [SimpleNamespace(workers=[ended])])

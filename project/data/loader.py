@@ -250,10 +250,15 @@ def forget_workers(iterator) -> None:
         iterator._worker_pids_set = False
 
 
-def is_worker_death(error: BaseException) -> bool:
+def is_worker_death(error: BaseException, loaders=()) -> bool:
     """torch's error for a DataLoader worker that died (killed by a signal, or exited without reporting), raised
-    by its SIGCHLD handler anywhere in the main thread, or while waiting for a batch."""
-    return isinstance(error, RuntimeError) and "DataLoader worker (pid" in str(error)
+    by its SIGCHLD handler anywhere in the main thread, or while waiting for a batch; or a broken connection while
+    receiving a batch (a worker killed while handing over its shared memory) when one of `loaders`' workers has
+    ended."""
+    if isinstance(error, RuntimeError):
+        return "DataLoader worker (pid" in str(error)
+    return isinstance(error, (ConnectionError, EOFError)) and any(
+        w.exitcode is not None for loader in loaders for w in loader.workers)
 
 
 def epoch_batches(dataset, batch_size: int, *, seed: int, epoch: int, start: int = 0, shuffle: bool = True,

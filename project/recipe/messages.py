@@ -200,7 +200,7 @@ def diverged_message(run: Run, step: int, what: str) -> str:
             "clipping, trainer.gradient_clip_val=1.0, also helps; trainer.on_nonfinite=skip drops such steps).")
 
 
-def worker_died_message(run: Run, error: RuntimeError) -> str:
+def worker_died_message(run: Run, error: BaseException) -> str:
     """One paragraph for a DataLoader worker that died (out of memory, kill -9): where the run was, which
     checkpoint is intact, and how to continue."""
     progress = run.progress

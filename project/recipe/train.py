@@ -99,9 +99,9 @@ def fit(run: Run, plan) -> tuple[dict, str | None]:
         raise DiskError(f"{e} {what_is_intact(run)}") from None
     except UnreadableFile as e:  # training's batches saved the run before it (bad_files.saving_before)
         raise bad_files.explained(run, e) from None
-    except RuntimeError as e:  # torch's SIGCHLD handler raises it anywhere in this thread when a worker dies
-        if not is_worker_death(e):
-            explained = runtime.nondeterministic_error(e, run.device)  # trainer.deterministic=true met such an op
+    except (RuntimeError, ConnectionError, EOFError) as e:  # torch's SIGCHLD handler raises a RuntimeError
+        if not is_worker_death(e, run.loaders.values()):  # anywhere in this thread when a worker dies
+            explained = runtime.nondeterministic_error(e, run.device) if isinstance(e, RuntimeError) else None
             if explained is not None:
                 raise explained from None
             raise
