@@ -319,6 +319,7 @@ def test_a_connection_broken_while_a_worker_ended_is_a_worker_death():
     ended.start()
     ended.join()
     broken = ConnectionResetError(104, "Connection reset by peer")
-    assert is_worker_death(broken, [SimpleNamespace(workers=[ended])])
-    assert not is_worker_death(broken, [SimpleNamespace(workers=[])])
-    assert not is_worker_death(ValueError("something else"), [SimpleNamespace(workers=[ended])])
+    assert is_worker_death(broken, [SimpleNamespace(workers=[ended], died=[])])
+    assert is_worker_death(broken, [SimpleNamespace(workers=[], died=[(ended.pid, -9)])])  # closed by the clean-up
+    assert not is_worker_death(broken, [SimpleNamespace(workers=[], died=[])])
+    assert not is_worker_death(ValueError("something else"), [SimpleNamespace(workers=[ended], died=[])])
