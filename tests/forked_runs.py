@@ -18,24 +18,49 @@ import threading
 import time
 from pathlib import Path
 
-SERVER = r"""
-import json, os, runpy, sys, threading
-import numpy, torch, torch._dynamo, torch.optim, tqdm, hydra, omegaconf
-from hydra._internal import utils as _hydra_utils
-import project.recipe.train, project.distributed, project.rundirs.lock, project.tasks, project.loggers  # run.py's
-assert threading.active_count() == 1 and torch.get_num_threads() >= 1  # no thread to lose in a fork, no OpenMP team
-own = set(os.environ.get("PYTHONPATH", "").split(os.pathsep))
-base_path = [p for p in sys.path if p and p not in own]
-reply = os.fdopen(os.dup(1), "w")
+def serve() -> None:
+    """The server (this file run as a script): import once, then fork one child per request line on stdin and
+    answer its pid, then its exit status, on stdout."""
+    import runpy
+
+    import hydra  # noqa: F401
+    import numpy  # noqa: F401
+    import omegaconf  # noqa: F401
+    import torch._dynamo  # noqa: F401  (what the first optimizer step imports)
+    import tqdm  # noqa: F401
+
+    import project.loggers  # noqa: F401
+    import project.recipe.train  # noqa: F401
+    import project.rundirs.lock  # noqa: F401
+    import project.tasks  # noqa: F401
+
+    assert threading.active_count() == 1  # a fork copies one thread: nothing else may be running
+    # the children's sys.path: their own PYTHONPATH and script folder, then the interpreter's (not this folder)
+    own = {*os.environ.get("PYTHONPATH", "").split(os.pathsep), os.path.dirname(os.path.abspath(__file__))}
+    base_path = [p for p in sys.path if p and p not in own]
+    reply = os.fdopen(os.dup(1), "w")
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            os.close(reply.fileno())
+            run_child(request, base_path, runpy)
+        reply.write(json.dumps({"pid": pid}) + "\n")
+        reply.flush()
+        _, status = os.waitpid(pid, 0)
+        reply.write(json.dumps({"code": os.waitstatus_to_exitcode(status)}) + "\n")
+        reply.flush()
 
 
-def child(request):
+def run_child(request: dict, base_path: list[str], runpy) -> None:
+    """In the forked child: the request's stdin (none), stdout, stderr, directory, environment and sys.path, then
+    run.py as __main__. Leaves through SystemExit, up through serve(): the interpreter's own exit (atexit, flushed
+    streams, the exit code)."""
     for fd, (path, flags) in enumerate([(os.devnull, os.O_RDONLY), (request["stdout"], os.O_WRONLY),
                                         (request["stderr"], os.O_WRONLY)]):
         opened = os.open(path, flags)
         os.dup2(opened, fd)
         os.close(opened)
-    os.close(reply.fileno())
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -44,20 +69,7 @@ def child(request):
     extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[:] = [os.path.dirname(script), *extra, *base_path]
     runpy.run_path(script, run_name="__main__")
-    sys.exit(0)  # up through the loop below: the interpreter's own exit (atexit, flushed streams)
-
-
-for line in sys.stdin:
-    request = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        child(request)
-    reply.write(json.dumps({"pid": pid}) + "\n")
-    reply.flush()
-    _, status = os.waitpid(pid, 0)
-    reply.write(json.dumps({"code": os.waitstatus_to_exitcode(status)}) + "\n")
-    reply.flush()
-"""
+    sys.exit(0)
 
 
 class Server:
@@ -68,7 +80,7 @@ class Server:
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(self.root)}
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env=env, cwd=self.root)
         self.pending = b""
 
@@ -80,7 +92,8 @@ class Server:
                 self.start()
             with tempfile.TemporaryDirectory() as tmp:
                 out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
-                out.touch(), err.touch()
+                out.touch()
+                err.touch()
                 request = {"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
                 self.proc.stdin.write(json.dumps(request).encode() + b"\n")
                 self.proc.stdin.flush()
@@ -114,3 +127,7 @@ class Server:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    serve()

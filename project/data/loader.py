@@ -22,7 +22,6 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 import weakref
 
 import torch
@@ -257,26 +256,11 @@ def forget_workers(iterator) -> None:
 def is_worker_death(error: BaseException, loaders=()) -> bool:
     """torch's error for a DataLoader worker that died (killed by a signal, or exited without reporting), raised
     by its SIGCHLD handler anywhere in the main thread, or while waiting for a batch; or a broken connection while
-    receiving a batch (a worker killed while handing over its shared memory) when one of `loaders`' workers has
-    ended (or was found dead when the loader closed)."""
+    receiving a batch (a worker killed while handing over its shared memory) when closing one of `loaders` found
+    a worker dead (the run's clean-up closes them before the error is judged)."""
     if isinstance(error, RuntimeError):
         return "DataLoader worker (pid" in str(error)
-    if not isinstance(error, (ConnectionError, EOFError)):
-        return False
-    loaders = list(loaders)
-    if any(loader.died for loader in loaders):  # the run's clean-up has closed the loaders already
-        return True
-    workers = [w for loader in loaders for w in loader.workers]
-    deadline = time.monotonic() + 10  # the connection breaks as the worker dies: its exit may not be visible yet
-    try:
-        while not any(w.exitcode is not None for w in workers):
-            if not workers or time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        time.sleep(0.05)  # torch's SIGCHLD handler, due now, raises here rather than in the caller's clean-up
-    except RuntimeError as e:  # that handler's error for the same death
-        return is_worker_death(e)
-    return True
+    return isinstance(error, (ConnectionError, EOFError)) and any(loader.died for loader in loaders)
 
 
 def epoch_batches(dataset, batch_size: int, *, seed: int, epoch: int, start: int = 0, shuffle: bool = True,
