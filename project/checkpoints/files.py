@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from project import atomic
+from project.checkpoints import direct_io
 from project.rundirs import lock as rundir
 from project.errors import UserError
 
@@ -142,10 +143,8 @@ def save_atomic(state: dict, paths: list[Path]) -> None:
 
 def _publish(state: dict, paths: list[Path]) -> None:
     with atomic.replacing(paths[0]) as tmp:
-        with open(tmp, "wb") as f:
+        with direct_io.open_file(tmp) as f:  # past the page cache where it can, fsynced before any name is given
             serialise(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # before any name is given to it
         for path in paths[1:]:
             with atomic.replacing(path) as link:
                 try:
