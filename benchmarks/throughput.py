@@ -13,7 +13,9 @@ the writer: each timed epoch trains while the previous epoch's checkpoint is wri
 write of the last one, which overlaps no training, is waited for after the clock and printed on its own. `compile` is trainer.compile=true with the inductor backend, in fp32.
 Each configuration is measured --rounds times, the trainer and the plain loop interleaved (which goes first
 alternates by round, so a drift in the machine's speed hits both alike); the table gives each one's median and
-spread (min-max over the rounds) and the ratio of the medians. A difference smaller than the spreads is noise.
+spread (min-max over the rounds), the median of the rounds' ratios (each round's two loops ran minutes apart at
+most: the figure to quote on a machine whose speed drifts, as a shared VM's does by 10-25 % over minutes) and the
+ratio of the medians. A difference smaller than the spreads is noise.
 model=swin_mmoe_story is the story's network (fine-tuning, schedule=single) at --image-size.
 --without-saves replaces project.recipe.epoch_end.save by a no-op in the trainer (a diagnostic: how much of the gap to the
 plain loop is the checkpoint writing).
@@ -166,15 +168,16 @@ def main() -> None:
           f"batch {args.batch_size}, epochs 2-{args.epochs} timed{', trainer WITHOUT checkpoint writes' if args.without_saves else ''}; "
           f"switches: {describe_switches(args)}")
     print(f"{args.rounds} rounds, trainer and plain loop interleaved; img/s as median (min-max)")
-    print("| model | mode | trainer img/s | plain img/s | ratio of medians | rounds' ratios | last write, s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | mode | trainer img/s | plain img/s | ratio (median of rounds) | ratio of medians | rounds' ratios "
+          "| last write, s |")
+    print("|---|---|---|---|---|---|---|---|")
     for model in args.models:
         for mode in args.modes:
             ours, theirs, last_writes = measure(model, mode, args)
-            ratios = " ".join(f"{a / b:.3f}" for a, b in zip(ours, theirs))
-            print(f"| {model} | {mode} | {spread(ours)} | {spread(theirs)} | "
-                  f"{statistics.median(ours) / statistics.median(theirs):.3f} | {ratios} | "
-                  f"{statistics.median(last_writes):.2f} |", flush=True)
+            ratios = [a / b for a, b in zip(ours, theirs)]
+            print(f"| {model} | {mode} | {spread(ours)} | {spread(theirs)} | {statistics.median(ratios):.3f} | "
+                  f"{statistics.median(ours) / statistics.median(theirs):.3f} | "
+                  f"{' '.join(f'{r:.3f}' for r in ratios)} | {statistics.median(last_writes):.2f} |", flush=True)
 
 
 def measure(model: str, mode: str, args) -> tuple[list[float], list[float], list[float]]:

@@ -12,13 +12,21 @@ import torch
 EPS = 1e-7
 
 
+def class_map(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The predicted class at each position: the index of the largest score along `dim` (the first one on a tie, a
+    NaN counting as the largest), as argmax gives it. max(dim).indices, because torch's CPU argmax over a dimension
+    that is not the last is 4-10x slower: a validation batch of 8 x 19 x 512 x 512 logits took 281 ms, 74 ms this
+    way, on the 2-core CPU VM."""
+    return scores.max(dim=dim).indices
+
+
 class ConfusionMatrix:
     def __init__(self, num_classes: int, device, ignore_index: int = 255):
         self.n, self.ignore_index = num_classes, ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        self.add(logits.argmax(dim=1), target)
+        self.add(class_map(logits), target)
 
     def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Count a batch of predicted class maps (B, H, W) against the targets."""
@@ -89,7 +97,7 @@ class ImageF1:
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Add a batch; returns its images' scores (B,), for a caller that reports each image."""
-        return self.add(logits.argmax(dim=1), target)
+        return self.add(class_map(logits), target)
 
     def add(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Add a batch of predicted class maps (B, H, W); returns its images' scores (B,)."""

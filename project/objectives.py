@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from project.errors import UserError
 from project.losses import CEDiceLoss
 from project.evaluation.scorers import ClassificationScorer, SegmentationScorer
-from project.metrics import ConfusionMatrix
+from project.metrics import ConfusionMatrix, class_map
 
 
 class Segmentation:
@@ -125,7 +125,7 @@ class _AccuracyMeter:
     def update(self, outputs, batch):
         logits, targets = outputs
         for task, out in logits.items():
-            hits = (out.argmax(1) == targets[task]).sum()
+            hits = (class_map(out) == targets[task]).sum()
             self.correct[task] = self.correct.get(task, 0) + hits
         self.total += len(batch[0])
 

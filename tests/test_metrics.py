@@ -51,3 +51,16 @@ def test_dataset_f1_per_class_matches_a_numpy_confusion_matrix():
         assert abs(per_class["f1"][c] - 2 * tp / (2 * tp + fp + fn)) < 1e-12
         assert abs(per_class["iou"][c] - tp / (tp + fp + fn)) < 1e-12
     assert abs(confusion.compute()["f_score"] - np.mean(per_class["f1"][1:])) < 1e-12  # background excluded
+
+
+def test_the_class_map_is_argmax_ties_and_nan_included():
+    """class_map (max's indices, the fast path on the CPU) picks what argmax picks: the first of tied scores, a NaN
+    as the largest, along any dimension and in the half-precision dtypes."""
+    from project.metrics import class_map
+
+    scores = torch.randint(0, 3, (4, 19, 16, 16)).float()  # many ties
+    scores[0, 5, 3, 3] = scores[1, 2, 0, 0] = scores[1, 7, 0, 0] = float("nan")
+    assert torch.equal(class_map(scores), scores.argmax(1))
+    assert torch.equal(class_map(scores[0], dim=0), scores[0].argmax(0))
+    for dtype in (torch.float16, torch.bfloat16):
+        assert torch.equal(class_map(scores.to(dtype)), scores.to(dtype).argmax(1))

@@ -115,6 +115,7 @@ def run_model(model, paths: list[Path], info: dict, out: Path, *, device, tta: b
     import torch
     from project import progress
     from project.evaluation import inference
+    from project.metrics import class_map
 
     task = info["task"]
     rows = []
@@ -131,7 +132,8 @@ def run_model(model, paths: list[Path], info: dict, out: Path, *, device, tta: b
                     if prob.shape[0] > MAX_MASK_CLASSES:
                         raise UserError(f"The model predicts {prob.shape[0]} classes; a mask PNG holds at most "
                                         f"{MAX_MASK_CLASSES} (one byte per pixel).")
-                    mask = inference.at_size(prob, tuple(image.shape[-2:])).argmax(0).to(torch.uint8).cpu().numpy()
+                    resized = inference.at_size(prob, tuple(image.shape[-2:]))
+                    mask = class_map(resized, dim=0).to(torch.uint8).cpu().numpy()
                     write_mask(np.ascontiguousarray(mask), out / f"{p.stem}.png", colors)
                 else:
                     rows.append((p.name, prob.cpu().tolist()))

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from project.metrics import ConfusionMatrix, ImageF1, image_confusion
+from project.metrics import ConfusionMatrix, ImageF1, class_map, image_confusion
 
 
 class SegmentationScorer:
@@ -25,7 +25,7 @@ class SegmentationScorer:
         (B,), on the device."""
         # one argmax and one count for both F-scores: each image's confusion counts, whose sum over the batch is
         # the dataset's (the argmax over the classes costs more than the counts)
-        counts = image_confusion(logits.argmax(dim=1), target, self.confusion.n, self.confusion.ignore_index)
+        counts = image_confusion(class_map(logits), target, self.confusion.n, self.confusion.ignore_index)
         self.confusion.add_counts(counts.sum(0))
         return self.image_f1.add_counts(counts)
 
@@ -66,7 +66,7 @@ class ClassificationScorer:
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Count a batch of (B, K) logits or probabilities against (B,) class indices."""
-        idx = target * self.n + logits.argmax(1)
+        idx = target * self.n + class_map(logits)
         self.matrix += torch.bincount(idx, minlength=self.n * self.n).view(self.n, self.n)
 
     def accuracy(self) -> float:

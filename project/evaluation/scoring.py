@@ -141,12 +141,13 @@ def score_classification(model, items, desc: dict, decoder: str, batch_size: int
 
     from project.evaluation.inference import prepare, probabilities
     from project.evaluation.scorers import ClassificationScorer
+    from project.metrics import class_map
 
     scorer, per_image = ClassificationScorer(len(desc["classes"]), device), []
     for batch in batches(items, desc, decoder, batch_size, workers, label):
         probs = probabilities(model, prepare([b[0] for b in batch], desc).to(device), tta)
         scorer.update(probs, torch.tensor([b[1] for b in batch], device=probs.device))
-        for (_, target, path), predicted in zip(batch, probs.argmax(1).cpu().tolist()):
+        for (_, target, path), predicted in zip(batch, class_map(probs).cpu().tolist()):
             per_image.append({"file": f"{path.parent.name}/{path.name}", "label": desc["classes"][target],
                               "predicted": desc["classes"][predicted], "correct": int(target == predicted)})
     return {"metrics": {"acc": scorer.accuracy()}, "per_class": scorer.rows(desc["classes"]),
