@@ -17,7 +17,8 @@ spread (min-max over the rounds), the median of the rounds' ratios (each round's
 most: the figure to quote on a machine whose speed drifts, as a shared VM's does by 10-25 % over minutes) and the
 ratio of the medians. A difference smaller than the spreads is noise.
 model=swin_mmoe_story is the story's network (fine-tuning, schedule=single) at --image-size.
---without-saves replaces project.recipe.epoch_end.save by a no-op in the trainer (a diagnostic: how much of the gap to the
+--null runs the plain loop in both columns (an A/A run): how far from 1.000 the machine's noise alone moves the
+ratio with these rounds, the floor below which no difference can be called. --without-saves replaces project.recipe.epoch_end.save by a no-op in the trainer (a diagnostic: how much of the gap to the
 plain loop is the checkpoint writing).
 The GPU switches apply to every mode and to both loops: --float32-matmul-precision (trainer.float32_matmul_precision:
 high = TF32, medium = bf16 matmuls), --channels-last (trainer.channels_last: model and inputs in channels-last
@@ -159,13 +160,16 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--without-saves", action="store_true")
+    parser.add_argument("--null", action="store_true",
+                        help="the plain loop in the trainer's column too: the spread the machine alone gives the ratio")
     parser.add_argument("--float32-matmul-precision", choices=["highest", "high", "medium"], default=None,
                         help="trainer.float32_matmul_precision (default: torch's, highest)")
     parser.add_argument("--channels-last", action="store_true", help="trainer.channels_last=true")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="trainer.benchmark=true (cuDNN autotuning)")
     args = parser.parse_args()
     print(f"device: {describe_device(args.device)}; {args.train_size} train images of {args.image_size} px, "
-          f"batch {args.batch_size}, epochs 2-{args.epochs} timed{', trainer WITHOUT checkpoint writes' if args.without_saves else ''}; "
+          f"batch {args.batch_size}, epochs 2-{args.epochs} timed{', trainer WITHOUT checkpoint writes' if args.without_saves else ''}"
+          f"{'; A/A: the plain loop in both columns' if args.null else ''}; "
           f"switches: {describe_switches(args)}")
     print(f"{args.rounds} rounds, trainer and plain loop interleaved; img/s as median (min-max)")
     print("| model | mode | trainer img/s | plain img/s | ratio (median of rounds) | ratio of medians | rounds' ratios "
@@ -189,7 +193,10 @@ def measure(model: str, mode: str, args) -> tuple[list[float], list[float], list
         order = ["trainer", "plain"] if round_ % 2 == 0 else ["plain", "trainer"]
         for which in order:
             with tempfile.TemporaryDirectory() as work:
-                if which == "trainer":
+                if which == "trainer" and args.null:  # an A/A run: the plain loop in the trainer's place
+                    ours.append(images / plain(cfg, overrides, Path(work)))
+                    last_writes.append(0.0)
+                elif which == "trainer":
                     seconds, last_write = trainer(cfg, overrides, Path(work), saves=not args.without_saves)
                     ours.append(images / seconds)
                     last_writes.append(last_write)
