@@ -15,8 +15,8 @@ EPS = 1e-7
 def class_map(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """The predicted class at each position: the index of the largest score along `dim` (the first one on a tie, a
     NaN counting as the largest), as argmax gives it. max(dim).indices, because torch's CPU argmax over a dimension
-    that is not the last is 4-10x slower: a validation batch of 8 x 19 x 512 x 512 logits took 281 ms, 74 ms this
-    way, on the 2-core CPU VM."""
+    that is not the last is 3-24x slower: for a validation batch of 8 x 19 x 512 x 512 logits, 219 ms against 81 ms
+    on the 2-core CPU VM (docs/performance.md)."""
     return scores.max(dim=dim).indices
 
 

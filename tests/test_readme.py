@@ -220,9 +220,12 @@ REAL_DATA = ("the course's real images, which the user clones (research use: nev
              "test may depend on them); tests/test_story.py runs the same commands on generated faces")
 MANUAL = {  # command -> why no test runs it
     "python benchmarks/overhead.py --rounds 5 --epochs 4": BENCHMARK,
-    "python benchmarks/overhead.py --rounds 3 --epochs 4 --setup gpu_features": BENCHMARK,
+    "python benchmarks/overhead.py --rounds 7 --epochs 4 --setup gpu_features": BENCHMARK,
     "python benchmarks/checkpoint_stall.py --rounds 5": BENCHMARK,
-    "python benchmarks/throughput.py --modes 32 --rounds 5": BENCHMARK,
+    "python benchmarks/checkpoint_stall.py --rounds 5 --through-page-cache": BENCHMARK,
+    "python benchmarks/throughput.py --models microsegformer --modes 32 --rounds 11": BENCHMARK,
+    "python benchmarks/throughput.py --models microsegformer --modes 32 --rounds 11 --null": BENCHMARK,
+    "python benchmarks/throughput.py --models swin_mmoe_story --modes 32 --rounds 3": BENCHMARK,
     "python benchmarks/parallel_sweep.py --jobs 2 --epochs 1 --rounds 3 --unlimited": BENCHMARK,
     "python benchmarks/parallel_sweep.py --jobs 2 --epochs 3 --rounds 2": BENCHMARK,
     "python benchmarks/chaos.py --kills 100": BENCHMARK,
