@@ -3,7 +3,8 @@
 Why: a normal write() copies the file into page-cache pages the kernel allocates for it. For a 335 MB checkpoint on
 the 2-core CPU VM that was 0.1 to 1.1 s of system CPU per save (new pages are dear in a VM, and a replaced file's
 pages are freed again), taken from training at every epoch; the same bytes written O_DIRECT from a reused buffer
-took about 15 ms of CPU (`python benchmarks/checkpoint_stall.py` prints both). torch.save has no O_DIRECT mode,
+took about 12 ms of system CPU, and the whole background write, the copy into the buffer included, about 90 ms
+(`python benchmarks/checkpoint_stall.py`, with and without --through-page-cache). torch.save has no O_DIRECT mode,
 so `DirectFile` is the file object it writes to: it gathers torch's writes into an aligned buffer (whose pages
 stay this process's between saves) and hands the device whole blocks; the last block is padded and the file
 truncated to its true length.
@@ -20,20 +21,20 @@ from contextlib import contextmanager
 
 BLOCK = 4096  # O_DIRECT offsets and lengths: a multiple of the device's logical block (512 B or 4 KiB)
 O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux; elsewhere every write goes through the page cache
+BUFFER = 16 << 20  # the staging buffer: torch's writes gathered into whole blocks
 
-
-_staging, _lock = None, threading.Lock()
+_buffer, _lock = None, threading.Lock()  # one page-aligned anonymous map per process, made at the first save
 
 
 @contextmanager
 def open_file(path):
     """A new file at `path` for torch.save to write, on the disk (fsynced) when the block ends without an error.
-    One staging buffer serves the process (16 MiB, made at the first save), one file at a time."""
-    global _staging
+    The process's one staging buffer serves it; one file at a time."""
+    global _buffer
     with _lock:
-        if _staging is None:
-            _staging = Staging()
-        f = _staging.open(path)
+        if _buffer is None:
+            _buffer = mmap.mmap(-1, BUFFER)
+        f = DirectFile(create(path), _buffer)
         try:
             yield f
             f.finish()
@@ -41,24 +42,17 @@ def open_file(path):
             f.close()
 
 
-class Staging:
-    """The buffer of a checkpoint writer, reused by every save (16 MiB, page-aligned: an anonymous map)."""
-
-    def __init__(self, size: int = 16 << 20):
-        self.buffer = mmap.mmap(-1, size)
-
-    def open(self, path) -> "DirectFile":
-        """A new file at `path`, written O_DIRECT where the file system allows it."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        try:
-            fd = os.open(path, flags | O_DIRECT, 0o644) if O_DIRECT else os.open(path, flags, 0o644)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            # no O_DIRECT on this file system (ramfs creates the file before it refuses: it is the empty one made
-            # just now, never an older file's hard link, which O_EXCL keeps us from writing through)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        return DirectFile(fd, self.buffer)
+def create(path) -> int:
+    """A new file at `path`, opened O_DIRECT where the file system allows it: its descriptor."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return os.open(path, flags | O_DIRECT, 0o644)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+    # no O_DIRECT on this file system (ramfs creates the file before it refuses: it is the empty one made just now,
+    # never an older file's hard link, which O_EXCL keeps us from writing through)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
 
 class DirectFile:
@@ -88,7 +82,7 @@ class DirectFile:
         return done
 
     def flush(self) -> None:
-        """torch.save's; the bytes reach the disk at close()."""
+        """torch.save's; the bytes reach the disk at finish()."""
 
     def finish(self) -> None:
         """Write what is left (padded to a whole block), cut the file to its true length, fsync."""

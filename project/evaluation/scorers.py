@@ -23,8 +23,8 @@ class SegmentationScorer:
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Count a batch of (B, K, H, W) logits or probabilities against (B, H, W) masks; returns each image's F1
         (B,), on the device."""
-        # one argmax and one count for both F-scores: each image's confusion counts, whose sum over the batch is
-        # the dataset's (the argmax over the classes costs more than the counts)
+        # one class map and one count for both F-scores: each image's confusion counts, whose sum over the batch is
+        # the dataset's (the class map costs more than the counts)
         counts = image_confusion(class_map(logits), target, self.confusion.n, self.confusion.ignore_index)
         self.confusion.add_counts(counts.sum(0))
         return self.image_f1.add_counts(counts)
